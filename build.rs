@@ -1,0 +1,25 @@
+//! Generates the gRPC code into OUT_DIR, plus a descriptor set for server reflection.
+//!
+//! `protoc` comes from the `protoc-bin-vendored` crate so that a fresh clone builds with
+//! cargo alone; a `PROTOC` environment variable still wins for those who want their own.
+use std::{env, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    let mut config = tonic_prost_build::Config::new();
+    match env::var_os("PROTOC") {
+        Some(protoc) => config.protoc_executable(protoc),
+        None => config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?),
+    };
+    let well_known = protoc_bin_vendored::include_path()?;
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("invitations_descriptor.bin"))
+        .compile_with_config(
+            config,
+            &[PathBuf::from("proto/invitations/v1/invitations.proto")],
+            &[PathBuf::from("proto"), well_known],
+        )?;
+    println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-env-changed=PROTOC");
+    Ok(())
+}

@@ -1,0 +1,16 @@
+//! Schema migrations for the invitations store, portable across SQLite and PostgreSQL.
+//!
+//! Applied at start-up and by the `migrate` subcommand. Each migration is a file named
+//! `mYYYYMMDD_HHMMSS_name.rs`; never edit one that has shipped, add a new one.
+pub use sea_orm_migration::prelude::*;
+
+mod m20261123_000001_create_invitations;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261123_000001_create_invitations::Migration)]
+    }
+}

@@ -1,0 +1,272 @@
+//! Every setting: a flag, an environment variable, a default and the doc comment `--help`
+//! shows. Bad settings fail at start with a one-line reason.
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::auth::MIN_SECRET_LEN;
+use crate::store::StoreSettings;
+
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://invitations.db";
+pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:50051";
+
+/// A secret value: never printed by `Debug`, never shown by `--help`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// Invitations gRPC service: lists and cancels user invitations under an enterprise scope.
+#[derive(Debug, Parser)]
+#[command(name = "invitations", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply migrations, then serve gRPC (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Start on a fresh SQLite database with a demo enterprise, and print a bearer token and
+    /// grpcurl commands to try.
+    Dev,
+    /// Print a bearer token signed with the configured secret.
+    MintToken {
+        /// `users/{uuid}` of the caller; a random user when omitted.
+        #[arg(long)]
+        sub: Option<String>,
+        /// `enterprises/{uuid}` the caller administers.
+        #[arg(long)]
+        enterprise: Option<String>,
+        /// Capabilities to grant (repeatable).
+        #[arg(long = "capability", default_values_t = [crate::auth::ENTERPRISE_ADMIN.to_owned()])]
+        capabilities: Vec<String>,
+        /// Lifetime of the token in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Database: `sqlite://FILE` (embedded, created if missing) or `postgres://USER@HOST/DB`.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true)]
+    pub database_url: String,
+
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "INVITATIONS_LISTEN_ADDR", default_value = DEFAULT_LISTEN_ADDR, global = true)]
+    pub listen_addr: SocketAddr,
+
+    /// HS256 secret that signs bearer tokens: at least 32 bytes. Required, except by `dev`,
+    /// which makes one up.
+    #[arg(
+        long,
+        env = "INVITATIONS_JWT_HS256_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub jwt_hs256_secret: Option<Secret>,
+
+    /// Expected `iss` of bearer tokens.
+    #[arg(
+        long,
+        env = "INVITATIONS_JWT_ISSUER",
+        default_value = "invitations",
+        global = true
+    )]
+    pub jwt_issuer: String,
+
+    /// Expected `aud` of bearer tokens.
+    #[arg(
+        long,
+        env = "INVITATIONS_JWT_AUDIENCE",
+        default_value = "invitations",
+        global = true
+    )]
+    pub jwt_audience: String,
+
+    /// Key that signs page tokens: at least 32 bytes. Every replica must share it. Derived
+    /// from the JWT secret when unset.
+    #[arg(
+        long,
+        env = "INVITATIONS_PAGE_TOKEN_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub page_token_secret: Option<Secret>,
+
+    /// Largest number of database connections in the pool.
+    #[arg(
+        long,
+        env = "INVITATIONS_DB_MAX_CONNECTIONS",
+        default_value_t = 16,
+        global = true
+    )]
+    pub db_max_connections: u32,
+
+    /// Milliseconds a request waits for a database connection before it is answered UNAVAILABLE.
+    #[arg(
+        long,
+        env = "INVITATIONS_DB_ACQUIRE_TIMEOUT_MS",
+        default_value_t = 2000,
+        global = true
+    )]
+    pub db_acquire_timeout_ms: u64,
+
+    /// Milliseconds a SQLite writer waits for the write lock.
+    #[arg(
+        long,
+        env = "INVITATIONS_SQLITE_BUSY_TIMEOUT_MS",
+        default_value_t = 5000,
+        global = true
+    )]
+    pub sqlite_busy_timeout_ms: u64,
+
+    /// Log format; the level comes from RUST_LOG (default `info`).
+    #[arg(long, env = "INVITATIONS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// Settings checked and ready to build the server from.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen_addr: SocketAddr,
+    pub store: StoreSettings,
+    pub jwt: JwtSettings,
+    pub page_token_secret: Secret,
+}
+
+#[derive(Debug, Clone)]
+pub struct JwtSettings {
+    pub hs256_secret: Secret,
+    pub issuer: String,
+    pub audience: String,
+}
+
+/// A one-line reason the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+fn derive_page_token_secret(jwt_secret: &Secret) -> Secret {
+    // A separate key per purpose: a page token can never double as anything signed with
+    // the JWT secret. HMAC accepts any key length.
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(jwt_secret.expose()).unwrap_or_else(|_| unreachable!());
+    mac.update(b"invitations/page-token/v1");
+    let key: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Secret(key)
+}
+
+impl Config {
+    pub fn store_settings(&self) -> Result<StoreSettings, ConfigError> {
+        let url = self.database_url.trim();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError(
+                "DATABASE_URL must start with sqlite: or postgres:// (or postgresql://)".into(),
+            ));
+        }
+        if self.db_max_connections == 0 {
+            return Err(ConfigError(
+                "INVITATIONS_DB_MAX_CONNECTIONS must be at least 1".into(),
+            ));
+        }
+        if self.db_acquire_timeout_ms == 0 {
+            return Err(ConfigError(
+                "INVITATIONS_DB_ACQUIRE_TIMEOUT_MS must be at least 1".into(),
+            ));
+        }
+        Ok(StoreSettings {
+            url: url.to_owned(),
+            max_connections: self.db_max_connections,
+            acquire_timeout: Duration::from_millis(self.db_acquire_timeout_ms),
+            sqlite_busy_timeout: Duration::from_millis(self.sqlite_busy_timeout_ms),
+        })
+    }
+
+    pub fn jwt_settings(&self) -> Result<JwtSettings, ConfigError> {
+        let secret = self.jwt_hs256_secret.clone().ok_or_else(|| {
+            ConfigError("INVITATIONS_JWT_HS256_SECRET (or --jwt-hs256-secret) is required".into())
+        })?;
+        if secret.expose().len() < MIN_SECRET_LEN {
+            return Err(ConfigError(format!(
+                "INVITATIONS_JWT_HS256_SECRET must be at least {MIN_SECRET_LEN} bytes"
+            )));
+        }
+        if self.jwt_issuer.is_empty() || self.jwt_audience.is_empty() {
+            return Err(ConfigError(
+                "INVITATIONS_JWT_ISSUER and INVITATIONS_JWT_AUDIENCE must not be empty".into(),
+            ));
+        }
+        Ok(JwtSettings {
+            hs256_secret: secret,
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+        })
+    }
+
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let jwt = self.jwt_settings()?;
+        let page_token_secret = match &self.page_token_secret {
+            Some(secret) if secret.expose().len() < MIN_SECRET_LEN => {
+                return Err(ConfigError(format!(
+                    "INVITATIONS_PAGE_TOKEN_SECRET must be at least {MIN_SECRET_LEN} bytes"
+                )));
+            }
+            Some(secret) => secret.clone(),
+            None => derive_page_token_secret(&jwt.hs256_secret),
+        };
+        Ok(Settings {
+            listen_addr: self.listen_addr,
+            store: self.store_settings()?,
+            jwt,
+            page_token_secret,
+        })
+    }
+}

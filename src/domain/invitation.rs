@@ -1,0 +1,191 @@
+//! The invitation resource, its lifecycle status and its entity tag.
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+
+use super::values::{
+    CancelReason, EmailAddress, EnterpriseId, InvitationId, RoleRef, Scope, UserRef,
+};
+
+/// A UTC instant with microsecond precision: what both stores keep exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    pub fn now() -> Self {
+        // A clock before 1970 or after the year 294 247 is a broken machine, not an input.
+        let micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| {
+                i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX)
+            });
+        Self(micros)
+    }
+
+    pub fn from_unix_micros(micros: i64) -> Self {
+        Self(micros)
+    }
+
+    pub fn unix_micros(self) -> i64 {
+        self.0
+    }
+
+    pub fn saturating_add(self, duration: Duration) -> Self {
+        let micros = i64::try_from(duration.as_micros()).unwrap_or(i64::MAX);
+        Self(self.0.saturating_add(micros))
+    }
+
+    pub fn saturating_sub(self, duration: Duration) -> Self {
+        let micros = i64::try_from(duration.as_micros()).unwrap_or(i64::MAX);
+        Self(self.0.saturating_sub(micros))
+    }
+}
+
+/// How many times an invitation has been written; the basis of its etag and of every
+/// conditional write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Version(i64);
+
+impl Version {
+    pub const FIRST: Version = Version(1);
+
+    pub fn from_stored(version: i64) -> Self {
+        Self(version)
+    }
+
+    pub fn get(self) -> i64 {
+        self.0
+    }
+
+    pub fn next(self) -> Self {
+        Self(self.0 + 1)
+    }
+}
+
+/// A weak entity tag, `W/"{version}.{tag}"`, where `tag` is derived from the invitation id
+/// and version. Tying the tag to the id means an etag copied from another invitation never
+/// matches by coincidence; keeping the version readable lets a cancel become one conditional
+/// write on `version` without reading the row first. Comparison is by exact string.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Etag(String);
+
+impl Etag {
+    pub fn of(id: InvitationId, version: Version) -> Self {
+        let digest = Sha256::new()
+            .chain_update(id.as_uuid().as_bytes())
+            .chain_update(version.get().to_be_bytes())
+            .finalize();
+        let tag: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+        Self(format!("W/\"{}.{tag}\"", version.get()))
+    }
+
+    /// The version this string is the etag of, for this invitation; `None` when the string
+    /// is not exactly one of its etags (it can then only be a mismatch).
+    pub fn version_if_of(raw: &str, id: InvitationId) -> Option<Version> {
+        let inner = raw.strip_prefix("W/\"")?.strip_suffix('"')?;
+        let (version, _) = inner.split_once('.')?;
+        let version = Version(version.parse().ok()?);
+        (Etag::of(id, version).0 == raw).then_some(version)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The lifecycle state of an invitation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum InvitationStatus {
+    Pending,
+    Accepted,
+    Cancelled,
+    Expired,
+}
+
+impl InvitationStatus {
+    pub const ALL: [InvitationStatus; 4] = [
+        Self::Pending,
+        Self::Accepted,
+        Self::Cancelled,
+        Self::Expired,
+    ];
+
+    /// The spelling in the documented API and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Accepted => "accepted",
+            Self::Cancelled => "cancelled",
+            Self::Expired => "expired",
+        }
+    }
+
+    pub fn parse_stored(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == raw)
+    }
+}
+
+/// One invitation as stored. Its reported status is [`Invitation::status_at`], which turns
+/// a lapsed pending invitation into an expired one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invitation {
+    pub id: InvitationId,
+    pub enterprise: EnterpriseId,
+    pub scope: Scope,
+    pub email: EmailAddress,
+    pub role: RoleRef,
+    pub stored_status: InvitationStatus,
+    pub invited_by: UserRef,
+    pub pending_human_actor: Option<UserRef>,
+    /// Reference to an identity challenge. No challenge flow writes it yet; the field is
+    /// part of the documented resource and kept as stored.
+    pub challenge_ref: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub accepted_at: Option<Timestamp>,
+    pub accepted_by: Option<UserRef>,
+    pub cancelled_at: Option<Timestamp>,
+    pub cancel_reason: Option<CancelReason>,
+    pub cancelled_by: Option<UserRef>,
+    pub version: Version,
+}
+
+impl Invitation {
+    /// The status callers see: pending past `expires_at` is expired, whatever is stored.
+    pub fn status_at(&self, now: Timestamp) -> InvitationStatus {
+        match self.stored_status {
+            InvitationStatus::Pending if self.expires_at <= now => InvitationStatus::Expired,
+            status => status,
+        }
+    }
+
+    pub fn etag(&self) -> Etag {
+        Etag::of(self.id, self.version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etag_matches_only_its_own_invitation_and_version() {
+        let id = InvitationId::generate();
+        let other = InvitationId::generate();
+        let etag = Etag::of(id, Version::from_stored(7));
+        assert!(etag.as_str().starts_with("W/\"7."));
+        assert_eq!(
+            Etag::version_if_of(etag.as_str(), id),
+            Some(Version::from_stored(7))
+        );
+        assert_eq!(Etag::version_if_of(etag.as_str(), other), None);
+        assert_eq!(
+            Etag::version_if_of(&etag.as_str().replace("W/", ""), id),
+            None
+        );
+        assert_eq!(Etag::version_if_of("W/\"07.00000000\"", id), None);
+        assert_eq!(Etag::version_if_of("", id), None);
+        assert_ne!(Etag::of(id, Version::from_stored(8)), etag);
+    }
+}

@@ -1,0 +1,16 @@
+//! The invitation domain: validated value types, the invitation itself, and the rules of
+//! each operation. Nothing here knows about gRPC or SQL.
+mod invitation;
+mod page_token;
+mod service;
+mod values;
+
+pub use invitation::{Etag, Invitation, InvitationStatus, Timestamp, Version};
+pub use page_token::{PageCursor, PageTokenCodec};
+pub use service::{
+    CancelCommand, CreateCommand, DEFAULT_PAGE_SIZE, InvitationService, ListPage, ListQuery,
+    MAX_PAGE_SIZE, StatusFilter,
+};
+pub use values::{
+    CancelReason, EmailAddress, EnterpriseId, InvitationId, RoleRef, Scope, UserRef, ValueError,
+};

@@ -1,0 +1,285 @@
+//! The rules of each operation, over the store. Callers arrive already authenticated and
+//! authorized for one enterprise; every store call is scoped to it.
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::invitation::{Etag, Invitation, InvitationStatus, Timestamp, Version};
+use super::page_token::{PageCursor, PageTokenCodec};
+use super::values::{
+    CancelReason, EmailAddress, EnterpriseId, InvitationId, RoleRef, Scope, UserRef,
+};
+use crate::error::{Error, Forbidden, ViolationReason};
+use crate::store::{CancelChange, InsertOutcome, ListFilter, Store};
+
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+pub const MAX_PAGE_SIZE: u32 = 1000;
+/// Lifetime of an invitation created without `expires_at`.
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The furthest `expires_at` a new invitation may have.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The effective statuses a list asks for; empty means every status.
+pub type StatusFilter = BTreeSet<InvitationStatus>;
+
+/// A validated ListInvitations request.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    pub enterprise: EnterpriseId,
+    /// `None` lists the caller's whole enterprise.
+    pub scope: Option<Scope>,
+    pub statuses: StatusFilter,
+    pub email: Option<EmailAddress>,
+    pub page_size: u32,
+    /// The raw token of the previous page; checked against this query by the service.
+    pub page_token: Option<String>,
+}
+
+impl ListQuery {
+    /// What a page token is bound to: everything that selects rows, but not the page size.
+    fn binding(&self) -> Vec<u8> {
+        let mut hash = Sha256::new();
+        hash.update(self.enterprise.as_uuid().as_bytes());
+        // Length-prefixed, so no two different queries hash the same bytes.
+        let scope = self
+            .scope
+            .as_ref()
+            .filter(|s| !s.is_enterprise_root())
+            .map_or("", Scope::as_str);
+        hash.update((scope.len() as u64).to_be_bytes());
+        hash.update(scope.as_bytes());
+        let email = self.email.as_ref().map_or("", EmailAddress::normalized);
+        hash.update((email.len() as u64).to_be_bytes());
+        hash.update(email.as_bytes());
+        for status in &self.statuses {
+            hash.update([*status as u8]);
+        }
+        hash.finalize().to_vec()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ListPage {
+    pub items: Vec<Invitation>,
+    pub next_page_token: Option<String>,
+    /// The instant the statuses of `items` were evaluated at.
+    pub evaluated_at: Timestamp,
+}
+
+/// A validated CreateInvitation request.
+#[derive(Debug, Clone)]
+pub struct CreateCommand {
+    pub enterprise: EnterpriseId,
+    pub actor: UserRef,
+    pub email: EmailAddress,
+    pub role: RoleRef,
+    pub scope: Option<Scope>,
+    pub expires_at: Option<Timestamp>,
+    pub pending_human_actor: Option<UserRef>,
+}
+
+/// A validated CancelInvitation request.
+#[derive(Debug, Clone)]
+pub struct CancelCommand {
+    pub enterprise: EnterpriseId,
+    pub actor: UserRef,
+    pub id: InvitationId,
+    /// The If-Match value, compared as an exact string.
+    pub if_match: String,
+    pub reason: Option<CancelReason>,
+    pub validate_only: bool,
+}
+
+#[derive(Clone)]
+pub struct InvitationService {
+    store: Store,
+    page_tokens: PageTokenCodec,
+}
+
+fn check_scope(enterprise: EnterpriseId, scope: Option<&Scope>) -> Result<(), Error> {
+    match scope {
+        Some(scope) if scope.enterprise() != enterprise => {
+            Err(Error::PermissionDenied(Forbidden::ScopeNotPermitted))
+        }
+        _ => Ok(()),
+    }
+}
+
+impl InvitationService {
+    pub fn new(store: Store, page_tokens: PageTokenCodec) -> Self {
+        Self { store, page_tokens }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub async fn list(&self, query: ListQuery) -> Result<ListPage, Error> {
+        check_scope(query.enterprise, query.scope.as_ref())?;
+        let binding = query.binding();
+        let after = match query.page_token.as_deref() {
+            None => None,
+            Some(token) => Some(self.page_tokens.decode(token, &binding).map_err(|_| {
+                Error::invalid(
+                    "page_token",
+                    ViolationReason::InvalidPageToken,
+                    "is not a page token of this query: it was altered, issued to another \
+                     enterprise, or used with other filters",
+                )
+            })?),
+        };
+        let now = Timestamp::now();
+        let page_size = query.page_size as usize;
+        // One row more than the page tells whether another page follows, without a COUNT.
+        let mut items = self
+            .store
+            .list(&ListFilter {
+                enterprise: query.enterprise,
+                scope: query.scope.as_ref().filter(|s| !s.is_enterprise_root()),
+                statuses: &query.statuses,
+                email: query.email.as_ref(),
+                after,
+                limit: page_size as u64 + 1,
+                now,
+            })
+            .await?;
+        let next_page_token = if items.len() > page_size {
+            items.truncate(page_size);
+            items.last().map(|last| {
+                self.page_tokens.encode(
+                    PageCursor {
+                        created_at: last.created_at,
+                        id: last.id,
+                    },
+                    &binding,
+                )
+            })
+        } else {
+            None
+        };
+        Ok(ListPage {
+            items,
+            next_page_token,
+            evaluated_at: now,
+        })
+    }
+
+    pub async fn get(
+        &self,
+        enterprise: EnterpriseId,
+        id: InvitationId,
+    ) -> Result<Invitation, Error> {
+        self.store
+            .get(enterprise, id)
+            .await?
+            .ok_or(Error::InvitationNotFound(id))
+    }
+
+    pub async fn create(&self, command: CreateCommand) -> Result<Invitation, Error> {
+        check_scope(command.enterprise, command.scope.as_ref())?;
+        let now = Timestamp::now();
+        let expires_at = match command.expires_at {
+            None => now.saturating_add(DEFAULT_LIFETIME),
+            Some(at) if at <= now => {
+                return Err(Error::invalid(
+                    "expires_at",
+                    ViolationReason::ValueOutOfRange,
+                    "must be in the future",
+                ));
+            }
+            Some(at) if at > now.saturating_add(MAX_LIFETIME) => {
+                return Err(Error::invalid(
+                    "expires_at",
+                    ViolationReason::ValueOutOfRange,
+                    "must be at most 30 days from now",
+                ));
+            }
+            Some(at) => at,
+        };
+        let invitation = Invitation {
+            id: InvitationId::generate(),
+            enterprise: command.enterprise,
+            scope: command
+                .scope
+                .unwrap_or_else(|| Scope::enterprise_root(command.enterprise)),
+            email: command.email,
+            role: command.role,
+            stored_status: InvitationStatus::Pending,
+            invited_by: command.actor,
+            pending_human_actor: command.pending_human_actor,
+            challenge_ref: None,
+            created_at: now,
+            updated_at: now,
+            expires_at,
+            accepted_at: None,
+            accepted_by: None,
+            cancelled_at: None,
+            cancel_reason: None,
+            cancelled_by: None,
+            version: Version::FIRST,
+        };
+        match self.store.insert_pending(&invitation, now).await? {
+            InsertOutcome::Created => Ok(invitation),
+            InsertOutcome::DuplicatePending(existing) => {
+                Err(Error::InvitationAlreadyExists { existing })
+            }
+        }
+    }
+
+    /// One conditional write; a re-read only explains why it matched nothing.
+    pub async fn cancel(&self, command: CancelCommand) -> Result<Invitation, Error> {
+        let now = Timestamp::now();
+        if !command.validate_only
+            && let Some(version) = Etag::version_if_of(&command.if_match, command.id)
+        {
+            let change = CancelChange {
+                at: now,
+                by: command.actor,
+                reason: command.reason.clone(),
+            };
+            if let Some(cancelled) = self
+                .store
+                .cancel_pending(command.enterprise, command.id, version, &change, now)
+                .await?
+            {
+                return Ok(cancelled);
+            }
+        }
+        let current = self
+            .store
+            .get(command.enterprise, command.id)
+            .await?
+            .ok_or(Error::InvitationNotFound(command.id))?;
+        let etag = current.etag();
+        // The etag check comes first: a client with a stale etag learns that, whatever the state.
+        if etag.as_str() != command.if_match {
+            return Err(Error::EtagMismatch {
+                id: command.id,
+                current: etag,
+                requested: command.if_match,
+            });
+        }
+        match current.status_at(now) {
+            InvitationStatus::Cancelled => Err(Error::StateConflict {
+                id: command.id,
+                current_status: InvitationStatus::Cancelled,
+                etag,
+            }),
+            status @ (InvitationStatus::Accepted | InvitationStatus::Expired) => {
+                Err(Error::NotAdmissible {
+                    id: command.id,
+                    current_status: status,
+                    etag,
+                })
+            }
+            InvitationStatus::Pending if command.validate_only => Ok(current),
+            // Versions only grow, so a pending row still at the requested version would have
+            // matched the write, which was evaluated at the same instant.
+            InvitationStatus::Pending => Err(Error::Internal(format!(
+                "conditional cancel of {} matched no row, yet the row is pending at that version",
+                command.id
+            ))),
+        }
+    }
+}

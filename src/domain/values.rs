@@ -1,0 +1,384 @@
+//! Validated value types. Each `parse` is the only way in, so holding one is proof that the
+//! value is well formed.
+use std::fmt;
+
+use uuid::Uuid;
+
+/// Why a raw value was refused; the transport turns it into a field violation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueError {
+    Missing,
+    Malformed(&'static str),
+    TooLong { max: usize },
+}
+
+fn parse_uuid(raw: &str) -> Result<Uuid, ValueError> {
+    if raw.is_empty() {
+        return Err(ValueError::Missing);
+    }
+    // Only the canonical hyphenated form: ids are compared and echoed as strings, and a
+    // braced or URN form would make two spellings of one id.
+    if raw.len() != 36 {
+        return Err(ValueError::Malformed(
+            "must be a UUID such as 0196a2c4-8f3e-7a10-9b1c-2d3e4f5a6b7c",
+        ));
+    }
+    Uuid::try_parse(raw).map_err(|_| {
+        ValueError::Malformed("must be a UUID such as 0196a2c4-8f3e-7a10-9b1c-2d3e4f5a6b7c")
+    })
+}
+
+fn parse_ref(
+    raw: &str,
+    collection: &'static str,
+    example: &'static str,
+) -> Result<Uuid, ValueError> {
+    if raw.is_empty() {
+        return Err(ValueError::Missing);
+    }
+    raw.strip_prefix(collection)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .ok_or(ValueError::Malformed(example))
+        .and_then(|id| parse_uuid(id).map_err(|_| ValueError::Malformed(example)))
+}
+
+/// The id of an invitation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InvitationId(Uuid);
+
+impl InvitationId {
+    /// A new time-ordered (v7) id, so fresh rows land at the end of the primary-key index.
+    pub fn generate() -> Self {
+        Self(Uuid::now_v7())
+    }
+    pub fn parse(raw: &str) -> Result<Self, ValueError> {
+        parse_uuid(raw).map(Self)
+    }
+    pub fn from_uuid(id: Uuid) -> Self {
+        Self(id)
+    }
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl fmt::Display for InvitationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// An enterprise, written `enterprises/{uuid}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EnterpriseId(Uuid);
+
+impl EnterpriseId {
+    pub fn parse_ref(raw: &str) -> Result<Self, ValueError> {
+        parse_ref(raw, "enterprises", "must be enterprises/{uuid}").map(Self)
+    }
+    pub fn from_uuid(id: Uuid) -> Self {
+        Self(id)
+    }
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl fmt::Display for EnterpriseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "enterprises/{}", self.0.hyphenated())
+    }
+}
+
+/// A user, written `users/{uuid}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UserRef(Uuid);
+
+impl UserRef {
+    pub fn parse(raw: &str) -> Result<Self, ValueError> {
+        parse_ref(raw, "users", "must be users/{uuid}").map(Self)
+    }
+    pub fn from_uuid(id: Uuid) -> Self {
+        Self(id)
+    }
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl fmt::Display for UserRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "users/{}", self.0.hyphenated())
+    }
+}
+
+/// A role, written `roles/{uuid}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RoleRef(Uuid);
+
+impl RoleRef {
+    pub fn parse(raw: &str) -> Result<Self, ValueError> {
+        parse_ref(raw, "roles", "must be roles/{uuid}").map(Self)
+    }
+    pub fn from_uuid(id: Uuid) -> Self {
+        Self(id)
+    }
+}
+
+impl fmt::Display for RoleRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "roles/{}", self.0.hyphenated())
+    }
+}
+
+/// Where an invitation admits its invitee: the enterprise itself (`enterprises/{uuid}`) or
+/// a resource beneath it (`enterprises/{uuid}/teams/{id}`, any depth of
+/// `collection/id` pairs). Segments use the URL-safe unreserved characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Scope {
+    enterprise: EnterpriseId,
+    name: String,
+}
+
+impl Scope {
+    pub const MAX_LEN: usize = 256;
+
+    pub fn parse(raw: &str) -> Result<Self, ValueError> {
+        const SHAPE: &str =
+            "must be enterprises/{uuid} optionally followed by /{collection}/{id} pairs";
+        if raw.is_empty() {
+            return Err(ValueError::Missing);
+        }
+        if raw.len() > Self::MAX_LEN {
+            return Err(ValueError::TooLong { max: Self::MAX_LEN });
+        }
+        let mut segments = raw.split('/');
+        let (Some("enterprises"), Some(id)) = (segments.next(), segments.next()) else {
+            return Err(ValueError::Malformed(SHAPE));
+        };
+        let enterprise = parse_uuid(id).map_err(|_| ValueError::Malformed(SHAPE))?;
+        let rest: Vec<&str> = segments.collect();
+        let well_formed = rest.len().is_multiple_of(2)
+            && rest.iter().all(|segment| {
+                !segment.is_empty()
+                    && segment.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~')
+                    })
+            });
+        if !well_formed {
+            return Err(ValueError::Malformed(SHAPE));
+        }
+        Ok(Self {
+            enterprise: EnterpriseId(enterprise),
+            // Canonical lower-case UUID so one scope has one spelling.
+            name: std::iter::once(format!("enterprises/{}", enterprise.hyphenated()))
+                .chain(rest.iter().map(|s| (*s).to_owned()))
+                .collect::<Vec<_>>()
+                .join("/"),
+        })
+    }
+
+    /// The whole enterprise.
+    pub fn enterprise_root(enterprise: EnterpriseId) -> Self {
+        Self {
+            enterprise,
+            name: enterprise.to_string(),
+        }
+    }
+
+    pub fn enterprise(&self) -> EnterpriseId {
+        self.enterprise
+    }
+
+    pub fn is_enterprise_root(&self) -> bool {
+        self.name.len() == "enterprises/".len() + 36
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
+}
+
+/// An e-mail address as given (for display) with its case-folded form (for matching).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailAddress {
+    address: String,
+    normalized: String,
+}
+
+impl EmailAddress {
+    /// RFC 5321 limits: 64 octets of local part, 254 of address.
+    pub const MAX_LEN: usize = 254;
+
+    pub fn parse(raw: &str) -> Result<Self, ValueError> {
+        const SHAPE: &str = "must be an e-mail address such as jane.doe@acme.example";
+        if raw.is_empty() {
+            return Err(ValueError::Missing);
+        }
+        if raw.len() > Self::MAX_LEN {
+            return Err(ValueError::TooLong { max: Self::MAX_LEN });
+        }
+        let Some((local, domain)) = raw.rsplit_once('@') else {
+            return Err(ValueError::Malformed(SHAPE));
+        };
+        let local_ok = !local.is_empty()
+            && local.len() <= 64
+            && !local.starts_with('.')
+            && !local.ends_with('.')
+            && !local.contains("..")
+            && local
+                .chars()
+                .all(|c| c.is_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c));
+        let domain_ok = domain.contains('.')
+            && domain.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label.chars().all(|c| c.is_alphanumeric() || c == '-')
+            });
+        if !(local_ok && domain_ok) {
+            return Err(ValueError::Malformed(SHAPE));
+        }
+        Ok(Self {
+            address: raw.to_owned(),
+            normalized: raw.to_lowercase(),
+        })
+    }
+
+    /// Rebuilds an address that was validated before it was stored.
+    pub fn from_stored(address: String, normalized: String) -> Self {
+        Self {
+            address,
+            normalized,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.address
+    }
+
+    pub fn normalized(&self) -> &str {
+        &self.normalized
+    }
+
+    /// For logs: the first character of the local part and the domain, never the whole address.
+    pub fn masked(&self) -> String {
+        match self.address.split_once('@') {
+            Some((local, domain)) => {
+                let first: String = local.chars().take(1).collect();
+                format!("{first}***@{domain}")
+            }
+            None => "***".to_owned(),
+        }
+    }
+}
+
+/// Why an invitation was cancelled: at most 500 characters, no control characters other
+/// than line breaks and tabs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelReason(String);
+
+impl CancelReason {
+    pub const MAX_CHARS: usize = 500;
+
+    /// `Ok(None)` for an empty reason: the field is optional.
+    pub fn parse(raw: &str) -> Result<Option<Self>, ValueError> {
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        if raw.chars().count() > Self::MAX_CHARS {
+            return Err(ValueError::TooLong {
+                max: Self::MAX_CHARS,
+            });
+        }
+        if raw
+            .chars()
+            .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+        {
+            return Err(ValueError::Malformed("must not contain control characters"));
+        }
+        Ok(Some(Self(raw.to_owned())))
+    }
+
+    pub fn from_stored(reason: String) -> Self {
+        Self(reason)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refs_round_trip_and_reject_other_collections() {
+        let user = UserRef::parse("users/0196a2c4-8f3e-7a10-9b1c-2d3e4f5a6b7c").unwrap();
+        assert_eq!(
+            user.to_string(),
+            "users/0196a2c4-8f3e-7a10-9b1c-2d3e4f5a6b7c"
+        );
+        assert!(matches!(
+            UserRef::parse("roles/0196a2c4-8f3e-7a10-9b1c-2d3e4f5a6b7c"),
+            Err(ValueError::Malformed(_))
+        ));
+        assert_eq!(UserRef::parse(""), Err(ValueError::Missing));
+        assert!(InvitationId::parse("{0196a2c4-8f3e-7a10-9b1c-2d3e4f5a6b7c}").is_err());
+    }
+
+    #[test]
+    fn scope_accepts_sub_resources_and_canonicalises_the_uuid() {
+        let scope =
+            Scope::parse("enterprises/0196A2C4-8F3E-7A10-9B1C-2D3E4F5A6B7C/teams/t-1").unwrap();
+        assert_eq!(
+            scope.as_str(),
+            "enterprises/0196a2c4-8f3e-7a10-9b1c-2d3e4f5a6b7c/teams/t-1"
+        );
+        assert!(!scope.is_enterprise_root());
+        assert!(
+            Scope::parse("enterprises/0196a2c4-8f3e-7a10-9b1c-2d3e4f5a6b7c")
+                .unwrap()
+                .is_enterprise_root()
+        );
+        for bad in [
+            "enterprises/0196a2c4-8f3e-7a10-9b1c-2d3e4f5a6b7c/teams",
+            "enterprises/0196a2c4-8f3e-7a10-9b1c-2d3e4f5a6b7c//x",
+            "enterprises/not-a-uuid",
+            "users/0196a2c4-8f3e-7a10-9b1c-2d3e4f5a6b7c",
+        ] {
+            assert!(Scope::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn email_is_matched_case_insensitively_and_masked_in_logs() {
+        let email = EmailAddress::parse("Jane.Doe@Acme.Example").unwrap();
+        assert_eq!(email.normalized(), "jane.doe@acme.example");
+        assert_eq!(email.masked(), "J***@Acme.Example");
+        for bad in [
+            "",
+            "jane",
+            "jane@",
+            "@acme.example",
+            "ja ne@acme.example",
+            "jane@acme",
+            "a..b@acme.example",
+        ] {
+            assert!(EmailAddress::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cancel_reason_counts_characters_not_bytes() {
+        assert_eq!(CancelReason::parse("").unwrap(), None);
+        assert!(CancelReason::parse(&"é".repeat(500)).unwrap().is_some());
+        assert_eq!(
+            CancelReason::parse(&"é".repeat(501)),
+            Err(ValueError::TooLong { max: 500 })
+        );
+        assert!(CancelReason::parse("bad\u{0}byte").is_err());
+    }
+}

@@ -1,0 +1,357 @@
+//! Wire types → domain commands (validation happens once, here) and domain → wire types.
+use std::collections::BTreeSet;
+
+use prost_types::Timestamp as WireTimestamp;
+use tonic::metadata::MetadataMap;
+
+use crate::auth::EnterpriseAdmin;
+use crate::domain::{
+    CancelCommand, CancelReason, CreateCommand, DEFAULT_PAGE_SIZE, EmailAddress, Invitation,
+    InvitationId, InvitationStatus, ListQuery, MAX_PAGE_SIZE, RoleRef, Scope, StatusFilter,
+    Timestamp, UserRef, ValueError,
+};
+use crate::error::{Error, FieldViolation, ViolationReason};
+use crate::proto::invitations::v1 as pb;
+
+/// More entries than there are statuses can only be duplicates; far more is an attack.
+const MAX_STATUS_FILTERS: usize = 16;
+/// Longest etag accepted; ours are about 30 characters.
+const MAX_ETAG_LEN: usize = 128;
+/// Longest page token accepted before the codec even looks at it.
+const MAX_PAGE_TOKEN_LEN: usize = 512;
+
+/// Collects every violation of a request, so one answer names every bad field.
+#[derive(Default)]
+struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    fn check<T>(&mut self, field: &'static str, parsed: Result<T, ValueError>) -> Option<T> {
+        parsed
+            .map_err(|e| self.0.push(FieldViolation::from_value(field, e)))
+            .ok()
+    }
+
+    fn optional<T>(
+        &mut self,
+        field: &'static str,
+        raw: &str,
+        parse: impl FnOnce(&str) -> Result<T, ValueError>,
+    ) -> Option<T> {
+        if raw.is_empty() {
+            None
+        } else {
+            self.check(field, parse(raw))
+        }
+    }
+
+    fn push(
+        &mut self,
+        field: &'static str,
+        reason: ViolationReason,
+        description: impl Into<String>,
+    ) {
+        self.0.push(FieldViolation::new(field, reason, description));
+    }
+
+    /// `Ok(value)` when no violation was recorded; every field was parsed by then.
+    fn finish<T>(self, build: impl FnOnce() -> Option<T>) -> Result<T, Error> {
+        if self.0.is_empty()
+            && let Some(value) = build()
+        {
+            return Ok(value);
+        }
+        let mut violations = self.0;
+        if violations.is_empty() {
+            violations.push(FieldViolation::new(
+                "",
+                ViolationReason::InvalidFormat,
+                "is invalid",
+            ));
+        }
+        Err(Error::InvalidArgument(violations))
+    }
+}
+
+fn wire_status(status: InvitationStatus) -> pb::InvitationStatus {
+    match status {
+        InvitationStatus::Pending => pb::InvitationStatus::Pending,
+        InvitationStatus::Accepted => pb::InvitationStatus::Accepted,
+        InvitationStatus::Cancelled => pb::InvitationStatus::Cancelled,
+        InvitationStatus::Expired => pb::InvitationStatus::Expired,
+    }
+}
+
+fn domain_status(raw: i32) -> Option<InvitationStatus> {
+    match pb::InvitationStatus::try_from(raw).ok()? {
+        pb::InvitationStatus::Unspecified => None,
+        pb::InvitationStatus::Pending => Some(InvitationStatus::Pending),
+        pb::InvitationStatus::Accepted => Some(InvitationStatus::Accepted),
+        pb::InvitationStatus::Cancelled => Some(InvitationStatus::Cancelled),
+        pb::InvitationStatus::Expired => Some(InvitationStatus::Expired),
+    }
+}
+
+pub fn wire_timestamp(at: Timestamp) -> WireTimestamp {
+    let micros = at.unix_micros();
+    WireTimestamp {
+        seconds: micros.div_euclid(1_000_000),
+        // In 0..1_000_000_000 by construction of div_euclid/rem_euclid.
+        nanos: (micros.rem_euclid(1_000_000) * 1_000) as i32,
+    }
+}
+
+fn domain_timestamp(at: &WireTimestamp) -> Result<Timestamp, ValueError> {
+    const SHAPE: &str = "must be a valid timestamp (nanos in 0..1e9)";
+    if !(0..1_000_000_000).contains(&at.nanos) {
+        return Err(ValueError::Malformed(SHAPE));
+    }
+    at.seconds
+        .checked_mul(1_000_000)
+        .and_then(|micros| micros.checked_add(i64::from(at.nanos / 1_000)))
+        .map(Timestamp::from_unix_micros)
+        .ok_or(ValueError::Malformed(SHAPE))
+}
+
+/// The invitation as a caller sees it at `now`.
+pub fn wire_invitation(invitation: &Invitation, now: Timestamp) -> pb::Invitation {
+    pb::Invitation {
+        id: invitation.id.to_string(),
+        enterprise_ref: invitation.enterprise.to_string(),
+        scope: invitation.scope.as_str().to_owned(),
+        email_constraint: invitation.email.as_str().to_owned(),
+        role: invitation.role.to_string(),
+        status: wire_status(invitation.status_at(now)) as i32,
+        invited_by: invitation.invited_by.to_string(),
+        pending_human_actor_ref: invitation.pending_human_actor.map(|u| u.to_string()),
+        challenge_ref: invitation.challenge_ref.clone(),
+        created_at: Some(wire_timestamp(invitation.created_at)),
+        updated_at: Some(wire_timestamp(invitation.updated_at)),
+        expires_at: Some(wire_timestamp(invitation.expires_at)),
+        accepted_at: invitation.accepted_at.map(wire_timestamp),
+        cancelled_at: invitation.cancelled_at.map(wire_timestamp),
+        etag: invitation.etag().as_str().to_owned(),
+        cancel_reason: invitation
+            .cancel_reason
+            .as_ref()
+            .map(|r| r.as_str().to_owned()),
+        cancelled_by: invitation.cancelled_by.map(|u| u.to_string()),
+        accepted_by: invitation.accepted_by.map(|u| u.to_string()),
+    }
+}
+
+pub fn list_query(
+    admin: EnterpriseAdmin,
+    request: pb::ListInvitationsRequest,
+) -> Result<ListQuery, Error> {
+    let mut violations = Violations::default();
+    let page_size = match u32::try_from(request.page_size) {
+        Err(_) => {
+            violations.push(
+                "page_size",
+                ViolationReason::ValueOutOfRange,
+                "must not be negative",
+            );
+            None
+        }
+        Ok(0) => Some(DEFAULT_PAGE_SIZE),
+        Ok(size) => Some(size.min(MAX_PAGE_SIZE)),
+    };
+    let mut statuses = StatusFilter::new();
+    if request.statuses.len() > MAX_STATUS_FILTERS {
+        violations.push(
+            "statuses",
+            ViolationReason::ValueOutOfRange,
+            format!("must have at most {MAX_STATUS_FILTERS} entries"),
+        );
+    } else {
+        for raw in &request.statuses {
+            match domain_status(*raw) {
+                Some(status) => {
+                    statuses.insert(status);
+                }
+                None => violations.push(
+                    "statuses",
+                    ViolationReason::InvalidFormat,
+                    format!("{raw} is not a status (UNSPECIFIED is not allowed)"),
+                ),
+            }
+        }
+    }
+    let email = violations.optional(
+        "email_constraint",
+        &request.email_constraint,
+        EmailAddress::parse,
+    );
+    let scope = violations.optional("scope", &request.scope, Scope::parse);
+    let page_token = match request.page_token.len() {
+        0 => None,
+        len if len > MAX_PAGE_TOKEN_LEN => {
+            violations.push(
+                "page_token",
+                ViolationReason::InvalidPageToken,
+                "is not a page token of this query",
+            );
+            None
+        }
+        _ => Some(request.page_token),
+    };
+    let email_given = !request.email_constraint.is_empty();
+    let scope_given = !request.scope.is_empty();
+    violations.finish(|| {
+        Some(ListQuery {
+            enterprise: admin.enterprise,
+            scope: if scope_given { Some(scope?) } else { None },
+            statuses: statuses.into_iter().collect::<BTreeSet<_>>(),
+            email: if email_given { Some(email?) } else { None },
+            page_size: page_size?,
+            page_token,
+        })
+    })
+}
+
+pub fn invitation_id(raw: &str) -> Result<InvitationId, Error> {
+    let mut violations = Violations::default();
+    let id = violations.check("invitation_id", InvitationId::parse(raw));
+    violations.finish(|| id)
+}
+
+pub fn create_command(
+    admin: EnterpriseAdmin,
+    request: pb::CreateInvitationRequest,
+) -> Result<CreateCommand, Error> {
+    let mut violations = Violations::default();
+    let email = violations.check(
+        "email_constraint",
+        EmailAddress::parse(&request.email_constraint),
+    );
+    let role = violations.check("role", RoleRef::parse(&request.role));
+    let scope = violations.optional("scope", &request.scope, Scope::parse);
+    let pending_human_actor = violations.optional(
+        "pending_human_actor_ref",
+        &request.pending_human_actor_ref,
+        UserRef::parse,
+    );
+    let expires_at = request
+        .expires_at
+        .as_ref()
+        .and_then(|at| violations.check("expires_at", domain_timestamp(at)));
+    let (scope_given, actor_given, expiry_given) = (
+        !request.scope.is_empty(),
+        !request.pending_human_actor_ref.is_empty(),
+        request.expires_at.is_some(),
+    );
+    violations.finish(|| {
+        Some(CreateCommand {
+            enterprise: admin.enterprise,
+            actor: admin.subject,
+            email: email?,
+            role: role?,
+            scope: if scope_given { Some(scope?) } else { None },
+            expires_at: if expiry_given {
+                Some(expires_at?)
+            } else {
+                None
+            },
+            pending_human_actor: if actor_given {
+                Some(pending_human_actor?)
+            } else {
+                None
+            },
+        })
+    })
+}
+
+/// The If-Match value: the `etag` field or the `if-match` metadata (one of them, or both
+/// when equal).
+fn if_match(field: &str, metadata: &MetadataMap, violations: &mut Violations) -> Option<String> {
+    let header = match metadata.get("if-match").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(value)) => Some(value.trim()),
+        Some(Err(_)) => {
+            violations.push(
+                "etag",
+                ViolationReason::InvalidFormat,
+                "if-match metadata must be printable ASCII",
+            );
+            return None;
+        }
+    };
+    let value = match (field, header) {
+        ("", None | Some("")) => {
+            violations.push(
+                "etag",
+                ViolationReason::MissingRequiredField,
+                "is required: send the invitation's current etag in `etag` or `if-match` metadata",
+            );
+            return None;
+        }
+        (field, None | Some("")) => field,
+        ("", Some(header)) => header,
+        (field, Some(header)) if field == header => field,
+        _ => {
+            violations.push(
+                "etag",
+                ViolationReason::EtagConflict,
+                "differs from the if-match metadata; send one, or the same value in both",
+            );
+            return None;
+        }
+    };
+    if value.len() > MAX_ETAG_LEN {
+        violations.push(
+            "etag",
+            ViolationReason::ValueTooLong,
+            format!("must be at most {MAX_ETAG_LEN} characters"),
+        );
+        return None;
+    }
+    Some(value.to_owned())
+}
+
+pub fn cancel_command(
+    admin: EnterpriseAdmin,
+    metadata: &MetadataMap,
+    request: pb::CancelInvitationRequest,
+) -> Result<CancelCommand, Error> {
+    let mut violations = Violations::default();
+    let id = violations.check("invitation_id", InvitationId::parse(&request.invitation_id));
+    let reason = violations.check("reason", CancelReason::parse(&request.reason));
+    let if_match = if_match(&request.etag, metadata, &mut violations);
+    violations.finish(|| {
+        Some(CancelCommand {
+            enterprise: admin.enterprise,
+            actor: admin.subject,
+            id: id?,
+            if_match: if_match?,
+            reason: reason?,
+            validate_only: request.validate_only,
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip_including_before_the_epoch() {
+        for micros in [0, 1, -1, 1_767_225_600_123_456, -1_500_000] {
+            let at = Timestamp::from_unix_micros(micros);
+            assert_eq!(domain_timestamp(&wire_timestamp(at)), Ok(at));
+        }
+        assert!(
+            domain_timestamp(&WireTimestamp {
+                seconds: 0,
+                nanos: -1
+            })
+            .is_err()
+        );
+        assert!(
+            domain_timestamp(&WireTimestamp {
+                seconds: i64::MAX,
+                nanos: 0
+            })
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,12 @@
+//! Invitations: a gRPC service that lists and cancels user invitations under an enterprise
+//! scope. `main.rs` only parses configuration and calls [`startup::Application`].
+pub mod auth;
+pub mod config;
+pub mod dev;
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod proto;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

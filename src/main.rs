@@ -1,0 +1,49 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use invitations::config::{Cli, Command};
+use invitations::startup::Application;
+use invitations::{dev, telemetry};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.config.log_format);
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(reason) => {
+            eprintln!("invitations: {reason}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let settings = cli.config.settings()?;
+            Application::build(&settings)
+                .await?
+                .run_until(invitations::startup::shutdown_signal())
+                .await?;
+        }
+        Command::Migrate => {
+            let store = invitations::store::Store::connect(&cli.config.store_settings()?).await?;
+            store.migrate().await?;
+            eprintln!("invitations: migrations applied");
+        }
+        Command::Dev => dev::run(&cli.config).await?,
+        Command::MintToken {
+            sub,
+            enterprise,
+            capabilities,
+            ttl_secs,
+        } => {
+            println!(
+                "{}",
+                dev::mint_token(&cli.config, sub, enterprise, &capabilities, ttl_secs)?
+            );
+        }
+    }
+    Ok(())
+}

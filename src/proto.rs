@@ -1,0 +1,12 @@
+//! Generated protobuf and gRPC code (see `build.rs`).
+#![allow(clippy::all, clippy::pedantic)]
+
+pub mod invitations {
+    pub mod v1 {
+        tonic::include_proto!("invitations.v1");
+    }
+}
+
+/// Descriptors of `invitations.v1`, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("invitations_descriptor");

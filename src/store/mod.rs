@@ -1,0 +1,378 @@
+//! The repository: the only place that knows SQL. It answers with domain types.
+//!
+//! Writes that depend on state are single conditional statements whose `rows_affected`
+//! (or `RETURNING` rows) decide the outcome, so no read-then-write race exists on either
+//! store. Authorization is part of every query: each one is filtered by enterprise.
+mod entity;
+
+use std::time::Duration;
+
+use invitations_migrations::{Migrator, MigratorTrait};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, ConnectOptions, Database, DatabaseConnection,
+    DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, RuntimeErr, SqlErr,
+    TransactionTrait,
+};
+
+use crate::domain::{
+    CancelReason, EmailAddress, EnterpriseId, Invitation, InvitationId, InvitationStatus,
+    PageCursor, RoleRef, Scope, StatusFilter, Timestamp, UserRef, Version,
+};
+use crate::error::Error;
+use entity::{ActiveModel, Column, Entity, Model};
+
+/// How to reach the database.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// `sqlite://path?mode=rwc` or `postgres://user@host/db`.
+    pub url: String,
+    pub max_connections: u32,
+    /// How long a request waits for a free connection before it is answered UNAVAILABLE.
+    pub acquire_timeout: Duration,
+    /// How long a SQLite writer waits for the write lock.
+    pub sqlite_busy_timeout: Duration,
+}
+
+/// Which rows a list wants; see [`Store::list`].
+#[derive(Debug)]
+pub struct ListFilter<'a> {
+    pub enterprise: EnterpriseId,
+    /// A sub-scope to match exactly; `None` for the whole enterprise.
+    pub scope: Option<&'a Scope>,
+    pub statuses: &'a StatusFilter,
+    pub email: Option<&'a EmailAddress>,
+    pub after: Option<PageCursor>,
+    pub limit: u64,
+    /// The instant effective statuses are evaluated at.
+    pub now: Timestamp,
+}
+
+/// What a cancel writes.
+#[derive(Debug, Clone)]
+pub struct CancelChange {
+    pub at: Timestamp,
+    pub by: UserRef,
+    pub reason: Option<CancelReason>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertOutcome {
+    Created,
+    /// Another pending invitation for the same address and enterprise exists.
+    DuplicatePending(InvitationId),
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+/// Sorts a database failure into what the client should be told.
+fn classify(error: DbErr) -> Error {
+    let unavailable = match &error {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(cause)) | DbErr::Query(RuntimeErr::SqlxError(cause)) => {
+            use sea_orm::sqlx::Error as Sqlx;
+            match cause.as_ref() {
+                Sqlx::Io(_)
+                | Sqlx::PoolTimedOut
+                | Sqlx::PoolClosed
+                | Sqlx::Tls(_)
+                | Sqlx::WorkerCrashed => true,
+                // PostgreSQL: class 08 (connection exception), 57P0x (server shutting down),
+                // 53xxx (insufficient resources).
+                Sqlx::Database(db) => db.code().is_some_and(|code| {
+                    code.starts_with("08") || code.starts_with("57P0") || code.starts_with("53")
+                }),
+                _ => false,
+            }
+        }
+        _ => false,
+    };
+    if unavailable {
+        Error::DatabaseUnavailable(Box::new(error))
+    } else {
+        Error::Upstream(Box::new(error))
+    }
+}
+
+fn corrupt(id: uuid::Uuid, column: &str) -> Error {
+    Error::Internal(format!("stored invitation {id} has an invalid {column}"))
+}
+
+fn into_domain(row: Model) -> Result<Invitation, Error> {
+    let id = row.id;
+    let user = |raw: &str, column: &str| UserRef::parse(raw).map_err(|_| corrupt(id, column));
+    let optional_user =
+        |raw: Option<&String>, column: &str| raw.map(|r| user(r, column)).transpose();
+    Ok(Invitation {
+        id: InvitationId::from_uuid(id),
+        enterprise: EnterpriseId::from_uuid(row.enterprise_id),
+        scope: Scope::parse(&row.scope).map_err(|_| corrupt(id, "scope"))?,
+        role: RoleRef::parse(&row.role).map_err(|_| corrupt(id, "role"))?,
+        stored_status: InvitationStatus::parse_stored(&row.status)
+            .ok_or_else(|| corrupt(id, "status"))?,
+        invited_by: user(&row.invited_by, "invited_by")?,
+        pending_human_actor: optional_user(
+            row.pending_human_actor_ref.as_ref(),
+            "pending_human_actor_ref",
+        )?,
+        accepted_by: optional_user(row.accepted_by.as_ref(), "accepted_by")?,
+        cancelled_by: optional_user(row.cancelled_by.as_ref(), "cancelled_by")?,
+        email: EmailAddress::from_stored(row.email_constraint, row.email_normalized),
+        challenge_ref: row.challenge_ref,
+        created_at: Timestamp::from_unix_micros(row.created_at),
+        updated_at: Timestamp::from_unix_micros(row.updated_at),
+        expires_at: Timestamp::from_unix_micros(row.expires_at),
+        accepted_at: row.accepted_at.map(Timestamp::from_unix_micros),
+        cancelled_at: row.cancelled_at.map(Timestamp::from_unix_micros),
+        cancel_reason: row.cancel_reason.map(CancelReason::from_stored),
+        version: Version::from_stored(row.version),
+    })
+}
+
+fn into_active_model(invitation: &Invitation) -> ActiveModel {
+    ActiveModel {
+        id: Set(invitation.id.as_uuid()),
+        enterprise_id: Set(invitation.enterprise.as_uuid()),
+        scope: Set(invitation.scope.as_str().to_owned()),
+        email_constraint: Set(invitation.email.as_str().to_owned()),
+        email_normalized: Set(invitation.email.normalized().to_owned()),
+        role: Set(invitation.role.to_string()),
+        status: Set(invitation.stored_status.as_str().to_owned()),
+        invited_by: Set(invitation.invited_by.to_string()),
+        pending_human_actor_ref: Set(invitation.pending_human_actor.map(|u| u.to_string())),
+        challenge_ref: Set(invitation.challenge_ref.clone()),
+        created_at: Set(invitation.created_at.unix_micros()),
+        updated_at: Set(invitation.updated_at.unix_micros()),
+        expires_at: Set(invitation.expires_at.unix_micros()),
+        accepted_at: Set(invitation.accepted_at.map(Timestamp::unix_micros)),
+        accepted_by: Set(invitation.accepted_by.map(|u| u.to_string())),
+        cancelled_at: Set(invitation.cancelled_at.map(Timestamp::unix_micros)),
+        cancel_reason: Set(invitation
+            .cancel_reason
+            .as_ref()
+            .map(|r| r.as_str().to_owned())),
+        cancelled_by: Set(invitation.cancelled_by.map(|u| u.to_string())),
+        version: Set(invitation.version.get()),
+    }
+}
+
+/// Rows whose effective status (see `Invitation::status_at`) is `status` at `now`.
+fn effective_status_is(status: InvitationStatus, now: Timestamp) -> Condition {
+    let stored = |s: InvitationStatus| Column::Status.eq(s.as_str());
+    let now = now.unix_micros();
+    match status {
+        InvitationStatus::Pending => Condition::all()
+            .add(stored(InvitationStatus::Pending))
+            .add(Column::ExpiresAt.gt(now)),
+        InvitationStatus::Expired => Condition::any().add(stored(InvitationStatus::Expired)).add(
+            Condition::all()
+                .add(stored(InvitationStatus::Pending))
+                .add(Column::ExpiresAt.lte(now)),
+        ),
+        InvitationStatus::Accepted | InvitationStatus::Cancelled => {
+            Condition::all().add(stored(status))
+        }
+    }
+}
+
+impl Store {
+    /// Connects (creating a SQLite file if needed). SQLite runs in WAL mode so readers never
+    /// block the writer, with a busy timeout so concurrent writers queue instead of failing.
+    pub async fn connect(settings: &StoreSettings) -> Result<Self, DbErr> {
+        let mut options = ConnectOptions::new(settings.url.clone());
+        let busy = settings.sqlite_busy_timeout;
+        options
+            .max_connections(settings.max_connections)
+            .min_connections(1)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_timeout(settings.acquire_timeout)
+            .sqlx_logging(false)
+            .map_sqlx_sqlite_opts(move |o: SqliteConnectOptions| {
+                o.create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(busy)
+                    .foreign_keys(true)
+            });
+        let db = Database::connect(options).await?;
+        Ok(Self { db })
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.db.get_database_backend()
+    }
+
+    /// Applies every pending migration.
+    pub async fn migrate(&self) -> Result<(), DbErr> {
+        Migrator::up(&self.db, None).await
+    }
+
+    /// A round trip to the database.
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.db.ping().await.map_err(classify)
+    }
+
+    /// One page in (created_at desc, id desc) order, strictly after `filter.after`.
+    pub async fn list(&self, filter: &ListFilter<'_>) -> Result<Vec<Invitation>, Error> {
+        let mut query = Entity::find().filter(Column::EnterpriseId.eq(filter.enterprise.as_uuid()));
+        if let Some(scope) = filter.scope {
+            query = query.filter(Column::Scope.eq(scope.as_str()));
+        }
+        if let Some(email) = filter.email {
+            query = query.filter(Column::EmailNormalized.eq(email.normalized()));
+        }
+        if !filter.statuses.is_empty() && filter.statuses.len() < InvitationStatus::ALL.len() {
+            let any = filter
+                .statuses
+                .iter()
+                .fold(Condition::any(), |any, status| {
+                    any.add(effective_status_is(*status, filter.now))
+                });
+            query = query.filter(any);
+        }
+        if let Some(after) = filter.after {
+            // A row-value comparison, which both stores serve from the page index as a range.
+            query = query.filter(
+                Expr::tuple([Expr::col(Column::CreatedAt), Expr::col(Column::Id)]).lt(Expr::tuple(
+                    [
+                        Expr::val(after.created_at.unix_micros()),
+                        Expr::val(after.id.as_uuid()),
+                    ],
+                )),
+            );
+        }
+        let rows = query
+            .order_by_desc(Column::CreatedAt)
+            .order_by_desc(Column::Id)
+            .limit(filter.limit)
+            .all(&self.db)
+            .await
+            .map_err(classify)?;
+        rows.into_iter().map(into_domain).collect()
+    }
+
+    pub async fn get(
+        &self,
+        enterprise: EnterpriseId,
+        id: InvitationId,
+    ) -> Result<Option<Invitation>, Error> {
+        Entity::find()
+            .filter(Column::Id.eq(id.as_uuid()))
+            .filter(Column::EnterpriseId.eq(enterprise.as_uuid()))
+            .one(&self.db)
+            .await
+            .map_err(classify)?
+            .map(into_domain)
+            .transpose()
+    }
+
+    /// Inserts a new pending invitation unless one is pending for the same address.
+    ///
+    /// A pending row past its `expires_at` no longer counts: in the same transaction it is
+    /// first stored as expired (its version moves, as for every change), then the unique
+    /// index on pending rows decides between concurrent creators.
+    pub async fn insert_pending(
+        &self,
+        invitation: &Invitation,
+        now: Timestamp,
+    ) -> Result<InsertOutcome, Error> {
+        let same_address = Condition::all()
+            .add(Column::EnterpriseId.eq(invitation.enterprise.as_uuid()))
+            .add(Column::EmailNormalized.eq(invitation.email.normalized()))
+            .add(Column::Status.eq(InvitationStatus::Pending.as_str()));
+        let txn = self.db.begin().await.map_err(classify)?;
+        Entity::update_many()
+            .col_expr(
+                Column::Status,
+                Expr::value(InvitationStatus::Expired.as_str()),
+            )
+            .col_expr(Column::UpdatedAt, Expr::value(now.unix_micros()))
+            .col_expr(Column::Version, Expr::col(Column::Version).add(1))
+            .filter(same_address.clone())
+            .filter(Column::ExpiresAt.lte(now.unix_micros()))
+            .exec(&txn)
+            .await
+            .map_err(classify)?;
+        let inserted = Entity::insert(into_active_model(invitation))
+            .on_conflict(OnConflict::new().do_nothing().to_owned())
+            .exec_without_returning(&txn)
+            .await;
+        match inserted {
+            Ok(1) => {
+                txn.commit().await.map_err(classify)?;
+                Ok(InsertOutcome::Created)
+            }
+            Ok(_) => {
+                txn.rollback().await.map_err(classify)?;
+                let existing = Entity::find()
+                    .filter(same_address)
+                    .one(&self.db)
+                    .await
+                    .map_err(classify)?;
+                match existing {
+                    Some(row) => Ok(InsertOutcome::DuplicatePending(InvitationId::from_uuid(
+                        row.id,
+                    ))),
+                    // The other pending row was cancelled or accepted meanwhile: the conflict
+                    // was real when it happened, so it is still reported as one.
+                    None => Err(Error::InvitationAlreadyExists {
+                        existing: invitation.id,
+                    }),
+                }
+            }
+            Err(error) => Err(match error.sql_err() {
+                Some(SqlErr::UniqueConstraintViolation(_)) => {
+                    Error::Internal("insert conflicted although it ignores conflicts".into())
+                }
+                _ => classify(error),
+            }),
+        }
+    }
+
+    /// The cancel: one conditional write on (id, enterprise, version, effective pending).
+    /// `None` when it matched no row; the caller explains why.
+    pub async fn cancel_pending(
+        &self,
+        enterprise: EnterpriseId,
+        id: InvitationId,
+        expected: Version,
+        change: &CancelChange,
+        now: Timestamp,
+    ) -> Result<Option<Invitation>, Error> {
+        let rows = Entity::update_many()
+            .col_expr(
+                Column::Status,
+                Expr::value(InvitationStatus::Cancelled.as_str()),
+            )
+            .col_expr(Column::CancelledAt, Expr::value(change.at.unix_micros()))
+            .col_expr(Column::CancelledBy, Expr::value(change.by.to_string()))
+            .col_expr(
+                Column::CancelReason,
+                Expr::value(change.reason.as_ref().map(|r| r.as_str().to_owned())),
+            )
+            .col_expr(Column::UpdatedAt, Expr::value(change.at.unix_micros()))
+            .col_expr(Column::Version, Expr::value(expected.next().get()))
+            .filter(Column::Id.eq(id.as_uuid()))
+            .filter(Column::EnterpriseId.eq(enterprise.as_uuid()))
+            .filter(Column::Version.eq(expected.get()))
+            .filter(effective_status_is(InvitationStatus::Pending, now))
+            .exec_with_returning(&self.db)
+            .await
+            .map_err(classify)?;
+        rows.into_iter().next().map(into_domain).transpose()
+    }
+
+    /// Writes a whole invitation as given, whatever its status. For seeding demo data and
+    /// test fixtures (accepted or lapsed invitations have no RPC that makes them yet).
+    pub async fn insert_raw(&self, invitation: &Invitation) -> Result<(), Error> {
+        Entity::insert(into_active_model(invitation))
+            .exec_without_returning(&self.db)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+}
