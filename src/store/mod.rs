@@ -211,6 +211,13 @@ impl Store {
         Migrator::up(&self.db, None).await
     }
 
+    /// Closes every pooled connection (for an orderly shutdown).
+    pub async fn close(&self) {
+        if let Err(error) = self.db.close_by_ref().await {
+            tracing::warn!(%error, "closing the database pool failed");
+        }
+    }
+
     /// A round trip to the database.
     pub async fn ping(&self) -> Result<(), Error> {
         self.db.ping().await.map_err(classify)

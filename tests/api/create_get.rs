@@ -1,0 +1,303 @@
+//! CreateInvitation and GetInvitation.
+use std::time::Duration;
+
+use invitations::domain::{InvitationStatus, Timestamp};
+use invitations::proto::invitations::v1::{
+    CancelInvitationRequest, CreateInvitationRequest, GetInvitationRequest,
+    InvitationStatus as WireStatus,
+};
+use prost_types::Timestamp as WireTimestamp;
+use tonic::Code;
+use tonic_types::StatusExt;
+use uuid::Uuid;
+
+use crate::common::{Fixture, TestApp, assert_error, violations};
+use crate::on_both_stores;
+
+fn wire(at: Timestamp) -> WireTimestamp {
+    WireTimestamp {
+        seconds: at.unix_micros().div_euclid(1_000_000),
+        nanos: 0,
+    }
+}
+
+fn create(email: &str) -> CreateInvitationRequest {
+    CreateInvitationRequest {
+        email_constraint: email.into(),
+        role: format!("roles/{}", Uuid::new_v4()),
+        ..Default::default()
+    }
+}
+
+async fn create_then_get_round_trips(app: &TestApp) {
+    let before = Timestamp::now();
+    let created = app
+        .client()
+        .create_invitation(app.request(CreateInvitationRequest {
+            pending_human_actor_ref: format!("users/{}", Uuid::new_v4()),
+            scope: format!("{}/teams/blue", app.enterprise),
+            ..create("New.Hire@Acme.Example")
+        }))
+        .await
+        .expect("created")
+        .into_inner();
+    assert_eq!(created.status, WireStatus::Pending as i32);
+    assert_eq!(created.email_constraint, "New.Hire@Acme.Example");
+    assert_eq!(created.enterprise_ref, app.enterprise.to_string());
+    assert_eq!(created.scope, format!("{}/teams/blue", app.enterprise));
+    assert_eq!(created.invited_by, app.admin.to_string());
+    assert!(created.pending_human_actor_ref.is_some());
+    assert_eq!(created.challenge_ref, None);
+    assert_eq!(created.cancelled_at, None);
+    assert_eq!(created.created_at, created.updated_at);
+    // Default lifetime: seven days.
+    let expires = created.expires_at.expect("expires_at").seconds;
+    let week = before
+        .saturating_add(Duration::from_secs(7 * 24 * 3600))
+        .unix_micros()
+        / 1_000_000;
+    assert!(
+        (week..=week + 60).contains(&expires),
+        "expires in about 7 days"
+    );
+
+    let fetched = app
+        .client()
+        .get_invitation(app.request(GetInvitationRequest {
+            invitation_id: created.id.clone(),
+        }))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(fetched, created);
+    // And it can be cancelled with the etag Create returned.
+    app.client()
+        .cancel_invitation(app.request(CancelInvitationRequest {
+            invitation_id: created.id.clone(),
+            etag: created.etag.clone(),
+            ..Default::default()
+        }))
+        .await
+        .expect("cancel with the etag from create");
+}
+
+async fn a_second_pending_invitation_for_an_address_already_exists(app: &TestApp) {
+    let first = app
+        .client()
+        .create_invitation(app.request(create("dup@acme.example")))
+        .await
+        .expect("first");
+    let status = app
+        .client()
+        .create_invitation(app.request(create("DUP@acme.example")))
+        .await
+        .expect_err("duplicate, whatever the case");
+    assert_error(
+        &status,
+        Code::AlreadyExists,
+        "INVITATION_ALREADY_EXISTS",
+        "already_exists",
+        409,
+    );
+    let resource = status.get_details_resource_info().expect("ResourceInfo");
+    assert_eq!(resource.resource_type, "invitations.v1.Invitation");
+    assert_eq!(
+        resource.resource_name,
+        format!("invitations/{}", first.into_inner().id)
+    );
+    // A lapsed pending invitation does not block a new one, and is then stored as expired.
+    let lapsed = app.insert(Fixture::lapsed("again@acme.example")).await;
+    app.client()
+        .create_invitation(app.request(create("again@acme.example")))
+        .await
+        .expect("the lapsed one does not count");
+    let stored = app
+        .store
+        .get(app.enterprise, lapsed.id)
+        .await
+        .expect("read")
+        .expect("row");
+    assert_eq!(stored.stored_status, InvitationStatus::Expired);
+    assert_eq!(
+        stored.version,
+        lapsed.version.next(),
+        "a stored change moves the etag"
+    );
+    // Another enterprise may invite the same address.
+    let (_, other) = app.other_enterprise_admin();
+    app.client()
+        .create_invitation(crate::common::authorized(
+            &other,
+            create("dup@acme.example"),
+        ))
+        .await
+        .expect("other enterprise");
+}
+
+async fn concurrent_creates_for_one_address_make_one_invitation(app: &TestApp) {
+    let attempts: Vec<_> = (0..10)
+        .map(|_| {
+            let mut client = app.client();
+            let request = app.request(create("once@acme.example"));
+            tokio::spawn(async move { client.create_invitation(request).await })
+        })
+        .collect();
+    let mut created = 0;
+    for attempt in attempts {
+        match attempt.await.expect("task") {
+            Ok(_) => created += 1,
+            Err(status) => {
+                assert_error(
+                    &status,
+                    Code::AlreadyExists,
+                    "INVITATION_ALREADY_EXISTS",
+                    "already_exists",
+                    409,
+                );
+            }
+        }
+    }
+    assert_eq!(created, 1);
+}
+
+async fn bad_create_requests_name_each_field(app: &TestApp) {
+    let status = app
+        .client()
+        .create_invitation(app.request(CreateInvitationRequest::default()))
+        .await
+        .expect_err("empty");
+    assert_error(
+        &status,
+        Code::InvalidArgument,
+        "MISSING_REQUIRED_FIELD",
+        "invalid_request",
+        400,
+    );
+    assert_eq!(
+        violations(&status),
+        vec![
+            (
+                "email_constraint".to_owned(),
+                "MISSING_REQUIRED_FIELD".to_owned()
+            ),
+            ("role".to_owned(), "MISSING_REQUIRED_FIELD".to_owned())
+        ]
+    );
+    let now = Timestamp::now();
+    for (expires_at, why) in [
+        (now.saturating_sub(Duration::from_secs(60)), "past"),
+        (
+            now.saturating_add(Duration::from_secs(31 * 24 * 3600)),
+            "beyond 30 days",
+        ),
+    ] {
+        let status = app
+            .client()
+            .create_invitation(app.request(CreateInvitationRequest {
+                expires_at: Some(wire(expires_at)),
+                ..create("when@acme.example")
+            }))
+            .await
+            .expect_err(why);
+        assert_error(
+            &status,
+            Code::InvalidArgument,
+            "VALUE_OUT_OF_RANGE",
+            "invalid_request",
+            400,
+        );
+        assert_eq!(
+            violations(&status),
+            vec![("expires_at".to_owned(), "VALUE_OUT_OF_RANGE".to_owned())]
+        );
+    }
+    let status = app
+        .client()
+        .create_invitation(app.request(CreateInvitationRequest {
+            role: "admin".into(),
+            pending_human_actor_ref: "bob".into(),
+            expires_at: Some(WireTimestamp {
+                seconds: 0,
+                nanos: -5,
+            }),
+            ..create("jane@")
+        }))
+        .await
+        .expect_err("malformed");
+    assert_eq!(
+        violations(&status),
+        vec![
+            ("email_constraint".to_owned(), "INVALID_FORMAT".to_owned()),
+            ("role".to_owned(), "INVALID_FORMAT".to_owned()),
+            (
+                "pending_human_actor_ref".to_owned(),
+                "INVALID_FORMAT".to_owned()
+            ),
+            ("expires_at".to_owned(), "INVALID_FORMAT".to_owned())
+        ]
+    );
+    // A custom lifetime inside the bounds is kept to the second.
+    let at = now.saturating_add(Duration::from_secs(3 * 24 * 3600));
+    let created = app
+        .client()
+        .create_invitation(app.request(CreateInvitationRequest {
+            expires_at: Some(wire(at)),
+            ..create("ok@acme.example")
+        }))
+        .await
+        .expect("in bounds")
+        .into_inner();
+    assert_eq!(created.expires_at, Some(wire(at)));
+}
+
+async fn get_reports_the_effective_status(app: &TestApp) {
+    for (fixture, expected) in [
+        (Fixture::pending("p@acme.example"), WireStatus::Pending),
+        (Fixture::lapsed("l@acme.example"), WireStatus::Expired),
+        (
+            Fixture::new("e@acme.example", InvitationStatus::Expired),
+            WireStatus::Expired,
+        ),
+        (
+            Fixture::new("a@acme.example", InvitationStatus::Accepted),
+            WireStatus::Accepted,
+        ),
+        (
+            Fixture::new("c@acme.example", InvitationStatus::Cancelled),
+            WireStatus::Cancelled,
+        ),
+    ] {
+        let invitation = app.insert(fixture).await;
+        let fetched = app
+            .client()
+            .get_invitation(app.request(GetInvitationRequest {
+                invitation_id: invitation.id.to_string(),
+            }))
+            .await
+            .expect("get")
+            .into_inner();
+        assert_eq!(
+            fetched.status,
+            expected as i32,
+            "{}",
+            invitation.email.as_str()
+        );
+        assert_eq!(fetched.etag, invitation.etag().as_str());
+        assert_eq!(
+            fetched.accepted_at.is_some(),
+            expected == WireStatus::Accepted
+        );
+        assert_eq!(
+            fetched.accepted_by.is_some(),
+            expected == WireStatus::Accepted
+        );
+    }
+}
+
+on_both_stores!(
+    create_then_get_round_trips,
+    a_second_pending_invitation_for_an_address_already_exists,
+    concurrent_creates_for_one_address_make_one_invitation,
+    bad_create_requests_name_each_field,
+    get_reports_the_effective_status,
+);

@@ -1,0 +1,451 @@
+//! ListInvitations: keyset pages, filters, page tokens and page sizes.
+use std::collections::HashSet;
+use std::time::Duration;
+
+use invitations::domain::{Invitation, InvitationStatus, Timestamp};
+use invitations::proto::invitations::v1::{InvitationStatus as WireStatus, ListInvitationsRequest};
+use tonic::Code;
+
+use crate::common::{Fixture, TestApp, assert_error, authorized, violations};
+use crate::on_both_stores;
+
+/// Which seeded invitations a request should return.
+type Matcher = Box<dyn Fn(&Invitation) -> bool>;
+
+/// Walks every page of `request` and returns the ids in the order served.
+async fn walk(app: &TestApp, request: ListInvitationsRequest) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut request = request;
+    for _ in 0..10_000 {
+        let page = app
+            .client()
+            .list_invitations(app.request(request.clone()))
+            .await
+            .expect("a page")
+            .into_inner();
+        let page_size = match request.page_size {
+            0 => 50,
+            n => n.min(1000),
+        } as usize;
+        assert!(
+            page.items.len() <= page_size,
+            "a page never exceeds its size"
+        );
+        ids.extend(page.items.into_iter().map(|i| i.id));
+        if page.next_page_token.is_empty() {
+            return ids;
+        }
+        request.page_token = page.next_page_token;
+    }
+    panic!("the walk did not terminate");
+}
+
+/// Newest first, ties broken by id (both descending).
+fn expected_order(mut invitations: Vec<&Invitation>) -> Vec<String> {
+    invitations.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+    invitations.iter().map(|i| i.id.to_string()).collect()
+}
+
+/// A few hundred invitations in every status, with runs of equal `created_at` so that ties
+/// must be broken by id, two addresses repeated in different cases, and a sub-scope.
+async fn seed(app: &TestApp) -> Vec<Invitation> {
+    let base = Timestamp::now().saturating_sub(Duration::from_secs(10_000));
+    let mut seeded = Vec::new();
+    for n in 0..300u64 {
+        // Groups of three share a creation instant.
+        let created_at = base.saturating_add(Duration::from_secs(n / 3));
+        let status = match n % 5 {
+            0 | 1 => InvitationStatus::Pending,
+            2 => InvitationStatus::Accepted,
+            3 => InvitationStatus::Cancelled,
+            _ => InvitationStatus::Expired,
+        };
+        let email = match n % 7 {
+            0 => format!("Repeat{}@Acme.Example", n % 2),
+            _ => format!("user{n}@acme.example"),
+        };
+        let mut fixture = Fixture::new(email, status).created_at(created_at);
+        if n % 10 == 6 {
+            // Stored pending, but lapsed: listed as expired.
+            fixture = Fixture::lapsed(fixture.email.clone()).created_at(created_at);
+        }
+        if n % 4 == 1 {
+            fixture = fixture.scope(format!("{}/teams/blue", app.enterprise));
+        }
+        if fixture.status == InvitationStatus::Pending && fixture.email.starts_with("Repeat") {
+            // At most one invitation per address is stored as pending.
+            fixture.status = InvitationStatus::Cancelled;
+            fixture.lapsed = false;
+        }
+        seeded.push(app.insert(fixture).await);
+    }
+    seeded
+}
+
+async fn full_walks_return_each_match_once_in_order(app: &TestApp) {
+    // Arrange
+    let seeded = seed(app).await;
+    // Another enterprise's invitations never appear.
+    let (other, _) = app.other_enterprise_admin();
+    for n in 0..20 {
+        app.insert_in(other, Fixture::pending(format!("other{n}@acme.example")))
+            .await;
+    }
+    let now = Timestamp::now();
+    let effective = move |i: &Invitation| i.status_at(now);
+    let cases: Vec<(ListInvitationsRequest, Matcher)> = vec![
+        (ListInvitationsRequest::default(), Box::new(|_| true)),
+        (
+            ListInvitationsRequest {
+                statuses: vec![WireStatus::Pending as i32],
+                ..Default::default()
+            },
+            Box::new(move |i| effective(i) == InvitationStatus::Pending),
+        ),
+        (
+            ListInvitationsRequest {
+                statuses: vec![WireStatus::Cancelled as i32, WireStatus::Expired as i32],
+                ..Default::default()
+            },
+            Box::new(move |i| {
+                matches!(
+                    effective(i),
+                    InvitationStatus::Cancelled | InvitationStatus::Expired
+                )
+            }),
+        ),
+        (
+            ListInvitationsRequest {
+                email_constraint: "REPEAT1@acme.example".into(),
+                ..Default::default()
+            },
+            Box::new(|i| i.email.normalized() == "repeat1@acme.example"),
+        ),
+        (
+            ListInvitationsRequest {
+                scope: format!("{}/teams/blue", app.enterprise),
+                statuses: vec![WireStatus::Expired as i32],
+                ..Default::default()
+            },
+            Box::new(move |i| {
+                i.scope.as_str().ends_with("/teams/blue")
+                    && effective(i) == InvitationStatus::Expired
+            }),
+        ),
+        (
+            ListInvitationsRequest {
+                scope: app.enterprise.to_string(),
+                ..Default::default()
+            },
+            Box::new(|_| true),
+        ),
+    ];
+    for (request, wanted) in &cases {
+        let expected = expected_order(seeded.iter().filter(|i| wanted(i)).collect());
+        assert!(
+            !expected.is_empty(),
+            "every case matches something: {request:?}"
+        );
+        for page_size in [1, 7, 1000] {
+            // Act
+            let ids = walk(
+                app,
+                ListInvitationsRequest {
+                    page_size,
+                    ..request.clone()
+                },
+            )
+            .await;
+            // Assert: each match exactly once, in order.
+            assert_eq!(
+                ids.len(),
+                expected.len(),
+                "count for {request:?} at page size {page_size}"
+            );
+            assert_eq!(
+                ids, expected,
+                "order for {request:?} at page size {page_size}"
+            );
+            assert_eq!(
+                ids.iter().collect::<HashSet<_>>().len(),
+                ids.len(),
+                "no duplicates"
+            );
+        }
+    }
+}
+
+async fn page_sizes_default_and_cap(app: &TestApp) {
+    let base = Timestamp::now().saturating_sub(Duration::from_secs(5_000));
+    for n in 0..1005u64 {
+        app.insert(
+            Fixture::pending(format!("p{n}@acme.example"))
+                .created_at(base.saturating_add(Duration::from_secs(n))),
+        )
+        .await;
+    }
+    let list = |page_size: i32| {
+        let mut client = app.client();
+        let request = app.request(ListInvitationsRequest {
+            page_size,
+            ..Default::default()
+        });
+        async move { client.list_invitations(request).await }
+    };
+    let default = list(0).await.expect("page_size 0").into_inner();
+    assert_eq!(default.items.len(), 50);
+    assert!(!default.next_page_token.is_empty());
+    let capped = list(100_000).await.expect("page_size 100000").into_inner();
+    assert_eq!(capped.items.len(), 1000);
+    assert!(!capped.next_page_token.is_empty());
+
+    let negative = list(-1).await.expect_err("page_size -1");
+    assert_error(
+        &negative,
+        Code::InvalidArgument,
+        "VALUE_OUT_OF_RANGE",
+        "invalid_request",
+        400,
+    );
+    assert_eq!(
+        violations(&negative),
+        vec![("page_size".to_owned(), "VALUE_OUT_OF_RANGE".to_owned())]
+    );
+}
+
+async fn page_tokens_are_bound_to_enterprise_and_filters(app: &TestApp) {
+    // Arrange: two pages' worth of pending invitations, and a token for the second page.
+    for n in 0..5 {
+        app.insert(Fixture::pending(format!("t{n}@acme.example")))
+            .await;
+    }
+    let query = ListInvitationsRequest {
+        page_size: 2,
+        statuses: vec![WireStatus::Pending as i32],
+        ..Default::default()
+    };
+    let first = app
+        .client()
+        .list_invitations(app.request(query.clone()))
+        .await
+        .expect("first page")
+        .into_inner();
+    let token = first.next_page_token;
+    assert!(!token.is_empty());
+    let second = ListInvitationsRequest {
+        page_token: token.clone(),
+        ..query.clone()
+    };
+    // The same query with another page size is fine (AIP-158).
+    app.client()
+        .list_invitations(app.request(ListInvitationsRequest {
+            page_size: 3,
+            ..second.clone()
+        }))
+        .await
+        .expect("page size may change between pages");
+
+    let refused = |request: ListInvitationsRequest, token: String| {
+        let mut client = app.client();
+        async move {
+            let status = client
+                .list_invitations(authorized(&token, request))
+                .await
+                .expect_err("refused");
+            assert_error(
+                &status,
+                Code::InvalidArgument,
+                "INVALID_PAGE_TOKEN",
+                "invalid_request",
+                400,
+            );
+            assert_eq!(
+                violations(&status),
+                vec![("page_token".to_owned(), "INVALID_PAGE_TOKEN".to_owned())]
+            );
+        }
+    };
+    // Tampered: every character changed in turn to another base64url character.
+    for position in [0, token.len() / 2, token.len() - 1] {
+        let mut bytes = token.clone().into_bytes();
+        bytes[position] = if bytes[position] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(bytes).expect("ascii");
+        refused(
+            ListInvitationsRequest {
+                page_token: tampered,
+                ..second.clone()
+            },
+            app.token.clone(),
+        )
+        .await;
+    }
+    refused(
+        ListInvitationsRequest {
+            page_token: "not-a-token".into(),
+            ..second.clone()
+        },
+        app.token.clone(),
+    )
+    .await;
+    refused(
+        ListInvitationsRequest {
+            page_token: "x".repeat(100_000),
+            ..second.clone()
+        },
+        app.token.clone(),
+    )
+    .await;
+    // Replayed by another enterprise.
+    let (_, other_token) = app.other_enterprise_admin();
+    refused(second.clone(), other_token).await;
+    // Replayed with other filters.
+    refused(
+        ListInvitationsRequest {
+            statuses: vec![],
+            ..second.clone()
+        },
+        app.token.clone(),
+    )
+    .await;
+    refused(
+        ListInvitationsRequest {
+            statuses: vec![WireStatus::Cancelled as i32],
+            ..second.clone()
+        },
+        app.token.clone(),
+    )
+    .await;
+    refused(
+        ListInvitationsRequest {
+            email_constraint: "t1@acme.example".into(),
+            ..second.clone()
+        },
+        app.token.clone(),
+    )
+    .await;
+}
+
+async fn page_tokens_survive_a_restart_and_work_on_a_replica(app: &TestApp) {
+    for n in 0..4 {
+        app.insert(Fixture::pending(format!("r{n}@acme.example")))
+            .await;
+    }
+    let query = ListInvitationsRequest {
+        page_size: 2,
+        ..Default::default()
+    };
+    let first = app
+        .client()
+        .list_invitations(app.request(query.clone()))
+        .await
+        .expect("first")
+        .into_inner();
+    // A second server process-alike over the same database and configuration.
+    let (mut replica, shutdown, server) = app.replica().await;
+    let second = replica
+        .list_invitations(app.request(ListInvitationsRequest {
+            page_token: first.next_page_token,
+            ..query
+        }))
+        .await
+        .expect("the replica accepts the token")
+        .into_inner();
+    assert_eq!(second.items.len(), 2);
+    assert!(second.next_page_token.is_empty(), "four items, two pages");
+    let all: HashSet<_> = first
+        .items
+        .iter()
+        .chain(&second.items)
+        .map(|i| i.id.clone())
+        .collect();
+    assert_eq!(all.len(), 4);
+    let _ = shutdown.send(());
+    server.await.expect("the replica stops");
+}
+
+async fn expired_is_reported_everywhere(app: &TestApp) {
+    let lapsed = app.insert(Fixture::lapsed("late@acme.example")).await;
+    let pending = app.insert(Fixture::pending("fresh@acme.example")).await;
+    let list = |statuses: Vec<i32>| {
+        let mut client = app.client();
+        let request = app.request(ListInvitationsRequest {
+            statuses,
+            ..Default::default()
+        });
+        async move {
+            client
+                .list_invitations(request)
+                .await
+                .expect("list")
+                .into_inner()
+                .items
+        }
+    };
+    let expired = list(vec![WireStatus::Expired as i32]).await;
+    assert_eq!(
+        expired.iter().map(|i| i.id.clone()).collect::<Vec<_>>(),
+        vec![lapsed.id.to_string()]
+    );
+    assert_eq!(expired[0].status, WireStatus::Expired as i32);
+    let pending_only = list(vec![WireStatus::Pending as i32]).await;
+    assert_eq!(
+        pending_only
+            .iter()
+            .map(|i| i.id.clone())
+            .collect::<Vec<_>>(),
+        vec![pending.id.to_string()]
+    );
+    let everything = list(vec![]).await;
+    assert_eq!(everything.len(), 2);
+}
+
+async fn bad_filters_name_each_field(app: &TestApp) {
+    let status = app
+        .client()
+        .list_invitations(app.request(ListInvitationsRequest {
+            page_size: -5,
+            statuses: vec![WireStatus::Unspecified as i32, 42],
+            email_constraint: "not-an-address".into(),
+            scope: "teams/blue".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("refused");
+    assert_error(
+        &status,
+        Code::InvalidArgument,
+        "VALUE_OUT_OF_RANGE",
+        "invalid_request",
+        400,
+    );
+    assert_eq!(status.message(), "The request is invalid.");
+    let fields: HashSet<String> = violations(&status).into_iter().map(|(f, _)| f).collect();
+    assert_eq!(
+        fields,
+        ["page_size", "statuses", "email_constraint", "scope"]
+            .into_iter()
+            .map(String::from)
+            .collect()
+    );
+    let too_many = app
+        .client()
+        .list_invitations(app.request(ListInvitationsRequest {
+            statuses: vec![WireStatus::Pending as i32; 10_000],
+            ..Default::default()
+        }))
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        violations(&too_many),
+        vec![("statuses".to_owned(), "VALUE_OUT_OF_RANGE".to_owned())]
+    );
+}
+
+on_both_stores!(
+    full_walks_return_each_match_once_in_order,
+    page_sizes_default_and_cap,
+    page_tokens_are_bound_to_enterprise_and_filters,
+    page_tokens_survive_a_restart_and_work_on_a_replica,
+    expired_is_reported_everywhere,
+    bad_filters_name_each_field,
+);

@@ -1,0 +1,8 @@
+//! Black-box tests: the real server on an ephemeral port, called with the generated
+//! client, on SQLite and (with TEST_DATABASE_URL) PostgreSQL.
+mod common;
+
+mod auth;
+mod cancel;
+mod create_get;
+mod list;
