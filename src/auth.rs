@@ -4,6 +4,7 @@
 //! required (jsonwebtoken checks an expected `iss`/`aud` only when present, so they are
 //! listed as required claims too), `nbf` is honoured, and the key only verifies HS256.
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
@@ -13,6 +14,7 @@ use tonic::metadata::MetadataMap;
 
 use crate::domain::{EnterpriseId, UserRef};
 use crate::error::{AuthFailure, Error, Forbidden};
+use crate::rate_limit::RateLimiter;
 
 /// The capability every management RPC requires.
 pub const ENTERPRISE_ADMIN: &str = "enterprise_admin";
@@ -187,16 +189,22 @@ impl Authenticator {
     }
 }
 
-/// The tonic interceptor in front of the invitations service: authenticates every call and
-/// leaves the [`Caller`] in the request extensions. Health and reflection are not behind it.
+/// The tonic interceptor in front of the invitations service: authenticates every call,
+/// names the caller in the RPC's span, takes a token from the caller's rate-limit bucket,
+/// and leaves the [`Caller`] in the request extensions. Health and reflection are not
+/// behind it.
 #[derive(Clone)]
 pub struct AuthInterceptor {
-    authenticator: std::sync::Arc<Authenticator>,
+    authenticator: Arc<Authenticator>,
+    limiter: Arc<RateLimiter>,
 }
 
 impl AuthInterceptor {
-    pub fn new(authenticator: std::sync::Arc<Authenticator>) -> Self {
-        Self { authenticator }
+    pub fn new(authenticator: Arc<Authenticator>, limiter: Arc<RateLimiter>) -> Self {
+        Self {
+            authenticator,
+            limiter,
+        }
     }
 }
 
@@ -206,6 +214,10 @@ impl tonic::service::Interceptor for AuthInterceptor {
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
         let caller = self.authenticator.authenticate(request.metadata())?;
+        tracing::Span::current().record("subject", tracing::field::display(caller.subject));
+        self.limiter
+            .check(&caller)
+            .map_err(|retry_after| Error::RateLimited { retry_after })?;
         request.extensions_mut().insert(caller);
         Ok(request)
     }

@@ -9,6 +9,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::auth::MIN_SECRET_LEN;
+use crate::health::HealthSettings;
 use crate::store::StoreSettings;
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://invitations.db";
@@ -160,6 +161,124 @@ pub struct Config {
     )]
     pub sqlite_busy_timeout_ms: u64,
 
+    /// Milliseconds between two database health checks.
+    #[arg(
+        long,
+        env = "INVITATIONS_HEALTH_INTERVAL_MS",
+        default_value_t = 1000,
+        global = true
+    )]
+    pub health_interval_ms: u64,
+
+    /// Failed health checks in a row before readiness turns NOT_SERVING.
+    #[arg(
+        long,
+        env = "INVITATIONS_HEALTH_FAILURE_THRESHOLD",
+        default_value_t = 3,
+        global = true
+    )]
+    pub health_failure_threshold: u32,
+
+    /// Successful health checks in a row before readiness turns SERVING again.
+    #[arg(
+        long,
+        env = "INVITATIONS_HEALTH_SUCCESS_THRESHOLD",
+        default_value_t = 2,
+        global = true
+    )]
+    pub health_success_threshold: u32,
+
+    /// After SIGTERM/SIGINT: milliseconds to keep serving with readiness NOT_SERVING, so
+    /// load balancers stop sending before the listener closes.
+    #[arg(
+        long,
+        env = "INVITATIONS_SHUTDOWN_GRACE_MS",
+        default_value_t = 5000,
+        global = true
+    )]
+    pub shutdown_grace_ms: u64,
+
+    /// Then: milliseconds in-flight RPCs get to finish before the process exits anyway.
+    #[arg(
+        long,
+        env = "INVITATIONS_SHUTDOWN_DRAIN_MS",
+        default_value_t = 10000,
+        global = true
+    )]
+    pub shutdown_drain_ms: u64,
+
+    /// Largest request message accepted, in bytes (larger: OUT_OF_RANGE).
+    #[arg(long, env = "INVITATIONS_MAX_REQUEST_BYTES", default_value_t = 64 * 1024, global = true)]
+    pub max_request_bytes: usize,
+
+    /// Largest request metadata (HTTP/2 header list) accepted, in bytes.
+    #[arg(long, env = "INVITATIONS_MAX_METADATA_BYTES", default_value_t = 16 * 1024, global = true)]
+    pub max_metadata_bytes: u32,
+
+    /// RPCs in flight on this replica before new ones are refused with RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "INVITATIONS_MAX_CONCURRENT_REQUESTS",
+        default_value_t = 256,
+        global = true
+    )]
+    pub max_concurrent_requests: usize,
+
+    /// Longest an RPC may run, in milliseconds; a shorter client deadline wins.
+    #[arg(
+        long,
+        env = "INVITATIONS_REQUEST_TIMEOUT_MS",
+        default_value_t = 10000,
+        global = true
+    )]
+    pub request_timeout_ms: u64,
+
+    /// HTTP/2 keepalive ping interval in milliseconds.
+    #[arg(
+        long,
+        env = "INVITATIONS_HTTP2_KEEPALIVE_INTERVAL_MS",
+        default_value_t = 30000,
+        global = true
+    )]
+    pub http2_keepalive_interval_ms: u64,
+
+    /// How long a keepalive ping may go unanswered before the connection is closed.
+    #[arg(
+        long,
+        env = "INVITATIONS_HTTP2_KEEPALIVE_TIMEOUT_MS",
+        default_value_t = 10000,
+        global = true
+    )]
+    pub http2_keepalive_timeout_ms: u64,
+
+    /// Milliseconds after which a connection is gracefully closed, so long-lived clients
+    /// reconnect and spread over replicas.
+    #[arg(
+        long,
+        env = "INVITATIONS_MAX_CONNECTION_AGE_MS",
+        default_value_t = 300_000,
+        global = true
+    )]
+    pub max_connection_age_ms: u64,
+
+    /// Requests per second each caller (`sub` within its enterprise) may make; 0 disables.
+    #[arg(
+        long,
+        env = "INVITATIONS_RATE_LIMIT_PER_SECOND",
+        default_value_t = 50,
+        global = true
+    )]
+    pub rate_limit_per_second: u32,
+
+    /// Requests a caller may make at once above the steady rate.
+    #[arg(
+        long,
+        env = "INVITATIONS_RATE_LIMIT_BURST",
+        default_value_t = 100,
+        global = true
+    )]
+    pub rate_limit_burst: u32,
+
     /// Log format; the level comes from RUST_LOG (default `info`).
     #[arg(long, env = "INVITATIONS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
     pub log_format: LogFormat,
@@ -172,6 +291,24 @@ pub struct Settings {
     pub store: StoreSettings,
     pub jwt: JwtSettings,
     pub page_token_secret: Secret,
+    pub server: ServerSettings,
+    pub health: HealthSettings,
+}
+
+/// Transport limits, rate limits and shutdown timing.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerSettings {
+    pub max_request_bytes: usize,
+    pub max_metadata_bytes: u32,
+    pub max_concurrent_requests: usize,
+    pub request_timeout: Duration,
+    pub http2_keepalive_interval: Duration,
+    pub http2_keepalive_timeout: Duration,
+    pub max_connection_age: Duration,
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
+    pub shutdown_grace: Duration,
+    pub shutdown_drain: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -202,6 +339,14 @@ fn derive_page_token_secret(jwt_secret: &Secret) -> Secret {
 }
 
 impl Config {
+    /// Every default, as `--help` shows them; for tests and tools that build settings in code.
+    pub fn defaults() -> Self {
+        // Parsing no arguments cannot fail: every field has a default or is optional.
+        Cli::try_parse_from(["invitations"])
+            .map(|cli| cli.config)
+            .unwrap_or_else(|e| unreachable!("{e}"))
+    }
+
     pub fn store_settings(&self) -> Result<StoreSettings, ConfigError> {
         let url = self.database_url.trim();
         if !(url.starts_with("sqlite:")
@@ -262,11 +407,68 @@ impl Config {
             Some(secret) => secret.clone(),
             None => derive_page_token_secret(&jwt.hs256_secret),
         };
+        let positive = |value: u64, name: &str| {
+            if value == 0 {
+                Err(ConfigError(format!("{name} must be at least 1")))
+            } else {
+                Ok(Duration::from_millis(value))
+            }
+        };
+        if self.max_request_bytes < 1024 {
+            return Err(ConfigError(
+                "INVITATIONS_MAX_REQUEST_BYTES must be at least 1024".into(),
+            ));
+        }
+        if self.max_metadata_bytes < 1024 {
+            return Err(ConfigError(
+                "INVITATIONS_MAX_METADATA_BYTES must be at least 1024".into(),
+            ));
+        }
+        if self.max_concurrent_requests == 0 {
+            return Err(ConfigError(
+                "INVITATIONS_MAX_CONCURRENT_REQUESTS must be at least 1".into(),
+            ));
+        }
+        if self.health_failure_threshold == 0 || self.health_success_threshold == 0 {
+            return Err(ConfigError(
+                "INVITATIONS_HEALTH_*_THRESHOLD must be at least 1".into(),
+            ));
+        }
+        let server = ServerSettings {
+            max_request_bytes: self.max_request_bytes,
+            max_metadata_bytes: self.max_metadata_bytes,
+            max_concurrent_requests: self.max_concurrent_requests,
+            request_timeout: positive(self.request_timeout_ms, "INVITATIONS_REQUEST_TIMEOUT_MS")?,
+            http2_keepalive_interval: positive(
+                self.http2_keepalive_interval_ms,
+                "INVITATIONS_HTTP2_KEEPALIVE_INTERVAL_MS",
+            )?,
+            http2_keepalive_timeout: positive(
+                self.http2_keepalive_timeout_ms,
+                "INVITATIONS_HTTP2_KEEPALIVE_TIMEOUT_MS",
+            )?,
+            max_connection_age: positive(
+                self.max_connection_age_ms,
+                "INVITATIONS_MAX_CONNECTION_AGE_MS",
+            )?,
+            rate_limit_per_second: self.rate_limit_per_second,
+            rate_limit_burst: self.rate_limit_burst,
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            shutdown_drain: positive(self.shutdown_drain_ms, "INVITATIONS_SHUTDOWN_DRAIN_MS")?,
+        };
+        let health = HealthSettings {
+            interval: positive(self.health_interval_ms, "INVITATIONS_HEALTH_INTERVAL_MS")?,
+            check_timeout: Duration::from_millis(self.db_acquire_timeout_ms.max(1)),
+            failure_threshold: self.health_failure_threshold,
+            success_threshold: self.health_success_threshold,
+        };
         Ok(Settings {
             listen_addr: self.listen_addr,
             store: self.store_settings()?,
             jwt,
             page_token_secret,
+            server,
+            health,
         })
     }
 }

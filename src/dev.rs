@@ -157,6 +157,7 @@ pub async fn run(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
     }
     let settings = config.settings()?;
     let app = Application::build(&settings).await?;
+    app.store().migrate().await?;
     let demo = seed_demo(app.store()).await?;
     let token = app.authenticator().mint(
         demo.admin,

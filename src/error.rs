@@ -128,6 +128,15 @@ pub enum Error {
     },
     #[error("a pending invitation {existing} exists for this address")]
     InvitationAlreadyExists { existing: InvitationId },
+    /// The caller spent its request budget (token bucket per caller).
+    #[error("rate limited for {retry_after:?}")]
+    RateLimited { retry_after: Duration },
+    /// Too many RPCs in flight on this replica: refused at once rather than queued.
+    #[error("server overloaded")]
+    Overloaded,
+    /// The database gave up a transaction (serialization failure or deadlock): retry.
+    #[error("transaction conflict")]
+    TransactionConflict(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The database cannot be reached (or no connection freed up in time): retry later.
     #[error("database unavailable")]
     DatabaseUnavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -151,6 +160,13 @@ impl Error {
 
 /// How long a client should wait before retrying a 503.
 const DATABASE_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// How long a client should wait before retrying on an overloaded replica.
+const OVERLOAD_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// Milliseconds, rounded up, so a client that waits this long is never early.
+fn millis_ceil(delay: Duration) -> String {
+    delay.as_micros().div_ceil(1000).to_string()
+}
 
 fn status_name(status: InvitationStatus) -> &'static str {
     match status {
@@ -335,6 +351,38 @@ impl From<Error> for Status {
                         "already_exists",
                         "INVITATION_ALREADY_EXISTS".to_owned(),
                         "A pending invitation for this address already exists.",
+                    )
+                }
+                Error::RateLimited { retry_after } => {
+                    details.set_retry_info(Some(*retry_after));
+                    metadata.insert("retryAfterMs".into(), millis_ceil(*retry_after));
+                    (
+                        Code::ResourceExhausted,
+                        429,
+                        "rate_limited",
+                        "RATE_LIMITED".to_owned(),
+                        "Too many requests.",
+                    )
+                }
+                Error::Overloaded => {
+                    details.set_retry_info(Some(OVERLOAD_RETRY_DELAY));
+                    metadata.insert("retryAfterMs".into(), millis_ceil(OVERLOAD_RETRY_DELAY));
+                    (
+                        Code::ResourceExhausted,
+                        429,
+                        "rate_limited",
+                        "SERVER_OVERLOADED".to_owned(),
+                        "Too many requests.",
+                    )
+                }
+                Error::TransactionConflict(_) => {
+                    tracing::warn!(error = %error, "transaction conflict; the client may retry");
+                    (
+                        Code::Aborted,
+                        409,
+                        "state_conflict",
+                        "TRANSACTION_CONFLICT".to_owned(),
+                        "The request conflicted with a concurrent one; retry it.",
                     )
                 }
                 Error::DatabaseUnavailable(_) => {

@@ -1,6 +1,6 @@
-//! Builds the server from settings: connects and migrates the store, binds the listener,
-//! and wires health, reflection and the authenticated invitations service. Tests build the
-//! same [`Application`] on port 0.
+//! Builds the server from settings and runs it: health, reflection and the authenticated
+//! invitations service behind request telemetry and load shedding, with a bounded graceful
+//! shutdown. Tests build the same [`Application`] on port 0.
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,24 +10,21 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
 
 use crate::auth::{AuthInterceptor, Authenticator};
 use crate::config::Settings;
 use crate::domain::{InvitationService, PageTokenCodec};
 use crate::grpc::InvitationApi;
+use crate::health::{self, LIVENESS_SERVICE};
+use crate::middleware::{ObserveLayer, ShedLayer};
 use crate::proto::invitations::v1::invitation_service_server::InvitationServiceServer;
+use crate::rate_limit::RateLimiter;
 use crate::store::Store;
-
-/// The health entry of the invitations service (readiness), besides `""`.
-pub const SERVICE_HEALTH_NAME: &str = "invitations.v1.InvitationService";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("cannot connect to the database: {0}")]
+    #[error("cannot use the database URL: {0}")]
     Connect(#[source] sea_orm::DbErr),
-    #[error("cannot apply migrations: {0}")]
-    Migrate(#[source] sea_orm::DbErr),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -37,15 +34,19 @@ pub enum StartupError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("server task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
 }
 
-/// A server that is bound and whose store is migrated, ready to serve.
+/// A bound server, not serving yet. The database is not touched until it runs: migrations
+/// and readiness are the health supervisor's job, so the process comes up (and says it is
+/// not ready) even while the database is down.
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     store: Store,
     authenticator: Arc<Authenticator>,
-    page_tokens: PageTokenCodec,
+    settings: Settings,
 }
 
 impl Application {
@@ -53,7 +54,6 @@ impl Application {
         let store = Store::connect(&settings.store)
             .await
             .map_err(StartupError::Connect)?;
-        store.migrate().await.map_err(StartupError::Migrate)?;
         let listener = TcpListener::bind(settings.listen_addr)
             .await
             .map_err(|source| StartupError::Bind {
@@ -74,7 +74,7 @@ impl Application {
             local_addr,
             store,
             authenticator,
-            page_tokens: PageTokenCodec::new(settings.page_token_secret.expose()),
+            settings: settings.clone(),
         })
     }
 
@@ -91,10 +91,21 @@ impl Application {
         self.authenticator.clone()
     }
 
-    /// Serves until `shutdown` completes, then stops accepting and lets in-flight calls end.
+    /// Serves until `shutdown` completes, then: readiness NOT_SERVING at once, serving on
+    /// for the grace delay, no new connections or calls, at most the drain timeout for
+    /// in-flight calls (tonic's own wait has no bound), and return.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
-        let (health, health_service) = tonic_health::server::health_reporter();
-        set_readiness(&health, ServingStatus::Serving).await;
+        let limits = self.settings.server;
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        health::set_readiness(&reporter, ServingStatus::NotServing).await;
+        reporter
+            .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+            .await;
+        let supervisor = tokio::spawn(health::supervise(
+            self.store.clone(),
+            reporter.clone(),
+            self.settings.health,
+        ));
 
         // Both reflection versions: grpcurl 1.8.7 and older speak only v1alpha. The error
         // detail and health types are registered so grpcurl can decode them.
@@ -107,34 +118,69 @@ impl Application {
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
-        let api = InvitationApi::new(InvitationService::new(
-            self.store.clone(),
-            self.page_tokens.clone(),
+        let page_tokens = PageTokenCodec::new(self.settings.page_token_secret.expose());
+        let api = InvitationApi::new(InvitationService::new(self.store.clone(), page_tokens));
+        let limiter = Arc::new(RateLimiter::new(
+            limits.rate_limit_per_second,
+            limits.rate_limit_burst,
         ));
         let invitations = InterceptedService::new(
-            InvitationServiceServer::new(api),
-            AuthInterceptor::new(self.authenticator.clone()),
+            InvitationServiceServer::new(api).max_decoding_message_size(limits.max_request_bytes),
+            AuthInterceptor::new(self.authenticator.clone(), limiter),
         );
 
-        tracing::info!(addr = %self.local_addr, backend = ?self.store.backend(), "serving gRPC");
-        Server::builder()
+        let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = Server::builder()
+            .timeout(limits.request_timeout)
+            .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
+            .http2_max_header_list_size(limits.max_metadata_bytes)
+            .max_connection_age(limits.max_connection_age)
+            .layer(ObserveLayer)
+            .layer(ShedLayer::new(limits.max_concurrent_requests))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(invitations)
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async {
-                shutdown.await;
-                set_readiness(&health, ServingStatus::NotServing).await;
-                tracing::info!("shutting down: no new calls accepted");
-            })
-            .await?;
-        Ok(())
-    }
-}
+                let _ = stopped.await;
+            });
+        tracing::info!(addr = %self.local_addr, backend = ?self.store.backend(), "serving gRPC");
+        let mut server = tokio::spawn(server);
 
-async fn set_readiness(health: &HealthReporter, status: ServingStatus) {
-    health.set_service_status("", status).await;
-    health.set_service_status(SERVICE_HEALTH_NAME, status).await;
+        tokio::select! {
+            finished = &mut server => {
+                supervisor.abort();
+                return Ok(finished??);
+            }
+            () = shutdown => {}
+        }
+        supervisor.abort();
+        health::set_readiness(&reporter, ServingStatus::NotServing).await;
+        tracing::info!(
+            grace_ms = limits.shutdown_grace.as_millis() as u64,
+            "shutting down: not ready, still serving"
+        );
+        tokio::time::sleep(limits.shutdown_grace).await;
+        let _ = stop_accepting.send(());
+        tracing::info!(
+            drain_ms = limits.shutdown_drain.as_millis() as u64,
+            "shutting down: draining in-flight calls"
+        );
+        let outcome = match tokio::time::timeout(limits.shutdown_drain, &mut server).await {
+            Ok(finished) => finished?.map_err(StartupError::from),
+            Err(_) => {
+                tracing::warn!(
+                    "shutting down: drain timeout reached; abandoning the calls still running"
+                );
+                server.abort();
+                Ok(())
+            }
+        };
+        self.store.close().await;
+        tracing::info!("stopped");
+        outcome
+    }
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM (what Kubernetes sends).

@@ -5,6 +5,8 @@
 //! store. Authorization is part of every query: each one is filtered by enterprise.
 mod entity;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use invitations_migrations::{Migrator, MigratorTrait};
@@ -67,10 +69,22 @@ pub enum InsertOutcome {
 #[derive(Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    state: Arc<StoreState>,
+}
+
+#[derive(Debug, Default)]
+struct StoreState {
+    /// Migrations have been applied by this process: the schema is there.
+    migrated: AtomicBool,
+    /// The health supervisor found the database unreachable (see `health::supervise`).
+    down: AtomicBool,
 }
 
 /// Sorts a database failure into what the client should be told.
 fn classify(error: DbErr) -> Error {
+    if is_transaction_conflict(&error) {
+        return Error::TransactionConflict(Box::new(error));
+    }
     let unavailable = match &error {
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
         DbErr::Exec(RuntimeErr::SqlxError(cause)) | DbErr::Query(RuntimeErr::SqlxError(cause)) => {
@@ -95,6 +109,17 @@ fn classify(error: DbErr) -> Error {
         Error::DatabaseUnavailable(Box::new(error))
     } else {
         Error::Upstream(Box::new(error))
+    }
+}
+
+/// PostgreSQL gave up a transaction: 40001 serialization failure, 40P01 deadlock.
+fn is_transaction_conflict(error: &DbErr) -> bool {
+    match error {
+        DbErr::Exec(RuntimeErr::SqlxError(cause)) | DbErr::Query(RuntimeErr::SqlxError(cause)) => {
+            matches!(cause.as_ref(), sea_orm::sqlx::Error::Database(db)
+                if db.code().is_some_and(|code| code == "40001" || code == "40P01"))
+        }
+        _ => false,
     }
 }
 
@@ -191,6 +216,9 @@ impl Store {
             .acquire_timeout(settings.acquire_timeout)
             .connect_timeout(settings.acquire_timeout)
             .sqlx_logging(false)
+            // No connection at start: the process comes up (liveness, health) even while
+            // the database is down, and readiness says so.
+            .connect_lazy(true)
             .map_sqlx_sqlite_opts(move |o: SqliteConnectOptions| {
                 o.create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
@@ -199,16 +227,46 @@ impl Store {
                     .foreign_keys(true)
             });
         let db = Database::connect(options).await?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            state: Arc::default(),
+        })
     }
 
     pub fn backend(&self) -> DbBackend {
         self.db.get_database_backend()
     }
 
-    /// Applies every pending migration.
+    /// Applies every pending migration; the store serves requests only after this.
     pub async fn migrate(&self) -> Result<(), DbErr> {
-        Migrator::up(&self.db, None).await
+        Migrator::up(&self.db, None).await?;
+        self.state.migrated.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Marks the database unreachable (or reachable again); while it is, every call fails
+    /// fast with DATABASE_UNAVAILABLE.
+    pub fn declare_down(&self, down: bool) {
+        self.state.down.store(down, Ordering::Release);
+    }
+
+    pub fn declared_down(&self) -> bool {
+        self.state.down.load(Ordering::Acquire)
+    }
+
+    /// The connection to use for a request, or why there is none worth waiting for.
+    fn usable(&self) -> Result<&DatabaseConnection, Error> {
+        if !self.state.migrated.load(Ordering::Acquire) {
+            return Err(Error::DatabaseUnavailable(
+                "the schema is not migrated yet".into(),
+            ));
+        }
+        if self.declared_down() {
+            return Err(Error::DatabaseUnavailable(
+                "the database is unreachable (health check)".into(),
+            ));
+        }
+        Ok(&self.db)
     }
 
     /// Closes every pooled connection (for an orderly shutdown).
@@ -256,7 +314,7 @@ impl Store {
             .order_by_desc(Column::CreatedAt)
             .order_by_desc(Column::Id)
             .limit(filter.limit)
-            .all(&self.db)
+            .all(self.usable()?)
             .await
             .map_err(classify)?;
         rows.into_iter().map(into_domain).collect()
@@ -270,7 +328,7 @@ impl Store {
         Entity::find()
             .filter(Column::Id.eq(id.as_uuid()))
             .filter(Column::EnterpriseId.eq(enterprise.as_uuid()))
-            .one(&self.db)
+            .one(self.usable()?)
             .await
             .map_err(classify)?
             .map(into_domain)
@@ -291,7 +349,8 @@ impl Store {
             .add(Column::EnterpriseId.eq(invitation.enterprise.as_uuid()))
             .add(Column::EmailNormalized.eq(invitation.email.normalized()))
             .add(Column::Status.eq(InvitationStatus::Pending.as_str()));
-        let txn = self.db.begin().await.map_err(classify)?;
+        let db = self.usable()?;
+        let txn = db.begin().await.map_err(classify)?;
         Entity::update_many()
             .col_expr(
                 Column::Status,
@@ -317,7 +376,7 @@ impl Store {
                 txn.rollback().await.map_err(classify)?;
                 let existing = Entity::find()
                     .filter(same_address)
-                    .one(&self.db)
+                    .one(db)
                     .await
                     .map_err(classify)?;
                 match existing {
@@ -367,7 +426,7 @@ impl Store {
             .filter(Column::EnterpriseId.eq(enterprise.as_uuid()))
             .filter(Column::Version.eq(expected.get()))
             .filter(effective_status_is(InvitationStatus::Pending, now))
-            .exec_with_returning(&self.db)
+            .exec_with_returning(self.usable()?)
             .await
             .map_err(classify)?;
         rows.into_iter().next().map(into_domain).transpose()

@@ -4,14 +4,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use invitations::auth::{Authenticator, ENTERPRISE_ADMIN};
-use invitations::config::{JwtSettings, Secret, Settings};
+use invitations::config::{Config, Secret, Settings};
 use invitations::domain::{
     CancelReason, EmailAddress, EnterpriseId, Invitation, InvitationId, InvitationStatus, RoleRef,
     Scope, Timestamp, UserRef, Version,
 };
 use invitations::proto::invitations::v1::invitation_service_client::InvitationServiceClient;
 use invitations::startup::Application;
-use invitations::store::{Store, StoreSettings};
+use invitations::store::Store;
 use sea_orm::{ConnectionTrait, Database};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -111,6 +111,11 @@ fn with_database(url: &str, name: &str) -> String {
 
 impl TestApp {
     pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_configured(backend, |_| {}).await
+    }
+
+    /// Like `spawn`, with some settings changed.
+    pub async fn spawn_configured(backend: Backend, customize: impl FnOnce(&mut Config)) -> Self {
         let (url, database) = match backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
@@ -133,21 +138,22 @@ impl TestApp {
                 )
             }
         };
-        let settings = Settings {
-            listen_addr: "127.0.0.1:0".parse().expect("address"),
-            store: StoreSettings {
-                url,
-                max_connections: 8,
-                acquire_timeout: Duration::from_secs(5),
-                sqlite_busy_timeout: Duration::from_secs(5),
-            },
-            jwt: JwtSettings {
-                hs256_secret: Secret::new(JWT_SECRET),
-                issuer: ISSUER.into(),
-                audience: AUDIENCE.into(),
-            },
-            page_token_secret: Secret::new("page-token-secret-of-at-least-32-bytes"),
-        };
+        let mut config = Config::defaults();
+        config.database_url = url;
+        config.listen_addr = "127.0.0.1:0".parse().expect("address");
+        config.jwt_hs256_secret = Some(Secret::new(JWT_SECRET));
+        config.jwt_issuer = ISSUER.into();
+        config.jwt_audience = AUDIENCE.into();
+        config.page_token_secret = Some(Secret::new("page-token-secret-of-at-least-32-bytes"));
+        config.db_max_connections = 8;
+        config.db_acquire_timeout_ms = 5000;
+        config.health_interval_ms = 100;
+        config.shutdown_grace_ms = 0;
+        config.shutdown_drain_ms = 5000;
+        // Most tests make many calls quickly; the rate-limit test turns it on.
+        config.rate_limit_per_second = 0;
+        customize(&mut config);
+        let settings = config.settings().expect("test settings are valid");
         Self::spawn_with(settings, database).await
     }
 
@@ -155,6 +161,9 @@ impl TestApp {
         let app = Application::build(&settings)
             .await
             .expect("the server builds");
+        // Migrate before serving, so fixtures can be stored at once; the server's own
+        // migration run then finds nothing to do.
+        app.store().migrate().await.expect("migrations apply");
         let addr = app.local_addr();
         let store = app.store().clone();
         let authenticator = app.authenticator();
@@ -203,6 +212,7 @@ impl TestApp {
         let app = Application::build(&self.settings)
             .await
             .expect("the replica builds");
+        app.store().migrate().await.expect("migrations apply");
         let addr = app.local_addr();
         let (shutdown, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {

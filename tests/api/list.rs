@@ -289,7 +289,7 @@ async fn page_tokens_are_bound_to_enterprise_and_filters(app: &TestApp) {
     .await;
     refused(
         ListInvitationsRequest {
-            page_token: "x".repeat(100_000),
+            page_token: "x".repeat(10_000),
             ..second.clone()
         },
         app.token.clone(),

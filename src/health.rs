@@ -1,0 +1,76 @@
+//! Readiness that tells the truth: NOT_SERVING until migrations are done and the database
+//! answers, NOT_SERVING while it is unreachable, SERVING again when it is back. Liveness
+//! (the `liveness` entry) stays SERVING while the process can serve, database or not.
+use std::time::Duration;
+
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::store::Store;
+
+/// The readiness entries: the invitations service, and `""` (the whole server).
+pub const READINESS_SERVICES: [&str; 2] = ["invitations.v1.InvitationService", ""];
+/// The liveness entry.
+pub const LIVENESS_SERVICE: &str = "liveness";
+
+/// How the database is watched.
+#[derive(Debug, Clone, Copy)]
+pub struct HealthSettings {
+    /// Time between two checks.
+    pub interval: Duration,
+    /// How long one check may take before it counts as a failure.
+    pub check_timeout: Duration,
+    /// Consecutive failures before readiness turns NOT_SERVING.
+    pub failure_threshold: u32,
+    /// Consecutive successes before it turns SERVING again.
+    pub success_threshold: u32,
+}
+
+pub async fn set_readiness(reporter: &HealthReporter, status: ServingStatus) {
+    for service in READINESS_SERVICES {
+        reporter.set_service_status(service, status).await;
+    }
+}
+
+/// Applies migrations (retrying until they succeed), then watches the database forever.
+/// Readiness changes only after `failure_threshold` failed or `success_threshold`
+/// successful checks in a row, so one slow query does not flap it.
+pub async fn supervise(store: Store, reporter: HealthReporter, settings: HealthSettings) {
+    while let Err(error) = store.migrate().await {
+        tracing::warn!(%error, "database not ready: migrations not applied yet; retrying");
+        tokio::time::sleep(settings.interval).await;
+    }
+    let mut serving = false;
+    let (mut failures, mut successes) = (0u32, 0u32);
+    loop {
+        let healthy = matches!(
+            tokio::time::timeout(settings.check_timeout, store.ping()).await,
+            Ok(Ok(()))
+        );
+        if healthy {
+            failures = 0;
+            successes = successes.saturating_add(1);
+        } else {
+            successes = 0;
+            failures = failures.saturating_add(1);
+        }
+        // Once, at start-up, the first success makes the service ready; after an outage it
+        // takes `success_threshold` of them.
+        let recovered =
+            successes >= settings.success_threshold || (healthy && !store.declared_down());
+        if !serving && recovered {
+            serving = true;
+            store.declare_down(false);
+            set_readiness(&reporter, ServingStatus::Serving).await;
+            tracing::info!("database reachable: ready");
+        } else if serving && failures >= settings.failure_threshold {
+            serving = false;
+            // Requests now fail fast with DATABASE_UNAVAILABLE instead of each waiting for
+            // a connection that will not come.
+            store.declare_down(true);
+            set_readiness(&reporter, ServingStatus::NotServing).await;
+            tracing::warn!(failures, "database unreachable: not ready");
+        }
+        tokio::time::sleep(settings.interval).await;
+    }
+}

@@ -1,0 +1,268 @@
+//! Tower layers in front of every gRPC service: request ids and per-RPC telemetry, and
+//! server-wide load shedding.
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::sync::Semaphore;
+use tonic::body::Body;
+use tower::{Layer, Service};
+use tracing::Instrument;
+
+use crate::error::Error;
+
+/// Metadata that carries the request id, in and out.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+fn is_health_check(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/")
+}
+
+/// The caller's request id if it is a sane one, else a fresh UUID.
+fn request_id(request: &Request<Body>) -> HeaderValue {
+    request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .filter(|value| {
+            let bytes = value.as_bytes();
+            !bytes.is_empty()
+                && bytes.len() <= MAX_REQUEST_ID_LEN
+                && bytes.iter().all(|b| b.is_ascii_graphic())
+        })
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                .unwrap_or_else(|_| unreachable!("a UUID is a valid header value"))
+        })
+}
+
+/// Gives every RPC a span (`method`, `request_id`, and `subject` once authenticated), logs
+/// one line when it ends with its gRPC code and latency, and echoes the request id in the
+/// response metadata.
+#[derive(Debug, Clone, Default)]
+pub struct ObserveLayer;
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Observe { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Observe<S> {
+    inner: S,
+}
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
+
+impl<S> Service<Request<Body>> for Observe<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let request_id = request_id(&request);
+        let method = request.uri().path().to_owned();
+        let quiet = is_health_check(&method);
+        let span = tracing::info_span!(
+            "rpc",
+            method = %method,
+            request_id = request_id.to_str().unwrap_or_default(),
+            subject = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        let response = span.in_scope(|| self.inner.call(request));
+        let body_span = span.clone();
+        Box::pin(
+            async move {
+                let mut response = response.await?;
+                response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
+                // A trailers-only response (every error) has its status in the headers.
+                let code = response.headers().get("grpc-status").and_then(grpc_code);
+                Ok(response.map(|inner| {
+                    Body::new(ObservedBody {
+                        inner,
+                        finish: Some(Finish {
+                            span: body_span,
+                            started,
+                            code,
+                            quiet,
+                        }),
+                    })
+                }))
+            }
+            .instrument(span),
+        )
+    }
+}
+
+fn grpc_code(value: &HeaderValue) -> Option<tonic::Code> {
+    value
+        .to_str()
+        .ok()?
+        .parse::<i32>()
+        .ok()
+        .map(tonic::Code::from)
+}
+
+/// What to log when the response body ends (or is dropped: the client went away).
+struct Finish {
+    span: tracing::Span,
+    started: Instant,
+    code: Option<tonic::Code>,
+    quiet: bool,
+}
+
+impl Finish {
+    fn log(self, completed: bool) {
+        let latency_ms = self.started.elapsed().as_secs_f64() * 1e3;
+        let code = match (self.code, completed) {
+            (Some(code), _) => format!("{code:?}"),
+            (None, true) => "Unknown".to_owned(),
+            (None, false) => "Cancelled".to_owned(),
+        };
+        let _entered = self.span.enter();
+        if self.quiet {
+            tracing::debug!(code, latency_ms, "rpc finished");
+        } else {
+            tracing::info!(code, latency_ms, "rpc finished");
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct ObservedBody {
+        #[pin]
+        inner: Body,
+        finish: Option<Finish>,
+    }
+
+    impl PinnedDrop for ObservedBody {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(finish) = this.project().finish.take() {
+                finish.log(false);
+            }
+        }
+    }
+}
+
+impl HttpBody for ObservedBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        match &frame {
+            Some(Ok(frame)) => {
+                if let Some(code) = frame
+                    .trailers_ref()
+                    .and_then(|t| t.get("grpc-status"))
+                    .and_then(grpc_code)
+                    && let Some(finish) = this.finish.as_mut()
+                {
+                    finish.code = Some(code);
+                }
+            }
+            Some(Err(_)) | None => {
+                if let Some(finish) = this.finish.take() {
+                    finish.log(frame.is_none());
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Answers RESOURCE_EXHAUSTED at once when `limit` RPCs are already in flight, server-wide,
+/// instead of queueing them: under overload a fast refusal lets clients back off or try
+/// another replica. Health checks are never shed, so probes keep telling the truth.
+#[derive(Debug, Clone)]
+pub struct ShedLayer {
+    permits: Arc<Semaphore>,
+}
+
+impl ShedLayer {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(limit)),
+        }
+    }
+}
+
+impl<S> Layer<S> for ShedLayer {
+    type Service = Shed<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Shed {
+            inner,
+            permits: self.permits.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Shed<S> {
+    inner: S,
+    permits: Arc<Semaphore>,
+}
+
+impl<S> Service<Request<Body>> for Shed<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        if is_health_check(request.uri().path()) {
+            return Box::pin(self.inner.call(request));
+        }
+        match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let response = self.inner.call(request);
+                Box::pin(async move {
+                    let response = response.await;
+                    drop(permit);
+                    response
+                })
+            }
+            Err(_) => {
+                let status: tonic::Status = Error::Overloaded.into();
+                Box::pin(std::future::ready(Ok(status.into_http::<Body>())))
+            }
+        }
+    }
+}
