@@ -69,6 +69,19 @@ pub enum Command {
     /// Start on a fresh SQLite database with a demo enterprise, and print a bearer token and
     /// grpcurl commands to try.
     Dev,
+    /// Ask a running server's gRPC health service; exit 0 only if the entry is SERVING.
+    /// For container health checks where no grpc_health_probe is installed.
+    HealthCheck {
+        /// Address to ask; defaults to the listen address (0.0.0.0 is asked on 127.0.0.1).
+        #[arg(long)]
+        addr: Option<SocketAddr>,
+        /// Health entry: `invitations.v1.InvitationService` (readiness) or `liveness`.
+        #[arg(long, default_value = "invitations.v1.InvitationService")]
+        service: String,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
     /// Print a bearer token signed with the configured secret.
     MintToken {
         /// `users/{uuid}` of the caller; a random user when omitted.

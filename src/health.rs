@@ -74,3 +74,40 @@ pub async fn supervise(store: Store, reporter: HealthReporter, settings: HealthS
         tokio::time::sleep(settings.interval).await;
     }
 }
+
+/// Asks the health service at `addr` about `service` (what `invitations health-check`
+/// runs); answers the status name, e.g. `SERVING`.
+pub async fn check(
+    addr: std::net::SocketAddr,
+    service: &str,
+    timeout: Duration,
+) -> Result<String, Box<dyn std::error::Error>> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let target = if addr.ip().is_unspecified() {
+        std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    };
+    let ask = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{target}"))?
+            .connect()
+            .await?;
+        let answer = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await?
+            .into_inner();
+        let status =
+            tonic_health::pb::health_check_response::ServingStatus::try_from(answer.status)
+                .map_or_else(
+                    |_| format!("UNKNOWN({})", answer.status),
+                    |s| s.as_str_name().to_owned(),
+                );
+        Ok::<_, Box<dyn std::error::Error>>(status)
+    };
+    tokio::time::timeout(timeout, ask)
+        .await
+        .map_err(|_| format!("no answer from {target} within {timeout:?}"))?
+}

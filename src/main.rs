@@ -33,6 +33,23 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             eprintln!("invitations: migrations applied");
         }
         Command::Dev => dev::run(&cli.config).await?,
+        Command::HealthCheck {
+            addr,
+            service,
+            timeout_ms,
+        } => {
+            let addr = addr.unwrap_or(cli.config.listen_addr);
+            let status = invitations::health::check(
+                addr,
+                &service,
+                std::time::Duration::from_millis(timeout_ms),
+            )
+            .await?;
+            println!("{service}: {status}");
+            if status != "SERVING" {
+                return Err(format!("{service} is {status}").into());
+            }
+        }
         Command::MintToken {
             sub,
             enterprise,

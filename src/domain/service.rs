@@ -220,7 +220,11 @@ impl InvitationService {
             version: Version::FIRST,
         };
         match self.store.insert_pending(&invitation, now).await? {
-            InsertOutcome::Created => Ok(invitation),
+            InsertOutcome::Created => {
+                // Never a whole address in the logs.
+                tracing::info!(invitation = %invitation.id, email = %invitation.email.masked(), "invitation created");
+                Ok(invitation)
+            }
             InsertOutcome::DuplicatePending(existing) => {
                 Err(Error::InvitationAlreadyExists { existing })
             }
@@ -243,6 +247,7 @@ impl InvitationService {
                 .cancel_pending(command.enterprise, command.id, version, &change, now)
                 .await?
             {
+                tracing::info!(invitation = %cancelled.id, email = %cancelled.email.masked(), "invitation cancelled");
                 return Ok(cancelled);
             }
         }

@@ -6,3 +6,4 @@ mod auth;
 mod cancel;
 mod create_get;
 mod list;
+mod operability;

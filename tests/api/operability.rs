@@ -1,0 +1,296 @@
+//! Health, rate limits, load shedding, request ids and limits, through the real server.
+use std::time::Duration;
+
+use invitations::proto::invitations::v1::{
+    CancelInvitationRequest, CreateInvitationRequest, ListInvitationsRequest,
+};
+use sea_orm::{ConnectionTrait, Database, TransactionTrait};
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_types::StatusExt;
+use uuid::Uuid;
+
+use crate::common::{Backend, Fixture, TestApp, assert_error, authorized};
+use crate::on_both_stores;
+
+pub async fn health_client(addr: std::net::SocketAddr) -> HealthClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    HealthClient::new(channel)
+}
+
+/// Waits, through `Watch`, until `service` reports `wanted`; fails after `within`.
+pub async fn await_health(
+    addr: std::net::SocketAddr,
+    service: &str,
+    wanted: ServingStatus,
+    within: Duration,
+) {
+    let mut client = health_client(addr).await;
+    let mut updates = client
+        .watch(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let reached = tokio::time::timeout(within, async {
+        while let Some(update) = updates.message().await.expect("health stream") {
+            if update.status == wanted as i32 {
+                return;
+            }
+        }
+        panic!("the health stream ended before {service} was {wanted:?}");
+    })
+    .await;
+    assert!(
+        reached.is_ok(),
+        "{service} did not become {wanted:?} within {within:?}"
+    );
+}
+
+async fn check(addr: std::net::SocketAddr, service: &str) -> Result<i32, tonic::Status> {
+    let mut client = health_client(addr).await;
+    client
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .map(|r| r.into_inner().status)
+}
+
+async fn health_needs_no_token_and_reports_every_entry(app: &TestApp) {
+    for service in ["", "invitations.v1.InvitationService"] {
+        await_health(
+            app.addr,
+            service,
+            ServingStatus::Serving,
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    assert_eq!(
+        check(app.addr, "liveness").await.expect("liveness"),
+        ServingStatus::Serving as i32
+    );
+    let unknown = check(app.addr, "no.such.Service")
+        .await
+        .expect_err("unknown entry");
+    assert_eq!(unknown.code(), Code::NotFound);
+}
+
+async fn rate_limits_are_per_caller_with_the_real_delay(backend: Backend) {
+    let app = TestApp::spawn_configured(backend, |config| {
+        config.rate_limit_per_second = 1;
+        config.rate_limit_burst = 3;
+    })
+    .await;
+    let list = |token: String| {
+        let mut client = app.client();
+        async move {
+            client
+                .list_invitations(authorized(&token, ListInvitationsRequest::default()))
+                .await
+        }
+    };
+    for _ in 0..3 {
+        list(app.token.clone()).await.expect("within the burst");
+    }
+    let limited = list(app.token.clone()).await.expect_err("over the burst");
+    let metadata = assert_error(
+        &limited,
+        Code::ResourceExhausted,
+        "RATE_LIMITED",
+        "rate_limited",
+        429,
+    );
+    assert_eq!(limited.message(), "Too many requests.");
+    let retry_after_ms: u64 = metadata["retryAfterMs"].parse().expect("a number");
+    assert!((1..=1000).contains(&retry_after_ms), "{retry_after_ms}");
+    let delay = limited
+        .get_details_retry_info()
+        .expect("RetryInfo")
+        .retry_delay
+        .expect("a delay");
+    assert!(
+        delay > Duration::ZERO && delay <= Duration::from_secs(1),
+        "{delay:?}"
+    );
+    // Another caller of the same enterprise, and one of another, are not affected.
+    let colleague = app.authenticator.mint(
+        invitations::domain::UserRef::from_uuid(Uuid::new_v4()),
+        Some(app.enterprise),
+        &[invitations::auth::ENTERPRISE_ADMIN.to_owned()],
+        Duration::from_secs(60),
+    );
+    list(colleague).await.expect("another caller");
+    list(app.other_enterprise_admin().1)
+        .await
+        .expect("another enterprise");
+    // After the advertised delay the caller may call again.
+    tokio::time::sleep(Duration::from_millis(retry_after_ms)).await;
+    list(app.token.clone()).await.expect("after the delay");
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_sqlite() {
+    rate_limits_are_per_caller_with_the_real_delay(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_postgres() {
+    if let Some(backend) = Backend::postgres() {
+        rate_limits_are_per_caller_with_the_real_delay(backend).await;
+    }
+}
+
+/// With one RPC slot, a cancel stuck behind a held SQLite write lock fills it: the next RPC
+/// is refused at once, health still answers, and the stuck cancel completes afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_shed_fast_and_health_is_never_shed() {
+    let app = TestApp::spawn_configured(Backend::Sqlite, |config| {
+        config.max_concurrent_requests = 1;
+        config.sqlite_busy_timeout_ms = 10_000;
+    })
+    .await;
+    let invitation = app.insert(Fixture::pending("slow@acme.example")).await;
+    // Hold the write lock from a second connection to the same file.
+    let blocker = Database::connect(app.settings.store.url.as_str())
+        .await
+        .expect("second connection");
+    let lock = blocker.begin().await.expect("begin");
+    lock.execute_unprepared("UPDATE invitations SET updated_at = updated_at")
+        .await
+        .expect("take the write lock");
+    let mut client = app.client();
+    let stuck = tokio::spawn({
+        let request = app.request(CancelInvitationRequest {
+            invitation_id: invitation.id.to_string(),
+            etag: invitation.etag().as_str().to_owned(),
+            ..Default::default()
+        });
+        async move { client.cancel_invitation(request).await }
+    });
+    // Wait until the cancel holds the only slot: a probe call is refused once it does.
+    let mut refused = None;
+    for _ in 0..200 {
+        match app
+            .client()
+            .list_invitations(app.request(ListInvitationsRequest::default()))
+            .await
+        {
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                refused = Some(status);
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    let refused = refused.expect("an RPC is shed while the slot is taken");
+    assert_error(
+        &refused,
+        Code::ResourceExhausted,
+        "SERVER_OVERLOADED",
+        "rate_limited",
+        429,
+    );
+    assert!(refused.get_details_retry_info().is_some());
+    let started = std::time::Instant::now();
+    let again = app
+        .client()
+        .get_invitation(app.request(Default::default()))
+        .await
+        .expect_err("shed");
+    assert_eq!(again.code(), Code::ResourceExhausted);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "shedding answers at once"
+    );
+    assert_eq!(
+        check(app.addr, "invitations.v1.InvitationService")
+            .await
+            .expect("health is not shed"),
+        ServingStatus::Serving as i32
+    );
+    lock.rollback().await.expect("release the lock");
+    let cancelled = stuck
+        .await
+        .expect("task")
+        .expect("the stuck cancel completes");
+    assert_eq!(cancelled.into_inner().id, invitation.id.to_string());
+    blocker.close().await.expect("close");
+    app.finish().await;
+}
+
+async fn request_ids_are_echoed_or_generated(app: &TestApp) {
+    let mut request = app.request(ListInvitationsRequest::default());
+    request
+        .metadata_mut()
+        .insert("x-request-id", "req-42".parse().expect("ascii"));
+    let response = app.client().list_invitations(request).await.expect("list");
+    assert_eq!(
+        response
+            .metadata()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("req-42")
+    );
+    let response = app
+        .client()
+        .list_invitations(app.request(ListInvitationsRequest::default()))
+        .await
+        .expect("list");
+    let generated = response
+        .metadata()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("an id");
+    assert!(Uuid::parse_str(generated).is_ok(), "{generated}");
+    // Errors carry it too, even those refused before the handler.
+    let mut request = tonic::Request::new(ListInvitationsRequest::default());
+    request
+        .metadata_mut()
+        .insert("x-request-id", "req-43".parse().expect("ascii"));
+    let refused = app
+        .client()
+        .list_invitations(request)
+        .await
+        .expect_err("no token");
+    assert_eq!(
+        refused
+            .metadata()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("req-43")
+    );
+}
+
+async fn oversized_requests_are_refused(app: &TestApp) {
+    let status = app
+        .client()
+        .create_invitation(app.request(CreateInvitationRequest {
+            email_constraint: "big@acme.example".into(),
+            role: "x".repeat(100 * 1024),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("over the request size limit");
+    assert_eq!(status.code(), Code::OutOfRange);
+    // The server keeps serving.
+    app.client()
+        .list_invitations(app.request(ListInvitationsRequest::default()))
+        .await
+        .expect("still serving");
+}
+
+on_both_stores!(
+    health_needs_no_token_and_reports_every_entry,
+    request_ids_are_echoed_or_generated,
+    oversized_requests_are_refused,
+);
