@@ -5,5 +5,7 @@ mod common;
 mod auth;
 mod cancel;
 mod create_get;
+mod db_faults;
 mod list;
 mod operability;
+mod process;

@@ -168,24 +168,35 @@ async fn overload_is_shed_fast_and_health_is_never_shed() {
     lock.execute_unprepared("UPDATE invitations SET updated_at = updated_at")
         .await
         .expect("take the write lock");
-    let mut client = app.client();
-    let stuck = tokio::spawn({
+    let cancel = || {
+        let mut client = app.client();
         let request = app.request(CancelInvitationRequest {
             invitation_id: invitation.id.to_string(),
             etag: invitation.etag().as_str().to_owned(),
             ..Default::default()
         });
-        async move { client.cancel_invitation(request).await }
-    });
-    // Wait until the cancel holds the only slot: a probe call is refused once it does.
+        tokio::spawn(async move { client.cancel_invitation(request).await })
+    };
+    // Wait until the cancel holds the only slot: a probe is refused while the cancel is
+    // still running. A probe can take the slot first and get the cancel shed: then the
+    // cancel is sent again.
+    let mut stuck = cancel();
     let mut refused = None;
-    for _ in 0..200 {
+    for _ in 0..500 {
+        if stuck.is_finished() {
+            let shed = stuck
+                .await
+                .expect("task")
+                .expect_err("the lock is held: the cancel cannot finish");
+            assert_eq!(shed.code(), Code::ResourceExhausted, "{shed:?}");
+            stuck = cancel();
+        }
         match app
             .client()
             .list_invitations(app.request(ListInvitationsRequest::default()))
             .await
         {
-            Err(status) if status.code() == Code::ResourceExhausted => {
+            Err(status) if status.code() == Code::ResourceExhausted && !stuck.is_finished() => {
                 refused = Some(status);
                 break;
             }
