@@ -305,3 +305,92 @@ on_both_stores!(
     request_ids_are_echoed_or_generated,
     oversized_requests_are_refused,
 );
+
+/// A client deadline shorter than the server's timeout wins; the abandoned cancel writes
+/// nothing (it either commits whole or not at all), and the server goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_deadline_is_honoured_and_leaves_no_half_write() {
+    let app = TestApp::spawn_configured(Backend::Sqlite, |config| {
+        config.sqlite_busy_timeout_ms = 10_000;
+    })
+    .await;
+    let invitation = app.insert(Fixture::pending("deadline@acme.example")).await;
+    let blocker = Database::connect(app.settings.store.url.as_str())
+        .await
+        .expect("second connection");
+    let lock = blocker.begin().await.expect("begin");
+    lock.execute_unprepared("UPDATE invitations SET updated_at = updated_at")
+        .await
+        .expect("take the write lock");
+
+    let mut request = app.request(CancelInvitationRequest {
+        invitation_id: invitation.id.to_string(),
+        etag: invitation.etag().as_str().to_owned(),
+        ..Default::default()
+    });
+    request.set_timeout(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let status = app
+        .client()
+        .cancel_invitation(request)
+        .await
+        .expect_err("the deadline passes first");
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered at the deadline: {:?}",
+        started.elapsed()
+    );
+    lock.rollback().await.expect("release the lock");
+    blocker.close().await.expect("close");
+
+    // DEADLINE_EXCEEDED leaves the outcome unknown to the client: the abandoned write may
+    // still land once the lock is free (SQLite finishes a statement it started). Either way
+    // it is whole: the invitation is pending at its version, or cancelled exactly once with
+    // every cancel field set; a re-read with the etag settles it, and the pool still works.
+    let cancel_again = app
+        .client()
+        .cancel_invitation(app.request(CancelInvitationRequest {
+            invitation_id: invitation.id.to_string(),
+            etag: invitation.etag().as_str().to_owned(),
+            ..Default::default()
+        }))
+        .await;
+    let stored = app
+        .store
+        .get(app.enterprise, invitation.id)
+        .await
+        .expect("read")
+        .expect("row");
+    assert_eq!(
+        stored.version,
+        invitation.version.next(),
+        "exactly one write in all"
+    );
+    assert_eq!(
+        stored.stored_status,
+        invitations::domain::InvitationStatus::Cancelled
+    );
+    assert!(stored.cancelled_at.is_some() && stored.cancelled_by.is_some());
+    match cancel_again {
+        Ok(response) => assert_eq!(response.into_inner().etag, stored.etag().as_str()),
+        Err(status) => {
+            // The abandoned cancel landed first: the retry learns the new etag.
+            let metadata = assert_error(
+                &status,
+                Code::Aborted,
+                "ETAG_MISMATCH",
+                "precondition_failed",
+                412,
+            );
+            assert_eq!(
+                metadata.get("etag").map(String::as_str),
+                Some(stored.etag().as_str())
+            );
+        }
+    }
+    app.finish().await;
+}
