@@ -12,7 +12,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use tonic::metadata::MetadataMap;
 
-use crate::domain::{EnterpriseId, UserRef};
+use crate::domain::{EmailAddress, EnterpriseId, UserRef};
 use crate::error::{AuthFailure, Error, Forbidden};
 use crate::rate_limit::RateLimiter;
 
@@ -39,6 +39,10 @@ pub struct Claims {
     pub iat: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_verified: Option<bool>,
 }
 
 /// The claims read from a verified token; `exp`, `iss`, `aud` and `nbf` are checked by the
@@ -50,6 +54,10 @@ struct VerifiedClaims {
     enterprise: Option<String>,
     #[serde(default)]
     capabilities: Vec<String>,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    email_verified: Option<bool>,
 }
 
 /// An authenticated caller.
@@ -58,6 +66,8 @@ pub struct Caller {
     pub subject: UserRef,
     pub enterprise: Option<EnterpriseId>,
     pub capabilities: HashSet<String>,
+    /// The `email` claim, only when `email_verified` is true and it is an address.
+    pub verified_email: Option<EmailAddress>,
 }
 
 /// A caller allowed to manage the invitations of one enterprise.
@@ -157,10 +167,15 @@ impl Authenticator {
             .map(EnterpriseId::parse_ref)
             .transpose()
             .map_err(|_| invalid())?;
+        let verified_email = match (claims.email, claims.email_verified) {
+            (Some(email), Some(true)) => EmailAddress::parse(&email).ok(),
+            _ => None,
+        };
         Ok(Caller {
             subject,
             enterprise,
             capabilities: claims.capabilities.into_iter().collect(),
+            verified_email,
         })
     }
 
@@ -172,8 +187,27 @@ impl Authenticator {
         capabilities: &[String],
         ttl: Duration,
     ) -> String {
+        self.sign(self.claims(subject, enterprise, capabilities, ttl))
+    }
+
+    /// Signs an invitee's token: no enterprise, no capability, a verified e-mail.
+    pub fn mint_invitee(&self, subject: UserRef, email: &str, ttl: Duration) -> String {
+        self.sign(Claims {
+            email: Some(email.to_owned()),
+            email_verified: Some(true),
+            ..self.claims(subject, None, &[], ttl)
+        })
+    }
+
+    fn claims(
+        &self,
+        subject: UserRef,
+        enterprise: Option<EnterpriseId>,
+        capabilities: &[String],
+        ttl: Duration,
+    ) -> Claims {
         let now = unix_now();
-        let claims = Claims {
+        Claims {
             sub: subject.to_string(),
             enterprise: enterprise.map(|e| e.to_string()),
             capabilities: capabilities.to_vec(),
@@ -182,7 +216,12 @@ impl Authenticator {
             iat: now,
             exp: now.saturating_add(ttl.as_secs()),
             nbf: None,
-        };
+            email: None,
+            email_verified: None,
+        }
+    }
+
+    fn sign(&self, claims: Claims) -> String {
         // HS256 signing of a serialisable struct cannot fail.
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .unwrap_or_else(|e| unreachable!("HS256 signing failed: {e}"))

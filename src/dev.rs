@@ -6,8 +6,8 @@ use uuid::Uuid;
 use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError, Secret};
 use crate::domain::{
-    CancelReason, EmailAddress, EnterpriseId, Invitation, InvitationId, InvitationStatus, RoleRef,
-    Scope, Timestamp, UserRef, Version,
+    CancelReason, EmailAddress, EnterpriseId, Invitation, InvitationId, InvitationStatus,
+    LinkToken, RoleRef, Scope, Timestamp, UserRef, Version,
 };
 use crate::error::Error;
 use crate::startup::{Application, shutdown_signal};
@@ -166,11 +166,33 @@ pub async fn run(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
         HOUR * 24,
     );
     let addr = app.local_addr();
-    let pending = demo
+    let now = Timestamp::now();
+    let mut pending = demo
         .invitations
         .iter()
-        .find(|i| i.stored_status == InvitationStatus::Pending && i.expires_at > Timestamp::now())
-        .ok_or("the demo has no pending invitation")?;
+        .filter(|i| i.stored_status == InvitationStatus::Pending && i.expires_at > now);
+    let pending_to_cancel = pending.next().ok_or("the demo has no pending invitation")?;
+    let pending_to_accept = pending
+        .next()
+        .ok_or("the demo has one pending invitation only")?;
+    let link = LinkToken::generate()?;
+    app.store()
+        .issue_link(
+            demo.enterprise,
+            pending_to_accept.id,
+            None,
+            link.hash(),
+            None,
+            now,
+        )
+        .await?
+        .ok_or("the demo link could not be issued")?;
+    let invitee_token = app.authenticator().mint_invitee(
+        UserRef::from_uuid(Uuid::new_v4()),
+        pending_to_accept.email.as_str(),
+        HOUR * 24,
+    );
+    let pending = pending_to_cancel;
     let etag_json = pending.etag().as_str().replace('"', "\\\"");
     println!(
         r#"
@@ -191,6 +213,13 @@ grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d '{{"statuses": ["INVITAT
 grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d '{{"invitation_id": "{id}"}}' {addr} invitations.v1.InvitationService/GetInvitation
 grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d '{{"invitation_id": "{id}", "etag": "{etag}", "reason": "demo"}}' {addr} invitations.v1.InvitationService/CancelInvitation
 
+# accept another invitation through its link, as the invitee ({invitee_email}, verified):
+export INVITEE_TOKEN='{invitee_token}'
+grpcurl -plaintext -H "authorization: Bearer $INVITEE_TOKEN" -d '{{"token": "{link}"}}' {addr} invitations.v1.InvitationService/AcceptInvitation
+
+# issue (or rotate) a link yourself:
+grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d '{{"invitation_id": "{id}"}}' {addr} invitations.v1.InvitationService/IssueInvitationToken
+
 # health:
 grpcurl -plaintext -d '{{"service": "invitations.v1.InvitationService"}}' {addr} grpc.health.v1.Health/Check
 
@@ -201,6 +230,8 @@ Ctrl-C stops the server.
         db = settings.store.url,
         id = pending.id,
         etag = etag_json,
+        invitee_email = pending_to_accept.email.as_str(),
+        link = link.reveal(),
     );
     app.run_until(shutdown_signal()).await?;
     Ok(())

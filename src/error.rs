@@ -95,6 +95,10 @@ pub enum AuthFailure {
 pub enum Forbidden {
     EnterpriseAdminRequired,
     ScopeNotPermitted,
+    /// The invitee's verified e-mail is not the invitation's `email_constraint`.
+    EmailMismatch,
+    /// The invitee's token has no `email` claim with `email_verified: true`.
+    EmailNotVerified,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +112,10 @@ pub enum Error {
     /// Also the answer for an invitation of another enterprise: the two are indistinguishable.
     #[error("invitation {0} not found")]
     InvitationNotFound(InvitationId),
+    /// An unknown, rotated-out or revoked link token, or one accepted by someone else: one
+    /// answer for all, so a token holder learns nothing about which it was.
+    #[error("invalid invitation link token")]
+    InvitationTokenInvalid,
     #[error("invitation is already {current_status:?}")]
     StateConflict {
         id: InvitationId,
@@ -243,24 +251,43 @@ impl From<Error> for Status {
                     )
                 }
                 Error::PermissionDenied(forbidden) => {
-                    let (reason, message) = match forbidden {
+                    let (reason, documented_code, message) = match forbidden {
                         Forbidden::EnterpriseAdminRequired => (
                             "ENTERPRISE_ADMIN_REQUIRED",
+                            "forbidden_capability_scope",
                             "Enterprise admin capability required",
                         ),
                         Forbidden::ScopeNotPermitted => (
                             "SCOPE_NOT_PERMITTED",
+                            "forbidden_capability_scope",
                             "The requested scope is outside the caller's enterprise",
+                        ),
+                        Forbidden::EmailMismatch => (
+                            "EMAIL_MISMATCH",
+                            "email_mismatch",
+                            "The invitation is for another e-mail address.",
+                        ),
+                        Forbidden::EmailNotVerified => (
+                            "EMAIL_NOT_VERIFIED",
+                            "email_not_verified",
+                            "A verified e-mail address is required to accept an invitation.",
                         ),
                     };
                     (
                         Code::PermissionDenied,
                         403,
-                        "forbidden_capability_scope",
+                        documented_code,
                         reason.to_owned(),
                         message,
                     )
                 }
+                Error::InvitationTokenInvalid => (
+                    Code::NotFound,
+                    404,
+                    "invitation_token_invalid",
+                    "INVITATION_TOKEN_INVALID".to_owned(),
+                    "The invitation link is not valid.",
+                ),
                 Error::InvitationNotFound(id) => {
                     // The owner is left empty on purpose: naming it would tell a caller of
                     // another enterprise that the id exists.

@@ -79,6 +79,7 @@ mod tests {
             subject: UserRef::from_uuid(uuid::Uuid::from_u128(subject)),
             enterprise: Some(EnterpriseId::from_uuid(uuid::Uuid::from_u128(enterprise))),
             capabilities: Default::default(),
+            verified_email: None,
         }
     }
 

@@ -21,7 +21,11 @@ impl MigrationTrait for Migration {
             .alter_table(
                 Table::alter()
                     .table(Invitations::Table)
-                    .add_column(ColumnDef::new(Invitations::LinkTokenHash).binary_len(32).null())
+                    .add_column(
+                        ColumnDef::new(Invitations::LinkTokenHash)
+                            .binary_len(32)
+                            .null(),
+                    )
                     .to_owned(),
             )
             .await?;
@@ -38,9 +42,21 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.drop_index(Index::drop().name(INDEX).table(Invitations::Table).to_owned()).await?;
         manager
-            .alter_table(Table::alter().table(Invitations::Table).drop_column(Invitations::LinkTokenHash).to_owned())
+            .drop_index(
+                Index::drop()
+                    .name(INDEX)
+                    .table(Invitations::Table)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Invitations::Table)
+                    .drop_column(Invitations::LinkTokenHash)
+                    .to_owned(),
+            )
             .await
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::invitation::{Etag, Invitation, InvitationStatus, Timestamp, Version};
+use super::link_token::LinkToken;
 use super::page_token::{PageCursor, PageTokenCodec};
 use super::values::{
     CancelReason, EmailAddress, EnterpriseId, InvitationId, RoleRef, Scope, UserRef,
@@ -91,10 +92,48 @@ pub struct CancelCommand {
     pub validate_only: bool,
 }
 
+/// A validated IssueInvitationToken request.
+#[derive(Debug, Clone)]
+pub struct IssueTokenCommand {
+    pub enterprise: EnterpriseId,
+    pub id: InvitationId,
+    /// Optional If-Match.
+    pub if_match: Option<String>,
+    pub expires_at: Option<Timestamp>,
+}
+
+/// A validated AcceptInvitation request, on behalf of the invitee.
+#[derive(Debug, Clone)]
+pub struct AcceptCommand {
+    pub token: LinkToken,
+    pub invitee: UserRef,
+    /// The invitee's verified e-mail address.
+    pub email: EmailAddress,
+}
+
 #[derive(Clone)]
 pub struct InvitationService {
     store: Store,
     page_tokens: PageTokenCodec,
+}
+
+/// A new `expires_at` must be in the future and at most [`MAX_LIFETIME`] ahead.
+fn check_expiry(at: Timestamp, now: Timestamp) -> Result<Timestamp, Error> {
+    if at <= now {
+        return Err(Error::invalid(
+            "expires_at",
+            ViolationReason::ValueOutOfRange,
+            "must be in the future",
+        ));
+    }
+    if at > now.saturating_add(MAX_LIFETIME) {
+        return Err(Error::invalid(
+            "expires_at",
+            ViolationReason::ValueOutOfRange,
+            "must be at most 30 days from now",
+        ));
+    }
+    Ok(at)
 }
 
 fn check_scope(enterprise: EnterpriseId, scope: Option<&Scope>) -> Result<(), Error> {
@@ -181,21 +220,7 @@ impl InvitationService {
         let now = Timestamp::now();
         let expires_at = match command.expires_at {
             None => now.saturating_add(DEFAULT_LIFETIME),
-            Some(at) if at <= now => {
-                return Err(Error::invalid(
-                    "expires_at",
-                    ViolationReason::ValueOutOfRange,
-                    "must be in the future",
-                ));
-            }
-            Some(at) if at > now.saturating_add(MAX_LIFETIME) => {
-                return Err(Error::invalid(
-                    "expires_at",
-                    ViolationReason::ValueOutOfRange,
-                    "must be at most 30 days from now",
-                ));
-            }
-            Some(at) => at,
+            Some(at) => check_expiry(at, now)?,
         };
         let invitation = Invitation {
             id: InvitationId::generate(),
@@ -284,6 +309,117 @@ impl InvitationService {
             InvitationStatus::Pending => Err(Error::Internal(format!(
                 "conditional cancel of {} matched no row, yet the row is pending at that version",
                 command.id
+            ))),
+        }
+    }
+
+    /// Issues (or rotates) the link of a pending invitation: one conditional write that
+    /// replaces the stored hash, so the previous token stops working in the same write.
+    pub async fn issue_token(
+        &self,
+        command: IssueTokenCommand,
+    ) -> Result<(Invitation, LinkToken), Error> {
+        let now = Timestamp::now();
+        let expires_at = command
+            .expires_at
+            .map(|at| check_expiry(at, now))
+            .transpose()?;
+        let token = LinkToken::generate()
+            .map_err(|e| Error::Internal(format!("no randomness for a link token: {e}")))?;
+        let expected = match &command.if_match {
+            None => Some(None),
+            Some(raw) => Etag::version_if_of(raw, command.id).map(Some),
+        };
+        if let Some(expected) = expected
+            && let Some(issued) = self
+                .store
+                .issue_link(
+                    command.enterprise,
+                    command.id,
+                    expected,
+                    token.hash(),
+                    expires_at,
+                    now,
+                )
+                .await?
+        {
+            tracing::info!(invitation = %issued.id, "invitation link issued");
+            return Ok((issued, token));
+        }
+        let current = self
+            .store
+            .get(command.enterprise, command.id)
+            .await?
+            .ok_or(Error::InvitationNotFound(command.id))?;
+        let etag = current.etag();
+        if let Some(requested) = command.if_match
+            && requested != etag.as_str()
+        {
+            return Err(Error::EtagMismatch {
+                id: command.id,
+                current: etag,
+                requested,
+            });
+        }
+        Err(match current.status_at(now) {
+            InvitationStatus::Cancelled => Error::StateConflict {
+                id: command.id,
+                current_status: InvitationStatus::Cancelled,
+                etag,
+            },
+            status @ (InvitationStatus::Accepted | InvitationStatus::Expired) => {
+                Error::NotAdmissible {
+                    id: command.id,
+                    current_status: status,
+                    etag,
+                }
+            }
+            InvitationStatus::Pending => Error::Internal(format!(
+                "conditional link issue of {} matched no row, yet the row is pending",
+                command.id
+            )),
+        })
+    }
+
+    /// Redeems a link: one conditional write. Only a zero is explained, by the row the
+    /// link names now; every way a token can be dead gives one answer.
+    pub async fn accept(&self, command: AcceptCommand) -> Result<Invitation, Error> {
+        let now = Timestamp::now();
+        let link = command.token.hash();
+        if let Some(accepted) = self
+            .store
+            .accept_by_link(link, &command.email, command.invitee, now)
+            .await?
+        {
+            tracing::info!(invitation = %accepted.id, email = %accepted.email.masked(), "invitation accepted");
+            return Ok(accepted);
+        }
+        let current = self
+            .store
+            .find_by_link(link)
+            .await?
+            .ok_or(Error::InvitationTokenInvalid)?;
+        match current.status_at(now) {
+            // A double click: the same invitee gets the accepted invitation, unchanged.
+            InvitationStatus::Accepted if current.accepted_by == Some(command.invitee) => {
+                Ok(current)
+            }
+            InvitationStatus::Accepted | InvitationStatus::Cancelled => {
+                Err(Error::InvitationTokenInvalid)
+            }
+            InvitationStatus::Expired => Err(Error::NotAdmissible {
+                id: current.id,
+                current_status: InvitationStatus::Expired,
+                etag: current.etag(),
+            }),
+            InvitationStatus::Pending
+                if current.email.normalized() != command.email.normalized() =>
+            {
+                Err(Error::PermissionDenied(Forbidden::EmailMismatch))
+            }
+            InvitationStatus::Pending => Err(Error::Internal(format!(
+                "conditional accept of {} matched no row, yet the row is pending for this address",
+                current.id
             ))),
         }
     }

@@ -6,9 +6,9 @@ use tonic::metadata::MetadataMap;
 
 use crate::auth::EnterpriseAdmin;
 use crate::domain::{
-    CancelCommand, CancelReason, CreateCommand, DEFAULT_PAGE_SIZE, EmailAddress, Invitation,
-    InvitationId, InvitationStatus, ListQuery, MAX_PAGE_SIZE, RoleRef, Scope, StatusFilter,
-    Timestamp, UserRef, ValueError,
+    AcceptCommand, CancelCommand, CancelReason, CreateCommand, DEFAULT_PAGE_SIZE, EmailAddress,
+    Invitation, InvitationId, InvitationStatus, IssueTokenCommand, LinkToken, ListQuery,
+    MAX_PAGE_SIZE, RoleRef, Scope, StatusFilter, Timestamp, UserRef, ValueError,
 };
 use crate::error::{Error, FieldViolation, ViolationReason};
 use crate::proto::invitations::v1 as pb;
@@ -262,8 +262,14 @@ pub fn create_command(
 }
 
 /// The If-Match value: the `etag` field or the `if-match` metadata (one of them, or both
-/// when equal).
-fn if_match(field: &str, metadata: &MetadataMap, violations: &mut Violations) -> Option<String> {
+/// when equal). `Some(None)` when neither is given and it is optional; `None` after a
+/// violation.
+fn if_match(
+    field: &str,
+    metadata: &MetadataMap,
+    required: bool,
+    violations: &mut Violations,
+) -> Option<Option<String>> {
     let header = match metadata.get("if-match").map(|v| v.to_str()) {
         None => None,
         Some(Ok(value)) => Some(value.trim()),
@@ -277,6 +283,7 @@ fn if_match(field: &str, metadata: &MetadataMap, violations: &mut Violations) ->
         }
     };
     let value = match (field, header) {
+        ("", None | Some("")) if !required => return Some(None),
         ("", None | Some("")) => {
             violations.push(
                 "etag",
@@ -305,7 +312,7 @@ fn if_match(field: &str, metadata: &MetadataMap, violations: &mut Violations) ->
         );
         return None;
     }
-    Some(value.to_owned())
+    Some(Some(value.to_owned()))
 }
 
 pub fn cancel_command(
@@ -316,7 +323,7 @@ pub fn cancel_command(
     let mut violations = Violations::default();
     let id = violations.check("invitation_id", InvitationId::parse(&request.invitation_id));
     let reason = violations.check("reason", CancelReason::parse(&request.reason));
-    let if_match = if_match(&request.etag, metadata, &mut violations);
+    let if_match = if_match(&request.etag, metadata, true, &mut violations).flatten();
     violations.finish(|| {
         Some(CancelCommand {
             enterprise: admin.enterprise,
@@ -325,6 +332,49 @@ pub fn cancel_command(
             if_match: if_match?,
             reason: reason?,
             validate_only: request.validate_only,
+        })
+    })
+}
+
+pub fn issue_token_command(
+    admin: EnterpriseAdmin,
+    metadata: &MetadataMap,
+    request: pb::IssueInvitationTokenRequest,
+) -> Result<IssueTokenCommand, Error> {
+    let mut violations = Violations::default();
+    let id = violations.check("invitation_id", InvitationId::parse(&request.invitation_id));
+    let if_match = if_match(&request.etag, metadata, false, &mut violations);
+    let expires_at = request
+        .expires_at
+        .as_ref()
+        .and_then(|at| violations.check("expires_at", domain_timestamp(at)));
+    let expiry_given = request.expires_at.is_some();
+    violations.finish(|| {
+        Some(IssueTokenCommand {
+            enterprise: admin.enterprise,
+            id: id?,
+            if_match: if_match?,
+            expires_at: if expiry_given {
+                Some(expires_at?)
+            } else {
+                None
+            },
+        })
+    })
+}
+
+pub fn accept_command(
+    invitee: UserRef,
+    email: EmailAddress,
+    token: &str,
+) -> Result<AcceptCommand, Error> {
+    let mut violations = Violations::default();
+    let token = violations.check("token", LinkToken::parse(token));
+    violations.finish(|| {
+        Some(AcceptCommand {
+            token: token?,
+            invitee,
+            email,
         })
     })
 }

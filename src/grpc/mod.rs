@@ -1,16 +1,12 @@
 //! The tonic adapter: parse the request into a domain command, call the domain, convert the
-//! result. No rules live here.
+//! result. No rules live here. Telemetry per RPC is the `middleware::ObserveLayer`'s.
 mod convert;
 
-use std::future::Future;
-use std::time::Instant;
-
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
 use crate::auth::{Caller, EnterpriseAdmin};
 use crate::domain::{InvitationService, Timestamp};
-use crate::error::Error;
+use crate::error::{Error, Forbidden};
 use crate::proto::invitations::v1 as pb;
 use crate::proto::invitations::v1::invitation_service_server::InvitationService as InvitationRpc;
 
@@ -28,34 +24,21 @@ impl InvitationApi {
     }
 }
 
-/// The enterprise administrator behind a request the auth interceptor let through.
-fn enterprise_admin<T>(request: &Request<T>) -> Result<EnterpriseAdmin, Error> {
+/// The caller the auth interceptor let through.
+fn caller<T>(request: &Request<T>) -> Result<&Caller, Error> {
     request
         .extensions()
         .get::<Caller>()
-        .ok_or_else(|| Error::Internal("the auth interceptor is not installed".into()))?
-        .enterprise_admin()
+        .ok_or_else(|| Error::Internal("the auth interceptor is not installed".into()))
 }
 
-/// Runs one RPC inside a span that records its method, outcome and latency.
-async fn observe<T>(
-    method: &'static str,
-    rpc: impl Future<Output = Result<T, Error>>,
-) -> Result<T, Status> {
-    let span = tracing::info_span!("rpc", method, code = tracing::field::Empty);
-    async move {
-        let started = Instant::now();
-        let outcome = rpc.await.map_err(Status::from);
-        let code = outcome
-            .as_ref()
-            .map_or_else(|status| status.code(), |_| tonic::Code::Ok);
-        tracing::Span::current().record("code", tracing::field::debug(code));
-        let latency_ms = started.elapsed().as_secs_f64() * 1e3;
-        tracing::info!(latency_ms, "rpc finished");
-        outcome
-    }
-    .instrument(span)
-    .await
+fn enterprise_admin<T>(request: &Request<T>) -> Result<EnterpriseAdmin, Error> {
+    caller(request)?.enterprise_admin()
+}
+
+/// The answer to send: the message, or the error through THE mapping table.
+fn answer<T>(outcome: Result<T, Error>) -> Result<Response<T>, Status> {
+    outcome.map(Response::new).map_err(Status::from)
 }
 
 #[tonic::async_trait]
@@ -64,68 +47,106 @@ impl InvitationRpc for InvitationApi {
         &self,
         request: Request<pb::ListInvitationsRequest>,
     ) -> Result<Response<pb::ListInvitationsResponse>, Status> {
-        observe("ListInvitations", async {
-            let admin = enterprise_admin(&request)?;
-            let query = convert::list_query(admin, request.into_inner())?;
-            let page = self.service.list(query).await?;
-            Ok(Response::new(pb::ListInvitationsResponse {
-                items: page
-                    .items
-                    .iter()
-                    .map(|i| wire_invitation(i, page.evaluated_at))
-                    .collect(),
-                next_page_token: page.next_page_token.unwrap_or_default(),
-            }))
-        })
-        .await
+        answer(
+            async {
+                let admin = enterprise_admin(&request)?;
+                let query = convert::list_query(admin, request.into_inner())?;
+                let page = self.service.list(query).await?;
+                Ok(pb::ListInvitationsResponse {
+                    items: page
+                        .items
+                        .iter()
+                        .map(|i| wire_invitation(i, page.evaluated_at))
+                        .collect(),
+                    next_page_token: page.next_page_token.unwrap_or_default(),
+                })
+            }
+            .await,
+        )
     }
 
     async fn get_invitation(
         &self,
         request: Request<pb::GetInvitationRequest>,
     ) -> Result<Response<pb::Invitation>, Status> {
-        observe("GetInvitation", async {
-            let admin = enterprise_admin(&request)?;
-            let id = convert::invitation_id(&request.get_ref().invitation_id)?;
-            let invitation = self.service.get(admin.enterprise, id).await?;
-            Ok(Response::new(wire_invitation(
-                &invitation,
-                Timestamp::now(),
-            )))
-        })
-        .await
+        answer(
+            async {
+                let admin = enterprise_admin(&request)?;
+                let id = convert::invitation_id(&request.get_ref().invitation_id)?;
+                let invitation = self.service.get(admin.enterprise, id).await?;
+                Ok(wire_invitation(&invitation, Timestamp::now()))
+            }
+            .await,
+        )
     }
 
     async fn create_invitation(
         &self,
         request: Request<pb::CreateInvitationRequest>,
     ) -> Result<Response<pb::Invitation>, Status> {
-        observe("CreateInvitation", async {
-            let admin = enterprise_admin(&request)?;
-            let command = convert::create_command(admin, request.into_inner())?;
-            let invitation = self.service.create(command).await?;
-            Ok(Response::new(wire_invitation(
-                &invitation,
-                Timestamp::now(),
-            )))
-        })
-        .await
+        answer(
+            async {
+                let admin = enterprise_admin(&request)?;
+                let command = convert::create_command(admin, request.into_inner())?;
+                let invitation = self.service.create(command).await?;
+                Ok(wire_invitation(&invitation, Timestamp::now()))
+            }
+            .await,
+        )
     }
 
     async fn cancel_invitation(
         &self,
         request: Request<pb::CancelInvitationRequest>,
     ) -> Result<Response<pb::Invitation>, Status> {
-        observe("CancelInvitation", async {
-            let admin = enterprise_admin(&request)?;
-            let (metadata, _, message) = request.into_parts();
-            let command = convert::cancel_command(admin, &metadata, message)?;
-            let invitation = self.service.cancel(command).await?;
-            Ok(Response::new(wire_invitation(
-                &invitation,
-                Timestamp::now(),
-            )))
-        })
-        .await
+        answer(
+            async {
+                let admin = enterprise_admin(&request)?;
+                let (metadata, _, message) = request.into_parts();
+                let command = convert::cancel_command(admin, &metadata, message)?;
+                let invitation = self.service.cancel(command).await?;
+                Ok(wire_invitation(&invitation, Timestamp::now()))
+            }
+            .await,
+        )
+    }
+
+    async fn issue_invitation_token(
+        &self,
+        request: Request<pb::IssueInvitationTokenRequest>,
+    ) -> Result<Response<pb::IssueInvitationTokenResponse>, Status> {
+        answer(
+            async {
+                let admin = enterprise_admin(&request)?;
+                let (metadata, _, message) = request.into_parts();
+                let command = convert::issue_token_command(admin, &metadata, message)?;
+                let (invitation, token) = self.service.issue_token(command).await?;
+                Ok(pb::IssueInvitationTokenResponse {
+                    invitation: Some(wire_invitation(&invitation, Timestamp::now())),
+                    token: token.reveal().to_owned(),
+                })
+            }
+            .await,
+        )
+    }
+
+    async fn accept_invitation(
+        &self,
+        request: Request<pb::AcceptInvitationRequest>,
+    ) -> Result<Response<pb::Invitation>, Status> {
+        answer(
+            async {
+                let caller = caller(&request)?;
+                let email = caller
+                    .verified_email
+                    .clone()
+                    .ok_or(Error::PermissionDenied(Forbidden::EmailNotVerified))?;
+                let command =
+                    convert::accept_command(caller.subject, email, &request.get_ref().token)?;
+                let invitation = self.service.accept(command).await?;
+                Ok(wire_invitation(&invitation, Timestamp::now()))
+            }
+            .await,
+        )
     }
 }

@@ -25,6 +25,8 @@ pub struct Model {
     pub cancel_reason: Option<String>,
     pub cancelled_by: Option<String>,
     pub version: i64,
+    /// SHA-256 of the current link token; NULL when there is none (or it was revoked).
+    pub link_token_hash: Option<Vec<u8>>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

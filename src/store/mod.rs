@@ -20,7 +20,7 @@ use sea_orm::{
 
 use crate::domain::{
     CancelReason, EmailAddress, EnterpriseId, Invitation, InvitationId, InvitationStatus,
-    PageCursor, RoleRef, Scope, StatusFilter, Timestamp, UserRef, Version,
+    LinkTokenHash, PageCursor, RoleRef, Scope, StatusFilter, Timestamp, UserRef, Version,
 };
 use crate::error::Error;
 use entity::{ActiveModel, Column, Entity, Model};
@@ -182,6 +182,8 @@ fn into_active_model(invitation: &Invitation) -> ActiveModel {
             .map(|r| r.as_str().to_owned())),
         cancelled_by: Set(invitation.cancelled_by.map(|u| u.to_string())),
         version: Set(invitation.version.get()),
+        // A new row has no link; IssueInvitationToken sets one.
+        link_token_hash: Set(None),
     }
 }
 
@@ -422,6 +424,8 @@ impl Store {
             )
             .col_expr(Column::UpdatedAt, Expr::value(change.at.unix_micros()))
             .col_expr(Column::Version, Expr::value(expected.next().get()))
+            // Cancelling revokes the link in the same write.
+            .col_expr(Column::LinkTokenHash, Expr::value(Option::<Vec<u8>>::None))
             .filter(Column::Id.eq(id.as_uuid()))
             .filter(Column::EnterpriseId.eq(enterprise.as_uuid()))
             .filter(Column::Version.eq(expected.get()))
@@ -430,6 +434,77 @@ impl Store {
             .await
             .map_err(classify)?;
         rows.into_iter().next().map(into_domain).transpose()
+    }
+
+    /// Gives a pending invitation a new link (replacing any previous one in the same
+    /// write) and optionally a new expiry: one conditional write on (id, enterprise,
+    /// effective pending[, version]). `None` when it matched no row.
+    pub async fn issue_link(
+        &self,
+        enterprise: EnterpriseId,
+        id: InvitationId,
+        expected: Option<Version>,
+        link: LinkTokenHash,
+        expires_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<Option<Invitation>, Error> {
+        let mut update = Entity::update_many()
+            .col_expr(Column::LinkTokenHash, Expr::value(link.0.to_vec()))
+            .col_expr(Column::UpdatedAt, Expr::value(now.unix_micros()))
+            .col_expr(Column::Version, Expr::col(Column::Version).add(1))
+            .filter(Column::Id.eq(id.as_uuid()))
+            .filter(Column::EnterpriseId.eq(enterprise.as_uuid()))
+            .filter(effective_status_is(InvitationStatus::Pending, now));
+        if let Some(expires_at) = expires_at {
+            update = update.col_expr(Column::ExpiresAt, Expr::value(expires_at.unix_micros()));
+        }
+        if let Some(expected) = expected {
+            update = update.filter(Column::Version.eq(expected.get()));
+        }
+        let rows = update
+            .exec_with_returning(self.usable()?)
+            .await
+            .map_err(classify)?;
+        rows.into_iter().next().map(into_domain).transpose()
+    }
+
+    /// The accept: one conditional write on (link, effective pending, e-mail). The link
+    /// stays, so the same invitee repeating the accept finds it accepted by them.
+    pub async fn accept_by_link(
+        &self,
+        link: LinkTokenHash,
+        invitee_email: &EmailAddress,
+        invitee: UserRef,
+        now: Timestamp,
+    ) -> Result<Option<Invitation>, Error> {
+        let rows = Entity::update_many()
+            .col_expr(
+                Column::Status,
+                Expr::value(InvitationStatus::Accepted.as_str()),
+            )
+            .col_expr(Column::AcceptedAt, Expr::value(now.unix_micros()))
+            .col_expr(Column::AcceptedBy, Expr::value(invitee.to_string()))
+            .col_expr(Column::UpdatedAt, Expr::value(now.unix_micros()))
+            .col_expr(Column::Version, Expr::col(Column::Version).add(1))
+            .filter(Column::LinkTokenHash.eq(link.0.to_vec()))
+            .filter(Column::EmailNormalized.eq(invitee_email.normalized()))
+            .filter(effective_status_is(InvitationStatus::Pending, now))
+            .exec_with_returning(self.usable()?)
+            .await
+            .map_err(classify)?;
+        rows.into_iter().next().map(into_domain).transpose()
+    }
+
+    /// The invitation whose current link this is, whatever its enterprise: the token itself
+    /// is the invitee's authority.
+    pub async fn find_by_link(&self, link: LinkTokenHash) -> Result<Option<Invitation>, Error> {
+        Entity::find()
+            .filter(Column::LinkTokenHash.eq(link.0.to_vec()))
+            .one(self.usable()?)
+            .await
+            .map_err(classify)?
+            .map(into_domain)
+            .transpose()
     }
 
     /// Writes a whole invitation as given, whatever its status. For seeding demo data and

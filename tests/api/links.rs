@@ -1,0 +1,498 @@
+//! Invitation links: issue, rotate, accept, revoke, and the accept-versus-cancel race.
+use std::collections::HashSet;
+use std::time::Duration;
+
+use invitations::domain::{Invitation, InvitationStatus, UserRef};
+use invitations::proto::invitations::v1::{
+    AcceptInvitationRequest, CancelInvitationRequest, GetInvitationRequest,
+    InvitationStatus as WireStatus, IssueInvitationTokenRequest, ListInvitationsRequest,
+};
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+use uuid::Uuid;
+
+use crate::common::{Fixture, TestApp, assert_error, authorized, violations};
+use crate::on_both_stores;
+
+const INVITEE_EMAIL: &str = "Invitee@Acme.Example";
+
+/// An invitee with a verified e-mail (the invitation's, in another case).
+fn invitee(app: &TestApp, email: &str) -> (UserRef, String) {
+    let user = UserRef::from_uuid(Uuid::new_v4());
+    (
+        user,
+        app.authenticator
+            .mint_invitee(user, email, Duration::from_secs(600)),
+    )
+}
+
+async fn issue(app: &TestApp, invitation: &Invitation) -> (String, String) {
+    let issued = app
+        .client()
+        .issue_invitation_token(app.request(IssueInvitationTokenRequest {
+            invitation_id: invitation.id.to_string(),
+            ..Default::default()
+        }))
+        .await
+        .expect("issued")
+        .into_inner();
+    let etag = issued.invitation.expect("the invitation").etag;
+    (issued.token, etag)
+}
+
+async fn accept(
+    app: &TestApp,
+    token: &str,
+    link: &str,
+) -> Result<invitations::proto::invitations::v1::Invitation, Status> {
+    app.client()
+        .accept_invitation(authorized(
+            token,
+            AcceptInvitationRequest {
+                token: link.to_owned(),
+            },
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+fn assert_token_invalid(status: &Status) {
+    assert_error(
+        status,
+        Code::NotFound,
+        "INVITATION_TOKEN_INVALID",
+        "invitation_token_invalid",
+        404,
+    );
+    assert_eq!(status.message(), "The invitation link is not valid.");
+    // Nothing else: no id, no owner, no state.
+    assert_eq!(status.get_error_details_vec().len(), 1, "{status:?}");
+}
+
+async fn issue_rotate_and_accept(app: &TestApp) {
+    // Arrange
+    let invitation = app.insert(Fixture::pending(INVITEE_EMAIL)).await;
+    let (first, first_etag) = issue(app, &invitation).await;
+    assert!(first.starts_with("inv_") && first.len() == 47, "{first}");
+    assert_ne!(
+        first_etag,
+        invitation.etag().as_str(),
+        "issuing changes the etag"
+    );
+    let (second, second_etag) = issue(app, &invitation).await;
+    assert_ne!(first, second);
+    assert_ne!(first_etag, second_etag);
+    // The token is never shown again.
+    let fetched = app
+        .client()
+        .get_invitation(app.request(GetInvitationRequest {
+            invitation_id: invitation.id.to_string(),
+        }))
+        .await
+        .expect("get")
+        .into_inner();
+    let listed = app
+        .client()
+        .list_invitations(app.request(ListInvitationsRequest::default()))
+        .await
+        .expect("list");
+    let shown = format!("{fetched:?}{:?}", listed.into_inner());
+    assert!(!shown.contains(&first) && !shown.contains(&second));
+
+    let (user, token) = invitee(app, "invitee@acme.example");
+    // Act + Assert: the rotated-out token is dead, the new one works.
+    assert_token_invalid(&accept(app, &token, &first).await.expect_err("rotated out"));
+    let accepted = accept(app, &token, &second).await.expect("accepted");
+    assert_eq!(accepted.status, WireStatus::Accepted as i32);
+    assert_eq!(accepted.accepted_by, Some(user.to_string()));
+    assert!(accepted.accepted_at.is_some());
+    assert_ne!(accepted.etag, second_etag);
+    // A double click is not an error: the same invitation, unchanged.
+    let again = accept(app, &token, &second)
+        .await
+        .expect("the same user again");
+    assert_eq!(again, accepted);
+    // Anyone else learns nothing.
+    let (_, stranger) = invitee(app, "invitee@acme.example");
+    assert_token_invalid(
+        &accept(app, &stranger, &second)
+            .await
+            .expect_err("another user"),
+    );
+    // Listed as accepted.
+    let accepted_only = app
+        .client()
+        .list_invitations(app.request(ListInvitationsRequest {
+            statuses: vec![WireStatus::Accepted as i32],
+            ..Default::default()
+        }))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(accepted_only.items, vec![accepted.clone()]);
+    // Cancelling an accepted invitation is not admissible, with its details.
+    let status = app
+        .client()
+        .cancel_invitation(app.request(CancelInvitationRequest {
+            invitation_id: invitation.id.to_string(),
+            etag: accepted.etag.clone(),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("accepted");
+    let metadata = assert_error(
+        &status,
+        Code::FailedPrecondition,
+        "NOT_ADMISSIBLE",
+        "not_admissible",
+        422,
+    );
+    assert_eq!(
+        metadata.get("currentStatus").map(String::as_str),
+        Some("ACCEPTED")
+    );
+    assert_eq!(metadata.get("etag"), Some(&accepted.etag));
+    // Re-issuing for an accepted invitation follows the cancel rules.
+    let status = app
+        .client()
+        .issue_invitation_token(app.request(IssueInvitationTokenRequest {
+            invitation_id: invitation.id.to_string(),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("accepted");
+    assert_error(
+        &status,
+        Code::FailedPrecondition,
+        "NOT_ADMISSIBLE",
+        "not_admissible",
+        422,
+    );
+}
+
+async fn the_email_must_match_and_be_verified(app: &TestApp) {
+    let invitation = app.insert(Fixture::pending(INVITEE_EMAIL)).await;
+    let (link, _) = issue(app, &invitation).await;
+    let (_, someone_else) = invitee(app, "someone.else@acme.example");
+    let status = accept(app, &someone_else, &link)
+        .await
+        .expect_err("mismatch");
+    assert_error(
+        &status,
+        Code::PermissionDenied,
+        "EMAIL_MISMATCH",
+        "email_mismatch",
+        403,
+    );
+    // No e-mail claim at all (an admin's token).
+    let status = accept(app, &app.token, &link)
+        .await
+        .expect_err("no verified e-mail");
+    assert_error(
+        &status,
+        Code::PermissionDenied,
+        "EMAIL_NOT_VERIFIED",
+        "email_not_verified",
+        403,
+    );
+    // The invitation is untouched and the right invitee can still accept.
+    let (_, right) = invitee(app, "INVITEE@acme.example");
+    accept(app, &right, &link).await.expect("the invitee");
+}
+
+async fn cancel_revokes_and_expiry_is_not_admissible(app: &TestApp) {
+    let invitation = app.insert(Fixture::pending(INVITEE_EMAIL)).await;
+    let (link, etag) = issue(app, &invitation).await;
+    app.client()
+        .cancel_invitation(app.request(CancelInvitationRequest {
+            invitation_id: invitation.id.to_string(),
+            etag,
+            ..Default::default()
+        }))
+        .await
+        .expect("cancelled");
+    let (_, token) = invitee(app, INVITEE_EMAIL);
+    let revoked = accept(app, &token, &link).await.expect_err("revoked");
+    let unknown = accept(app, &token, &format!("inv_{}", "A".repeat(43)))
+        .await
+        .expect_err("unknown");
+    assert_token_invalid(&revoked);
+    assert_token_invalid(&unknown);
+    assert_eq!(revoked.message(), unknown.message());
+    let info = |s: &Status| {
+        s.get_details_error_info()
+            .map(|i| (i.reason, i.domain, i.metadata))
+    };
+    assert_eq!(info(&revoked), info(&unknown), "no oracle");
+
+    // An expired invitation: issued while pending, then lapsed (stored directly).
+    let lapsed = app.insert(Fixture::lapsed("late@acme.example")).await;
+    let status = app
+        .client()
+        .issue_invitation_token(app.request(IssueInvitationTokenRequest {
+            invitation_id: lapsed.id.to_string(),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("expired");
+    let metadata = assert_error(
+        &status,
+        Code::FailedPrecondition,
+        "NOT_ADMISSIBLE",
+        "not_admissible",
+        422,
+    );
+    assert_eq!(
+        metadata.get("currentStatus").map(String::as_str),
+        Some("EXPIRED")
+    );
+    // Issue with a short expiry, then let it pass.
+    let soon = app.insert(Fixture::pending("soon@acme.example")).await;
+    let expires = invitations::domain::Timestamp::now().saturating_add(Duration::from_millis(1500));
+    let issued = app
+        .client()
+        .issue_invitation_token(app.request(IssueInvitationTokenRequest {
+            invitation_id: soon.id.to_string(),
+            etag: soon.etag().as_str().to_owned(),
+            expires_at: Some(prost_types::Timestamp {
+                seconds: expires.unix_micros().div_euclid(1_000_000),
+                nanos: (expires.unix_micros().rem_euclid(1_000_000) * 1000) as i32,
+            }),
+        }))
+        .await
+        .expect("issued with a new expiry")
+        .into_inner();
+    let (_, soon_invitee) = invitee(app, "soon@acme.example");
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let status = accept(app, &soon_invitee, &issued.token)
+        .await
+        .expect_err("expired");
+    let metadata = assert_error(
+        &status,
+        Code::FailedPrecondition,
+        "NOT_ADMISSIBLE",
+        "not_admissible",
+        422,
+    );
+    assert_eq!(
+        metadata.get("currentStatus").map(String::as_str),
+        Some("EXPIRED")
+    );
+}
+
+async fn bad_link_requests(app: &TestApp) {
+    let (_, token) = invitee(app, INVITEE_EMAIL);
+    for (raw, reason) in [
+        ("", "MISSING_REQUIRED_FIELD"),
+        ("inv_short", "INVALID_FORMAT"),
+        ("x".repeat(5000).as_str(), "INVALID_FORMAT"),
+        (&format!("inv_{}", "é".repeat(21)), "INVALID_FORMAT"),
+    ] {
+        let status = accept(app, &token, raw).await.expect_err("malformed");
+        assert_error(
+            &status,
+            Code::InvalidArgument,
+            reason,
+            "invalid_request",
+            400,
+        );
+        assert_eq!(
+            violations(&status),
+            vec![("token".to_owned(), reason.to_owned())]
+        );
+    }
+    // Issuing needs an admin, an id, and a current etag when one is given.
+    let invitation = app.insert(Fixture::pending("x@acme.example")).await;
+    let status = app
+        .client()
+        .issue_invitation_token(authorized(
+            &token,
+            IssueInvitationTokenRequest {
+                invitation_id: invitation.id.to_string(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("an invitee may not issue");
+    assert_error(
+        &status,
+        Code::PermissionDenied,
+        "ENTERPRISE_ADMIN_REQUIRED",
+        "forbidden_capability_scope",
+        403,
+    );
+    let status = app
+        .client()
+        .issue_invitation_token(app.request(IssueInvitationTokenRequest {
+            invitation_id: invitation.id.to_string(),
+            etag: "W/\"7.00000000\"".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("stale etag");
+    assert_error(
+        &status,
+        Code::Aborted,
+        "ETAG_MISMATCH",
+        "precondition_failed",
+        412,
+    );
+    let (other, other_token) = app.other_enterprise_admin();
+    let theirs = app
+        .insert_in(other, Fixture::pending("y@acme.example"))
+        .await;
+    let status = app
+        .client()
+        .issue_invitation_token(app.request(IssueInvitationTokenRequest {
+            invitation_id: theirs.id.to_string(),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("another enterprise's");
+    assert_error(
+        &status,
+        Code::NotFound,
+        "INVITATION_NOT_FOUND",
+        "not_found",
+        404,
+    );
+    drop(other_token);
+}
+
+/// Many accepts (the invitee, one token) against many cancels (an admin, one etag): one
+/// write happens, and every answer agrees with it. Repeated 100 times.
+async fn accept_and_cancel_race_has_one_consistent_outcome(app: &TestApp) {
+    let mut outcomes = HashSet::new();
+    for round in 0..100 {
+        let invitation = app
+            .insert(Fixture::pending(format!("race{round}@acme.example")))
+            .await;
+        let (link, etag) = issue(app, &invitation).await;
+        let (user, token) = invitee(app, &format!("race{round}@acme.example"));
+        let accepts: Vec<_> = (0..4)
+            .map(|_| {
+                let mut client = app.client();
+                let request = authorized(
+                    &token,
+                    AcceptInvitationRequest {
+                        token: link.clone(),
+                    },
+                );
+                tokio::spawn(async move {
+                    client
+                        .accept_invitation(request)
+                        .await
+                        .map(|r| r.into_inner())
+                })
+            })
+            .collect();
+        let cancels: Vec<_> = (0..4)
+            .map(|_| {
+                let mut client = app.client();
+                let request = app.request(CancelInvitationRequest {
+                    invitation_id: invitation.id.to_string(),
+                    etag: etag.clone(),
+                    ..Default::default()
+                });
+                tokio::spawn(async move {
+                    client
+                        .cancel_invitation(request)
+                        .await
+                        .map(|r| r.into_inner())
+                })
+            })
+            .collect();
+        let mut accept_results = Vec::new();
+        for task in accepts {
+            accept_results.push(task.await.expect("task"));
+        }
+        let mut cancel_results = Vec::new();
+        for task in cancels {
+            cancel_results.push(task.await.expect("task"));
+        }
+        let stored = app
+            .store
+            .get(app.enterprise, invitation.id)
+            .await
+            .expect("read")
+            .expect("row");
+        // Issuing moved the version once; exactly one more write happened.
+        assert_eq!(
+            stored.version,
+            invitation.version.next().next(),
+            "round {round}"
+        );
+        match stored.stored_status {
+            InvitationStatus::Accepted => {
+                assert_eq!(stored.accepted_by, Some(user));
+                for result in &accept_results {
+                    let accepted = result.as_ref().expect("every accept is OK");
+                    assert_eq!(accepted.etag, stored.etag().as_str());
+                }
+                for result in &cancel_results {
+                    let status = result.as_ref().expect_err("every cancel is ABORTED");
+                    let metadata = assert_error(
+                        status,
+                        Code::Aborted,
+                        "ETAG_MISMATCH",
+                        "precondition_failed",
+                        412,
+                    );
+                    assert_eq!(
+                        metadata.get("etag").map(String::as_str),
+                        Some(stored.etag().as_str())
+                    );
+                }
+                // Retried with the current etag: not admissible, currently accepted.
+                let retry = app
+                    .client()
+                    .cancel_invitation(app.request(CancelInvitationRequest {
+                        invitation_id: invitation.id.to_string(),
+                        etag: stored.etag().as_str().to_owned(),
+                        ..Default::default()
+                    }))
+                    .await
+                    .expect_err("accepted");
+                let metadata = assert_error(
+                    &retry,
+                    Code::FailedPrecondition,
+                    "NOT_ADMISSIBLE",
+                    "not_admissible",
+                    422,
+                );
+                assert_eq!(
+                    metadata.get("currentStatus").map(String::as_str),
+                    Some("ACCEPTED")
+                );
+            }
+            InvitationStatus::Cancelled => {
+                let ok: Vec<_> = cancel_results.iter().filter(|r| r.is_ok()).collect();
+                assert_eq!(ok.len(), 1, "round {round}: one cancel wins");
+                for result in cancel_results.iter().filter(|r| r.is_err()) {
+                    let status = result.as_ref().expect_err("loser");
+                    assert_error(
+                        status,
+                        Code::Aborted,
+                        "ETAG_MISMATCH",
+                        "precondition_failed",
+                        412,
+                    );
+                }
+                for result in &accept_results {
+                    assert_token_invalid(result.as_ref().expect_err("every accept fails"));
+                }
+            }
+            other => panic!("round {round}: unexpected {other:?}"),
+        }
+        outcomes.insert(stored.stored_status);
+    }
+    eprintln!("race outcomes seen over 100 rounds: {outcomes:?}");
+}
+
+on_both_stores!(
+    issue_rotate_and_accept,
+    the_email_must_match_and_be_verified,
+    cancel_revokes_and_expiry_is_not_admissible,
+    bad_link_requests,
+    accept_and_cancel_race_has_one_consistent_outcome,
+);
