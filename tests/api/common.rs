@@ -117,6 +117,20 @@ impl TestApp {
 
     /// Like `spawn`, with some settings changed.
     pub async fn spawn_configured(backend: Backend, customize: impl FnOnce(&mut Config)) -> Self {
+        Self::spawn_inner(backend, customize, true).await
+    }
+
+    /// Like `spawn_configured`, but the server migrates by itself once its database answers,
+    /// as `serve` does.
+    pub async fn spawn_unmigrated(backend: Backend, customize: impl FnOnce(&mut Config)) -> Self {
+        Self::spawn_inner(backend, customize, false).await
+    }
+
+    async fn spawn_inner(
+        backend: Backend,
+        customize: impl FnOnce(&mut Config),
+        migrate: bool,
+    ) -> Self {
         let (url, database) = match backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
@@ -155,16 +169,18 @@ impl TestApp {
         config.rate_limit_per_second = 0;
         customize(&mut config);
         let settings = config.settings().expect("test settings are valid");
-        Self::spawn_with(settings, database).await
+        Self::spawn_with(settings, database, migrate).await
     }
 
-    async fn spawn_with(settings: Settings, database: Database_) -> Self {
+    async fn spawn_with(settings: Settings, database: Database_, migrate: bool) -> Self {
         let app = Application::build(&settings)
             .await
             .expect("the server builds");
         // Migrate before serving, so fixtures can be stored at once; the server's own
         // migration run then finds nothing to do.
-        app.store().migrate().await.expect("migrations apply");
+        if migrate {
+            app.store().migrate().await.expect("migrations apply");
+        }
         let addr = app.local_addr();
         let store = app.store().clone();
         let authenticator = app.authenticator();

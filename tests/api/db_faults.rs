@@ -280,3 +280,61 @@ async fn an_unreachable_database_is_unavailable_and_the_service_recovers() {
         .expect("serving again without a restart");
     app.finish().await;
 }
+
+/// A replica that starts before its database is up: alive, not ready, answering
+/// DATABASE_UNAVAILABLE; ready (migrations applied) as soon as the database answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_waits_for_migrations_and_the_database() {
+    let Some(postgres) = ThrowawayPostgres::start() else {
+        return;
+    };
+    postgres.stop();
+    let url = postgres.url();
+    let app = TestApp::spawn_unmigrated(Backend::Sqlite, |config| {
+        config.database_url = url;
+        config.db_acquire_timeout_ms = 300;
+        config.health_interval_ms = 100;
+    })
+    .await;
+    let readiness = "invitations.v1.InvitationService";
+    await_health(
+        app.addr,
+        readiness,
+        ServingStatus::NotServing,
+        Duration::from_secs(2),
+    )
+    .await;
+    await_health(
+        app.addr,
+        "liveness",
+        ServingStatus::Serving,
+        Duration::from_secs(2),
+    )
+    .await;
+    let status = app
+        .client()
+        .list_invitations(app.request(ListInvitationsRequest::default()))
+        .await
+        .expect_err("no database yet");
+    assert_error(
+        &status,
+        Code::Unavailable,
+        "DATABASE_UNAVAILABLE",
+        "temporarily_unavailable",
+        503,
+    );
+
+    postgres.pg_ctl_start();
+    await_health(
+        app.addr,
+        readiness,
+        ServingStatus::Serving,
+        Duration::from_secs(15),
+    )
+    .await;
+    app.client()
+        .list_invitations(app.request(ListInvitationsRequest::default()))
+        .await
+        .expect("migrated and serving");
+    app.finish().await;
+}

@@ -496,3 +496,82 @@ on_both_stores!(
     bad_link_requests,
     accept_and_cancel_race_has_one_consistent_outcome,
 );
+
+/// Failed redeems take tokens from the caller's bucket like any call: guessing is throttled.
+async fn failed_redeems_count_against_the_rate_limit(backend: crate::common::Backend) {
+    let app = TestApp::spawn_configured(backend, |config| {
+        config.rate_limit_per_second = 1;
+        config.rate_limit_burst = 3;
+    })
+    .await;
+    let (_, token) = invitee(&app, INVITEE_EMAIL);
+    for n in 0..3 {
+        let guess = format!("inv_{:A>43}", n);
+        assert_token_invalid(
+            &accept(&app, &token, &guess)
+                .await
+                .expect_err("a wrong guess"),
+        );
+    }
+    let status = accept(&app, &token, &format!("inv_{}", "B".repeat(43)))
+        .await
+        .expect_err("throttled");
+    assert_error(
+        &status,
+        Code::ResourceExhausted,
+        "RATE_LIMITED",
+        "rate_limited",
+        429,
+    );
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_redeems_are_rate_limited_sqlite() {
+    failed_redeems_count_against_the_rate_limit(crate::common::Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_redeems_are_rate_limited_postgres() {
+    if let Some(backend) = crate::common::Backend::postgres() {
+        failed_redeems_count_against_the_rate_limit(backend).await;
+    }
+}
+
+/// Any string as a link token gets INVALID_ARGUMENT (malformed) or NOT_FOUND (well formed,
+/// unknown), promptly; the server never fails or slows down on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arbitrary_link_tokens_get_only_documented_answers() {
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::{Config, TestRunner};
+    let app = TestApp::spawn(crate::common::Backend::Sqlite).await;
+    let (_, token) = invitee(&app, INVITEE_EMAIL);
+    let strategy = prop_oneof![
+        any::<String>(),
+        "inv_[A-Za-z0-9_-]{43}",
+        "inv_[A-Za-z0-9_+/=-]{0,60}",
+        proptest::collection::vec(any::<char>(), 0..5000)
+            .prop_map(|c| c.into_iter().collect::<String>()),
+    ];
+    let mut runner = TestRunner::new(Config::default());
+    let samples: Vec<String> = (0..200)
+        .map(|_| strategy.new_tree(&mut runner).expect("a sample").current())
+        .collect();
+    for candidate in samples {
+        let started = std::time::Instant::now();
+        let status = accept(&app, &token, &candidate)
+            .await
+            .expect_err("no such link");
+        assert!(
+            matches!(status.code(), Code::InvalidArgument | Code::NotFound),
+            "{candidate:?}: {status:?}"
+        );
+        assert!(status.get_details_error_info().is_some(), "{status:?}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "slow on {candidate:?}"
+        );
+    }
+    app.finish().await;
+}

@@ -394,3 +394,47 @@ async fn a_client_deadline_is_honoured_and_leaves_no_half_write() {
     }
     app.finish().await;
 }
+
+/// An unexpected answer from the database (here: its table is gone) is the 502 row, with a
+/// generic message: no SQL, no driver text.
+async fn unexpected_database_answers_are_upstream_errors(app: &TestApp) {
+    let admin = Database::connect(app.settings.store.url.as_str())
+        .await
+        .expect("second connection");
+    admin
+        .execute_unprepared("ALTER TABLE invitations RENAME TO invitations_gone")
+        .await
+        .expect("rename");
+    let status = app
+        .client()
+        .list_invitations(app.request(ListInvitationsRequest::default()))
+        .await
+        .expect_err("the table is gone");
+    assert_error(
+        &status,
+        Code::Unavailable,
+        "UPSTREAM_ERROR",
+        "upstream_error",
+        502,
+    );
+    assert_eq!(
+        status.message(),
+        "An upstream service returned an unexpected error."
+    );
+    let everything = format!("{status:?}").to_lowercase();
+    assert!(
+        !everything.contains("select") && !everything.contains("invitations_gone"),
+        "{everything}"
+    );
+    admin
+        .execute_unprepared("ALTER TABLE invitations_gone RENAME TO invitations")
+        .await
+        .expect("rename back");
+    admin.close().await.expect("close");
+    app.client()
+        .list_invitations(app.request(ListInvitationsRequest::default()))
+        .await
+        .expect("back");
+}
+
+on_both_stores!(unexpected_database_answers_are_upstream_errors);
