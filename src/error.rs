@@ -28,6 +28,7 @@ pub enum ViolationReason {
     ValueOutOfRange,
     InvalidPageToken,
     EtagConflict,
+    RequestIdReused,
 }
 
 impl ViolationReason {
@@ -39,6 +40,7 @@ impl ViolationReason {
             Self::ValueOutOfRange => "VALUE_OUT_OF_RANGE",
             Self::InvalidPageToken => "INVALID_PAGE_TOKEN",
             Self::EtagConflict => "ETAG_CONFLICT",
+            Self::RequestIdReused => "REQUEST_ID_REUSED",
         }
     }
 }

@@ -106,6 +106,7 @@ impl Application {
             reporter.clone(),
             self.settings.health,
         ));
+        let janitor = tokio::spawn(purge_expired_responses(self.store.clone()));
 
         // Both reflection versions: grpcurl 1.8.7 and older speak only v1alpha. The error
         // detail and health types are registered so grpcurl can decode them.
@@ -151,11 +152,13 @@ impl Application {
         tokio::select! {
             finished = &mut server => {
                 supervisor.abort();
+                janitor.abort();
                 return Ok(finished??);
             }
             () = shutdown => {}
         }
         supervisor.abort();
+        janitor.abort();
         health::set_readiness(&reporter, ServingStatus::NotServing).await;
         tracing::info!(
             grace_ms = limits.shutdown_grace.as_millis() as u64,
@@ -180,6 +183,22 @@ impl Application {
         self.store.close().await;
         tracing::info!("stopped");
         outcome
+    }
+}
+
+/// Every few minutes, deletes the stored responses of retried requests past their retention.
+async fn purge_expired_responses(store: Store) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(300));
+    loop {
+        every.tick().await;
+        match store
+            .purge_expired_responses(crate::domain::Timestamp::now())
+            .await
+        {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "expired idempotency keys purged"),
+            Err(error) => tracing::debug!(%error, "idempotency key purge skipped"),
+        }
     }
 }
 

@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261123_000001_create_invitations;
 mod m20261123_000002_invitation_links;
+mod m20261123_000003_idempotency_keys;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261123_000001_create_invitations::Migration),
             Box::new(m20261123_000002_invitation_links::Migration),
+            Box::new(m20261123_000003_idempotency_keys::Migration),
         ]
     }
 }

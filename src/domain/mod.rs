@@ -14,5 +14,6 @@ pub use service::{
     IssueTokenCommand, ListPage, ListQuery, MAX_PAGE_SIZE, StatusFilter,
 };
 pub use values::{
-    CancelReason, EmailAddress, EnterpriseId, InvitationId, RoleRef, Scope, UserRef, ValueError,
+    CancelReason, EmailAddress, EnterpriseId, InvitationId, RequestId, RoleRef, Scope, UserRef,
+    ValueError,
 };

@@ -8,11 +8,12 @@ use sha2::{Digest, Sha256};
 use super::invitation::{Etag, Invitation, InvitationStatus, Timestamp, Version};
 use super::link_token::LinkToken;
 use super::page_token::{PageCursor, PageTokenCodec};
+use super::values::RequestId;
 use super::values::{
     CancelReason, EmailAddress, EnterpriseId, InvitationId, RoleRef, Scope, UserRef,
 };
 use crate::error::{Error, Forbidden, ViolationReason};
-use crate::store::{CancelChange, InsertOutcome, ListFilter, Store};
+use crate::store::{CancelChange, CancelOutcome, IdempotencyKey, InsertOutcome, ListFilter, Store};
 
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 1000;
@@ -90,6 +91,29 @@ pub struct CancelCommand {
     pub if_match: String,
     pub reason: Option<CancelReason>,
     pub validate_only: bool,
+    /// Makes retries safe (AIP-155).
+    pub request_id: Option<RequestId>,
+}
+
+/// `idempotency_keys.operation` of a cancel.
+const CANCEL_OPERATION: &str = "CancelInvitation";
+
+impl CancelCommand {
+    /// What makes two cancels the same request: everything the client sent, except the
+    /// request_id itself.
+    fn fingerprint(&self) -> [u8; 32] {
+        let mut hash = Sha256::new();
+        hash.update(self.id.as_uuid().as_bytes());
+        for part in [
+            self.if_match.as_str(),
+            self.reason.as_ref().map_or("", CancelReason::as_str),
+        ] {
+            hash.update((part.len() as u64).to_be_bytes());
+            hash.update(part.as_bytes());
+        }
+        hash.update([u8::from(self.validate_only)]);
+        hash.finalize().into()
+    }
 }
 
 /// A validated IssueInvitationToken request.
@@ -259,6 +283,20 @@ impl InvitationService {
     /// One conditional write; a re-read only explains why it matched nothing.
     pub async fn cancel(&self, command: CancelCommand) -> Result<Invitation, Error> {
         let now = Timestamp::now();
+        // A dry run writes nothing, so there is nothing to replay: its request_id is ignored.
+        let key = command
+            .request_id
+            .filter(|_| !command.validate_only)
+            .map(|request_id| IdempotencyKey {
+                request_id,
+                operation: CANCEL_OPERATION,
+                fingerprint: command.fingerprint(),
+            });
+        if let Some(key) = &key
+            && let Some(replayed) = self.replay(command.enterprise, key, now).await?
+        {
+            return Ok(replayed);
+        }
         if !command.validate_only
             && let Some(version) = Etag::version_if_of(&command.if_match, command.id)
         {
@@ -267,13 +305,31 @@ impl InvitationService {
                 by: command.actor,
                 reason: command.reason.clone(),
             };
-            if let Some(cancelled) = self
+            match self
                 .store
-                .cancel_pending(command.enterprise, command.id, version, &change, now)
+                .cancel_pending(
+                    command.enterprise,
+                    command.id,
+                    version,
+                    &change,
+                    now,
+                    key.as_ref(),
+                )
                 .await?
             {
-                tracing::info!(invitation = %cancelled.id, email = %cancelled.email.masked(), "invitation cancelled");
-                return Ok(cancelled);
+                CancelOutcome::Cancelled(cancelled) => {
+                    tracing::info!(invitation = %cancelled.id, email = %cancelled.email.masked(), "invitation cancelled");
+                    return Ok(*cancelled);
+                }
+                CancelOutcome::RequestIdTaken | CancelOutcome::NoMatch => {
+                    // A concurrent twin with this request_id may have written first: its
+                    // response is the answer.
+                    if let Some(key) = &key
+                        && let Some(replayed) = self.replay(command.enterprise, key, now).await?
+                    {
+                        return Ok(replayed);
+                    }
+                }
             }
         }
         let current = self
@@ -311,6 +367,31 @@ impl InvitationService {
                 command.id
             ))),
         }
+    }
+
+    /// The response stored under `key.request_id`: the original answer when the request is
+    /// the same, INVALID_ARGUMENT when the id was used for another request.
+    async fn replay(
+        &self,
+        enterprise: EnterpriseId,
+        key: &IdempotencyKey,
+        now: Timestamp,
+    ) -> Result<Option<Invitation>, Error> {
+        let Some(prior) = self
+            .store
+            .prior_response(enterprise, key.request_id, now)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if prior.operation != key.operation || prior.fingerprint != key.fingerprint {
+            return Err(Error::invalid(
+                "request_id",
+                ViolationReason::RequestIdReused,
+                "was already used for a different request",
+            ));
+        }
+        Ok(Some(prior.invitation))
     }
 
     /// Issues (or rotates) the link of a pending invitation: one conditional write that

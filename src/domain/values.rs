@@ -68,6 +68,19 @@ impl fmt::Display for InvitationId {
     }
 }
 
+/// The client's id of one logical request, for safe retries (AIP-155).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestId(Uuid);
+
+impl RequestId {
+    pub fn parse(raw: &str) -> Result<Self, ValueError> {
+        parse_uuid(raw).map(Self)
+    }
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
 /// An enterprise, written `enterprises/{uuid}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct EnterpriseId(Uuid);

@@ -5,6 +5,7 @@ use prost_types::Timestamp as WireTimestamp;
 use tonic::metadata::MetadataMap;
 
 use crate::auth::EnterpriseAdmin;
+use crate::domain::RequestId;
 use crate::domain::{
     AcceptCommand, CancelCommand, CancelReason, CreateCommand, DEFAULT_PAGE_SIZE, EmailAddress,
     Invitation, InvitationId, InvitationStatus, IssueTokenCommand, LinkToken, ListQuery,
@@ -324,6 +325,8 @@ pub fn cancel_command(
     let id = violations.check("invitation_id", InvitationId::parse(&request.invitation_id));
     let reason = violations.check("reason", CancelReason::parse(&request.reason));
     let if_match = if_match(&request.etag, metadata, true, &mut violations).flatten();
+    let request_id = violations.optional("request_id", &request.request_id, RequestId::parse);
+    let request_id_given = !request.request_id.is_empty();
     violations.finish(|| {
         Some(CancelCommand {
             enterprise: admin.enterprise,
@@ -332,6 +335,11 @@ pub fn cancel_command(
             if_match: if_match?,
             reason: reason?,
             validate_only: request.validate_only,
+            request_id: if request_id_given {
+                Some(request_id?)
+            } else {
+                None
+            },
         })
     })
 }

@@ -1,7 +1,9 @@
 //! The SeaORM entity of the `invitations` table. Models never leave `store/`.
 use sea_orm::entity::prelude::*;
 
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+/// Also the stored form of a replayed response (`idempotency_keys.response`), without the
+/// link hash, which never leaves the table.
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]
 #[sea_orm(table_name = "invitations")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
@@ -26,6 +28,7 @@ pub struct Model {
     pub cancelled_by: Option<String>,
     pub version: i64,
     /// SHA-256 of the current link token; NULL when there is none (or it was revoked).
+    #[serde(skip)]
     pub link_token_hash: Option<Vec<u8>>,
 }
 

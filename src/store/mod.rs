@@ -4,6 +4,7 @@
 //! (or `RETURNING` rows) decide the outcome, so no read-then-write race exists on either
 //! store. Authorization is part of every query: each one is filtered by enterprise.
 mod entity;
+mod idempotency;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +21,8 @@ use sea_orm::{
 
 use crate::domain::{
     CancelReason, EmailAddress, EnterpriseId, Invitation, InvitationId, InvitationStatus,
-    LinkTokenHash, PageCursor, RoleRef, Scope, StatusFilter, Timestamp, UserRef, Version,
+    LinkTokenHash, PageCursor, RequestId, RoleRef, Scope, StatusFilter, Timestamp, UserRef,
+    Version,
 };
 use crate::error::Error;
 use entity::{ActiveModel, Column, Entity, Model};
@@ -57,6 +59,35 @@ pub struct CancelChange {
     pub at: Timestamp,
     pub by: UserRef,
     pub reason: Option<CancelReason>,
+}
+
+/// How long the response of a request made with a `request_id` is kept for replay.
+pub const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// A write made with a client `request_id`: what to store it under.
+#[derive(Debug, Clone, Copy)]
+pub struct IdempotencyKey {
+    pub request_id: RequestId,
+    pub operation: &'static str,
+    /// SHA-256 of everything that makes the request what it is.
+    pub fingerprint: [u8; 32],
+}
+
+/// The stored response of an earlier request with the same `request_id`.
+#[derive(Debug, Clone)]
+pub struct PriorResponse {
+    pub operation: String,
+    pub fingerprint: Vec<u8>,
+    pub invitation: Invitation,
+}
+
+#[derive(Debug, Clone)]
+pub enum CancelOutcome {
+    Cancelled(Box<Invitation>),
+    /// The conditional write matched no row.
+    NoMatch,
+    /// Another request already stored a response under this `request_id`; nothing was written.
+    RequestIdTaken,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -402,7 +433,7 @@ impl Store {
     }
 
     /// The cancel: one conditional write on (id, enterprise, version, effective pending).
-    /// `None` when it matched no row; the caller explains why.
+    /// With an idempotency key, the response is stored in the same transaction.
     pub async fn cancel_pending(
         &self,
         enterprise: EnterpriseId,
@@ -410,8 +441,9 @@ impl Store {
         expected: Version,
         change: &CancelChange,
         now: Timestamp,
-    ) -> Result<Option<Invitation>, Error> {
-        let rows = Entity::update_many()
+        key: Option<&IdempotencyKey>,
+    ) -> Result<CancelOutcome, Error> {
+        let update = Entity::update_many()
             .col_expr(
                 Column::Status,
                 Expr::value(InvitationStatus::Cancelled.as_str()),
@@ -429,11 +461,75 @@ impl Store {
             .filter(Column::Id.eq(id.as_uuid()))
             .filter(Column::EnterpriseId.eq(enterprise.as_uuid()))
             .filter(Column::Version.eq(expected.get()))
-            .filter(effective_status_is(InvitationStatus::Pending, now))
-            .exec_with_returning(self.usable()?)
+            .filter(effective_status_is(InvitationStatus::Pending, now));
+        let db = self.usable()?;
+        let Some(key) = key else {
+            let rows = update.exec_with_returning(db).await.map_err(classify)?;
+            return match rows.into_iter().next() {
+                Some(row) => Ok(CancelOutcome::Cancelled(Box::new(into_domain(row)?))),
+                None => Ok(CancelOutcome::NoMatch),
+            };
+        };
+        // The write first, so a SQLite transaction takes the write lock at once.
+        let txn = db.begin().await.map_err(classify)?;
+        let Some(row) = update
+            .exec_with_returning(&txn)
+            .await
+            .map_err(classify)?
+            .into_iter()
+            .next()
+        else {
+            txn.rollback().await.map_err(classify)?;
+            return Ok(CancelOutcome::NoMatch);
+        };
+        if !store_response(&txn, enterprise, key, &row, now).await? {
+            txn.rollback().await.map_err(classify)?;
+            return Ok(CancelOutcome::RequestIdTaken);
+        }
+        txn.commit().await.map_err(classify)?;
+        Ok(CancelOutcome::Cancelled(Box::new(into_domain(row)?)))
+    }
+
+    /// The response stored under `request_id` within the retention period, if any.
+    pub async fn prior_response(
+        &self,
+        enterprise: EnterpriseId,
+        request_id: RequestId,
+        now: Timestamp,
+    ) -> Result<Option<PriorResponse>, Error> {
+        let cutoff = now.saturating_sub(IDEMPOTENCY_RETENTION).unix_micros();
+        let Some(found) = idempotency::Entity::find()
+            .filter(idempotency::Column::EnterpriseId.eq(enterprise.as_uuid()))
+            .filter(idempotency::Column::RequestId.eq(request_id.as_uuid()))
+            .filter(idempotency::Column::CreatedAt.gte(cutoff))
+            .one(self.usable()?)
+            .await
+            .map_err(classify)?
+        else {
+            return Ok(None);
+        };
+        let row: Model = serde_json::from_str(&found.response).map_err(|e| {
+            Error::Internal(format!(
+                "stored response of {} is unreadable: {e}",
+                request_id.as_uuid()
+            ))
+        })?;
+        Ok(Some(PriorResponse {
+            operation: found.operation,
+            fingerprint: found.request_fingerprint,
+            invitation: into_domain(row)?,
+        }))
+    }
+
+    /// Deletes responses older than the retention period; returns how many.
+    pub async fn purge_expired_responses(&self, now: Timestamp) -> Result<u64, Error> {
+        let cutoff = now.saturating_sub(IDEMPOTENCY_RETENTION).unix_micros();
+        let deleted = idempotency::Entity::delete_many()
+            .filter(idempotency::Column::CreatedAt.lt(cutoff))
+            .exec(self.usable()?)
             .await
             .map_err(classify)?;
-        rows.into_iter().next().map(into_domain).transpose()
+        Ok(deleted.rows_affected)
     }
 
     /// Gives a pending invitation a new link (replacing any previous one in the same
@@ -516,4 +612,39 @@ impl Store {
             .map_err(classify)?;
         Ok(())
     }
+}
+
+/// Stores `row` as the response to `key` inside `txn`; `false` when the key is taken (by a
+/// request within the retention period).
+async fn store_response(
+    txn: &sea_orm::DatabaseTransaction,
+    enterprise: EnterpriseId,
+    key: &IdempotencyKey,
+    row: &Model,
+    now: Timestamp,
+) -> Result<bool, Error> {
+    let response = serde_json::to_string(row)
+        .map_err(|e| Error::Internal(format!("cannot serialise a response for replay: {e}")))?;
+    let cutoff = now.saturating_sub(IDEMPOTENCY_RETENTION).unix_micros();
+    // An expired key with the same id makes room for the new one.
+    idempotency::Entity::delete_many()
+        .filter(idempotency::Column::EnterpriseId.eq(enterprise.as_uuid()))
+        .filter(idempotency::Column::RequestId.eq(key.request_id.as_uuid()))
+        .filter(idempotency::Column::CreatedAt.lt(cutoff))
+        .exec(txn)
+        .await
+        .map_err(classify)?;
+    let inserted = idempotency::Entity::insert(idempotency::ActiveModel {
+        enterprise_id: Set(enterprise.as_uuid()),
+        request_id: Set(key.request_id.as_uuid()),
+        operation: Set(key.operation.to_owned()),
+        request_fingerprint: Set(key.fingerprint.to_vec()),
+        response: Set(response),
+        created_at: Set(now.unix_micros()),
+    })
+    .on_conflict(OnConflict::new().do_nothing().to_owned())
+    .exec_without_returning(txn)
+    .await
+    .map_err(classify)?;
+    Ok(inserted == 1)
 }

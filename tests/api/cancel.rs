@@ -15,7 +15,7 @@ fn cancel_request(invitation: &Invitation, etag: &str) -> CancelInvitationReques
         invitation_id: invitation.id.to_string(),
         etag: etag.to_owned(),
         reason: "User withdrew their request".into(),
-        validate_only: false,
+        ..Default::default()
     }
 }
 
@@ -356,7 +356,7 @@ async fn bad_cancel_requests_name_each_field(app: &TestApp) {
             invitation_id: "b8e2f1a0".into(),
             etag: "W/\"1.00000000\"".into(),
             reason: "x".repeat(501),
-            validate_only: false,
+            ..Default::default()
         }))
         .await
         .expect_err("malformed");
