@@ -1,13 +1,21 @@
 //! Bearer tokens: `authorization: Bearer <JWT>` → [`Caller`].
 //!
-//! HS256 with a shared secret of at least 32 bytes. `exp`, `iss`, `aud` and `sub` are
-//! required (jsonwebtoken checks an expected `iss`/`aud` only when present, so they are
-//! listed as required claims too), `nbf` is honoured, and the key only verifies HS256.
-use std::collections::HashSet;
+//! Two kinds of keys, each bound to one algorithm: an HS256 shared secret of at least 32
+//! bytes, and EdDSA (Ed25519) or RS256 public keys from a JWKS file, chosen by the token's
+//! `kid` and re-read when the file changes (key rotation without a restart). The token's
+//! `alg` must be the key's: `none`, an HS256 token "signed" with a public key, or an
+//! unknown `kid` are refused. `exp`, `iss`, `aud` and `sub` are required (jsonwebtoken
+//! checks an expected `iss`/`aud` only when present, so they are listed as required claims
+//! too), `nbf` is honoured.
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::RwLock;
+use std::time::Instant;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use tonic::metadata::MetadataMap;
@@ -91,14 +99,127 @@ impl Caller {
     }
 }
 
-/// Verifies bearer tokens, and mints them for developers.
+/// Verifies bearer tokens, and mints them (HS256) for developers.
 #[derive(Clone)]
 pub struct Authenticator {
-    decoding: DecodingKey,
-    encoding: EncodingKey,
+    /// The HS256 secret (always configured: it also signs developer tokens).
+    hs256: (DecodingKey, EncodingKey),
+    /// The JWKS file's keys, when configured.
+    jwks: Option<Arc<JwksKeys>>,
     validation: Validation,
     issuer: String,
     audience: String,
+}
+
+/// Public keys from a JWKS file, by `kid`, each with the one algorithm it verifies.
+pub struct JwksKeys {
+    path: PathBuf,
+    reload_every: Duration,
+    state: RwLock<JwksState>,
+}
+
+struct JwksState {
+    raw: Vec<u8>,
+    keys: HashMap<String, (Algorithm, DecodingKey)>,
+    checked_at: Instant,
+}
+
+/// Why a JWKS file cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("JWKS file {path}: {reason}")]
+pub struct JwksError {
+    path: String,
+    reason: String,
+}
+
+fn parse_jwks(raw: &[u8]) -> Result<HashMap<String, (Algorithm, DecodingKey)>, String> {
+    let set: JwkSet = serde_json::from_slice(raw).map_err(|e| format!("not a JWK set: {e}"))?;
+    let mut keys = HashMap::new();
+    for jwk in &set.keys {
+        let kid = jwk.common.key_id.clone().ok_or("every key needs a `kid`")?;
+        // Each key is bound to the algorithm it names; keys that name none are refused
+        // rather than guessed, and only the asymmetric algorithms this service accepts.
+        let algorithm = match jwk.common.key_algorithm {
+            Some(KeyAlgorithm::EdDSA) => Algorithm::EdDSA,
+            Some(KeyAlgorithm::RS256) => Algorithm::RS256,
+            Some(other) => {
+                return Err(format!(
+                    "key {kid}: algorithm {other:?} is not accepted (EdDSA, RS256)"
+                ));
+            }
+            None => return Err(format!("key {kid}: an `alg` is required")),
+        };
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {kid}: {e}"))?;
+        if keys.insert(kid.clone(), (algorithm, key)).is_some() {
+            return Err(format!("key id {kid} appears twice"));
+        }
+    }
+    Ok(keys)
+}
+
+impl JwksKeys {
+    /// Reads the file now; fails if it cannot be used.
+    pub fn load(path: &Path, reload_every: Duration) -> Result<Self, JwksError> {
+        let error = |reason: String| JwksError {
+            path: path.display().to_string(),
+            reason,
+        };
+        let raw = std::fs::read(path).map_err(|e| error(e.to_string()))?;
+        let keys = parse_jwks(&raw).map_err(error)?;
+        Ok(Self {
+            path: path.to_owned(),
+            reload_every,
+            state: RwLock::new(JwksState {
+                raw,
+                keys,
+                checked_at: Instant::now(),
+            }),
+        })
+    }
+
+    /// Re-reads the file when it is due and has changed. A file that cannot be read or
+    /// parsed keeps the previous keys in force (and is logged).
+    fn refresh(&self) {
+        let due = self.state.read().map_or(true, |state| {
+            state.checked_at.elapsed() >= self.reload_every
+        });
+        if !due {
+            return;
+        }
+        let mut state = self
+            .state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if state.checked_at.elapsed() < self.reload_every {
+            return;
+        }
+        state.checked_at = Instant::now();
+        match std::fs::read(&self.path) {
+            Ok(raw) if raw == state.raw => {}
+            Ok(raw) => match parse_jwks(&raw) {
+                Ok(keys) => {
+                    tracing::info!(path = %self.path.display(), keys = keys.len(), "JWKS reloaded");
+                    state.keys = keys;
+                    state.raw = raw;
+                }
+                Err(reason) => {
+                    tracing::error!(path = %self.path.display(), %reason, "JWKS change ignored")
+                }
+            },
+            Err(error) => {
+                tracing::error!(path = %self.path.display(), %error, "JWKS unreadable; keeping the keys in force")
+            }
+        }
+    }
+
+    fn key(&self, kid: &str) -> Option<(Algorithm, DecodingKey)> {
+        self.refresh();
+        let state = self
+            .state
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.keys.get(kid).cloned()
+    }
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -117,7 +238,13 @@ fn unix_now() -> u64 {
 }
 
 impl Authenticator {
+    /// HS256 only.
     pub fn hs256(secret: &[u8], issuer: &str, audience: &str) -> Self {
+        Self::new(secret, None, issuer, audience)
+    }
+
+    /// The HS256 secret, and optionally the keys of a JWKS file.
+    pub fn new(hs256_secret: &[u8], jwks: Option<JwksKeys>, issuer: &str, audience: &str) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
@@ -125,8 +252,11 @@ impl Authenticator {
         validation.validate_nbf = true;
         validation.leeway = LEEWAY.as_secs();
         Self {
-            decoding: DecodingKey::from_secret(secret),
-            encoding: EncodingKey::from_secret(secret),
+            hs256: (
+                DecodingKey::from_secret(hs256_secret),
+                EncodingKey::from_secret(hs256_secret),
+            ),
+            jwks: jwks.map(Arc::new),
             validation,
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
@@ -149,17 +279,35 @@ impl Authenticator {
     }
 
     pub fn verify(&self, token: &str) -> Result<Caller, Error> {
-        if token.is_empty() || token.len() > MAX_TOKEN_LEN {
-            return Err(Error::Unauthenticated(AuthFailure::Invalid));
-        }
-        let claims =
-            jsonwebtoken::decode::<VerifiedClaims>(token, &self.decoding, &self.validation)
-                .map_err(|error| match error.kind() {
-                    ErrorKind::ExpiredSignature => Error::Unauthenticated(AuthFailure::Expired),
-                    _ => Error::Unauthenticated(AuthFailure::Invalid),
-                })?
-                .claims;
         let invalid = || Error::Unauthenticated(AuthFailure::Invalid);
+        if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+            return Err(invalid());
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
+        // The key decides the algorithm, never the token: HS256 only with the secret, an
+        // asymmetric algorithm only with the JWKS key named by `kid` and bound to it.
+        let jwks_key;
+        let key = match (header.alg, &self.jwks, header.kid.as_deref()) {
+            (Algorithm::HS256, _, _) => &self.hs256.0,
+            (alg @ (Algorithm::EdDSA | Algorithm::RS256), Some(jwks), Some(kid)) => {
+                match jwks.key(kid) {
+                    Some((bound, key)) if bound == alg => {
+                        jwks_key = key;
+                        &jwks_key
+                    }
+                    _ => return Err(invalid()),
+                }
+            }
+            _ => return Err(invalid()),
+        };
+        let mut validation = self.validation.clone();
+        validation.algorithms = vec![header.alg];
+        let claims = jsonwebtoken::decode::<VerifiedClaims>(token, key, &validation)
+            .map_err(|error| match error.kind() {
+                ErrorKind::ExpiredSignature => Error::Unauthenticated(AuthFailure::Expired),
+                _ => invalid(),
+            })?
+            .claims;
         let subject = UserRef::parse(&claims.sub).map_err(|_| invalid())?;
         let enterprise = claims
             .enterprise
@@ -221,9 +369,10 @@ impl Authenticator {
         }
     }
 
+    /// Signs with the HS256 secret (developer and test tokens).
     fn sign(&self, claims: Claims) -> String {
         // HS256 signing of a serialisable struct cannot fail.
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.hs256.1)
             .unwrap_or_else(|e| unreachable!("HS256 signing failed: {e}"))
     }
 }

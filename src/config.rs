@@ -119,6 +119,20 @@ pub struct Config {
     )]
     pub jwt_hs256_secret: Option<Secret>,
 
+    /// A JWKS file of EdDSA (Ed25519) and RS256 public keys that also verify bearer tokens,
+    /// by `kid`; each key must name its `alg`. Re-read when it changes.
+    #[arg(long, env = "INVITATIONS_JWT_JWKS_PATH", global = true)]
+    pub jwt_jwks_path: Option<std::path::PathBuf>,
+
+    /// Milliseconds between two looks at the JWKS file for changes.
+    #[arg(
+        long,
+        env = "INVITATIONS_JWT_JWKS_RELOAD_MS",
+        default_value_t = 1000,
+        global = true
+    )]
+    pub jwt_jwks_reload_ms: u64,
+
     /// Expected `iss` of bearer tokens.
     #[arg(
         long,
@@ -327,6 +341,8 @@ pub struct ServerSettings {
 #[derive(Debug, Clone)]
 pub struct JwtSettings {
     pub hs256_secret: Secret,
+    pub jwks_path: Option<std::path::PathBuf>,
+    pub jwks_reload: Duration,
     pub issuer: String,
     pub audience: String,
 }
@@ -404,6 +420,8 @@ impl Config {
         }
         Ok(JwtSettings {
             hs256_secret: secret,
+            jwks_path: self.jwt_jwks_path.clone(),
+            jwks_reload: Duration::from_millis(self.jwt_jwks_reload_ms.max(1)),
             issuer: self.jwt_issuer.clone(),
             audience: self.jwt_audience.clone(),
         })

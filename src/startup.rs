@@ -11,7 +11,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
-use crate::auth::{AuthInterceptor, Authenticator};
+use crate::auth::{AuthInterceptor, Authenticator, JwksKeys};
 use crate::config::Settings;
 use crate::domain::{InvitationService, PageTokenCodec};
 use crate::grpc::InvitationApi;
@@ -30,6 +30,8 @@ pub enum StartupError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Jwks(#[from] crate::auth::JwksError),
     #[error("cannot build server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("server failed: {0}")]
@@ -64,8 +66,15 @@ impl Application {
             addr: settings.listen_addr,
             source,
         })?;
-        let authenticator = Arc::new(Authenticator::hs256(
+        let jwks = settings
+            .jwt
+            .jwks_path
+            .as_deref()
+            .map(|path| JwksKeys::load(path, settings.jwt.jwks_reload))
+            .transpose()?;
+        let authenticator = Arc::new(Authenticator::new(
             settings.jwt.hs256_secret.expose(),
+            jwks,
             &settings.jwt.issuer,
             &settings.jwt.audience,
         ));

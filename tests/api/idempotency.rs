@@ -40,9 +40,10 @@ async fn a_retry_returns_the_original_response_without_a_second_write(app: &Test
         .await
         .expect("connect");
     admin
-        .execute_unprepared(&format!(
-            "UPDATE invitations SET version = version + 5, updated_at = updated_at + 1 WHERE email_normalized = 'retry@acme.example'"
-        ))
+        .execute_unprepared(
+            "UPDATE invitations SET version = version + 5, updated_at = updated_at + 1 \
+             WHERE email_normalized = 'retry@acme.example'",
+        )
         .await
         .expect("change it");
     admin.close().await.expect("close");

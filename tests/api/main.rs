@@ -11,3 +11,4 @@ mod links;
 mod list;
 mod operability;
 mod process;
+mod tokens;
