@@ -29,6 +29,8 @@ pub enum ViolationReason {
     InvalidPageToken,
     EtagConflict,
     RequestIdReused,
+    /// The message is not valid protobuf for its type (e.g. a string field is not UTF-8).
+    InvalidEncoding,
 }
 
 impl ViolationReason {
@@ -41,6 +43,7 @@ impl ViolationReason {
             Self::InvalidPageToken => "INVALID_PAGE_TOKEN",
             Self::EtagConflict => "ETAG_CONFLICT",
             Self::RequestIdReused => "REQUEST_ID_REUSED",
+            Self::InvalidEncoding => "INVALID_ENCODING",
         }
     }
 }
@@ -138,6 +141,9 @@ pub enum Error {
     },
     #[error("a pending invitation {existing} exists for this address")]
     InvitationAlreadyExists { existing: InvitationId },
+    /// The request message is larger than the configured limit.
+    #[error("request message over {limit} bytes")]
+    RequestTooLarge { limit: usize },
     /// The caller spent its request budget (token bucket per caller).
     #[error("rate limited for {retry_after:?}")]
     RateLimited { retry_after: Duration },
@@ -380,6 +386,16 @@ impl From<Error> for Status {
                         "already_exists",
                         "INVITATION_ALREADY_EXISTS".to_owned(),
                         "A pending invitation for this address already exists.",
+                    )
+                }
+                Error::RequestTooLarge { limit } => {
+                    metadata.insert("maxRequestBytes".into(), limit.to_string());
+                    (
+                        Code::OutOfRange,
+                        413,
+                        "payload_too_large",
+                        "REQUEST_TOO_LARGE".to_owned(),
+                        "The request is too large.",
                     )
                 }
                 Error::RateLimited { retry_after } => {

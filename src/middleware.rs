@@ -41,22 +41,65 @@ fn request_id(request: &Request<Body>) -> HeaderValue {
         })
 }
 
+/// Rewrites the errors tonic produces itself, before any handler runs, into the service's
+/// documented form: a message that is not valid protobuf (a string field that is not UTF-8,
+/// say) is INVALID_ARGUMENT rather than tonic's INTERNAL, and a message over the size limit
+/// keeps tonic's OUT_OF_RANGE but gains ErrorInfo. Everything else passes unchanged.
+fn documented(response: Response<Body>, max_request_bytes: usize) -> Response<Body> {
+    let Some(status) = tonic::Status::from_header_map(response.headers()) else {
+        return response;
+    };
+    let replacement = match status.code() {
+        tonic::Code::Internal
+            if status
+                .message()
+                .starts_with("failed to decode Protobuf message") =>
+        {
+            Error::invalid(
+                "",
+                crate::error::ViolationReason::InvalidEncoding,
+                "the request is not a valid protobuf message of its type (every string must be UTF-8)",
+            )
+        }
+        tonic::Code::OutOfRange if status.message().contains("message length too large") => {
+            Error::RequestTooLarge {
+                limit: max_request_bytes,
+            }
+        }
+        _ => return response,
+    };
+    tonic::Status::from(replacement).into_http::<Body>()
+}
+
 /// Gives every RPC a span (`method`, `request_id`, and `subject` once authenticated), logs
 /// one line when it ends with its gRPC code and latency, and echoes the request id in the
 /// response metadata.
-#[derive(Debug, Clone, Default)]
-pub struct ObserveLayer;
+#[derive(Debug, Clone)]
+pub struct ObserveLayer {
+    max_request_bytes: usize,
+}
+
+impl ObserveLayer {
+    /// `max_request_bytes` is named in the error of a request over it.
+    pub fn new(max_request_bytes: usize) -> Self {
+        Self { max_request_bytes }
+    }
+}
 
 impl<S> Layer<S> for ObserveLayer {
     type Service = Observe<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Observe { inner }
+        Observe {
+            inner,
+            max_request_bytes: self.max_request_bytes,
+        }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct Observe<S> {
     inner: S,
+    max_request_bytes: usize,
 }
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
@@ -88,9 +131,10 @@ where
         let started = Instant::now();
         let response = span.in_scope(|| self.inner.call(request));
         let body_span = span.clone();
+        let max_request_bytes = self.max_request_bytes;
         Box::pin(
             async move {
-                let mut response = response.await?;
+                let mut response = documented(response.await?, max_request_bytes);
                 response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
                 // A trailers-only response (every error) has its status in the headers.
                 let code = response.headers().get("grpc-status").and_then(grpc_code);

@@ -146,7 +146,7 @@ impl Application {
             .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
             .http2_max_header_list_size(limits.max_metadata_bytes)
             .max_connection_age(limits.max_connection_age)
-            .layer(ObserveLayer)
+            .layer(ObserveLayer::new(limits.max_request_bytes))
             .layer(ShedLayer::new(limits.max_concurrent_requests))
             .add_service(health_service)
             .add_service(reflection_v1)

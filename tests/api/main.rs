@@ -6,6 +6,7 @@ mod auth;
 mod cancel;
 mod create_get;
 mod db_faults;
+mod hostile;
 mod idempotency;
 mod links;
 mod list;
