@@ -3,6 +3,7 @@
 mod common;
 
 mod auth;
+mod authorization;
 mod cancel;
 mod create_get;
 mod db_faults;
