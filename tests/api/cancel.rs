@@ -431,3 +431,80 @@ on_both_stores!(
     bad_cancel_requests_name_each_field,
     concurrent_cancels_with_one_etag_have_one_winner,
 );
+
+/// The embedded store under write contention: 20 writers at once (as many connections),
+/// creating, cancelling others, and racing for one invitation. SQLite's lock never shows:
+/// every answer is OK or the documented conflict, and exactly one racing cancel wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_under_contention_never_says_database_is_locked() {
+    let app = TestApp::spawn_configured(crate::common::Backend::Sqlite, |config| {
+        config.db_max_connections = 20;
+    })
+    .await;
+    let contested = app.insert(Fixture::pending("contested@acme.example")).await;
+    let mut others = Vec::new();
+    for n in 0..10 {
+        others.push(
+            app.insert(Fixture::pending(format!("other{n}@acme.example")))
+                .await,
+        );
+    }
+    let mut tasks = Vec::new();
+    for round in 0..3 {
+        for n in 0..20 {
+            let mut client = app.client();
+            let request = match n % 3 {
+                0 => Err(app.request(
+                    invitations::proto::invitations::v1::CreateInvitationRequest {
+                        email_constraint: format!("new{round}-{n}@acme.example"),
+                        role: format!("roles/{}", uuid::Uuid::new_v4()),
+                        ..Default::default()
+                    },
+                )),
+                1 if round == 0 => Ok(app.request(cancel_request(
+                    &others[n / 2 % 10],
+                    others[n / 2 % 10].etag().as_str(),
+                ))),
+                _ => Ok(app.request(cancel_request(&contested, contested.etag().as_str()))),
+            };
+            tasks.push(tokio::spawn(async move {
+                match request {
+                    Ok(cancel) => client.cancel_invitation(cancel).await.map(|_| "cancel"),
+                    Err(create) => client.create_invitation(create).await.map(|_| "create"),
+                }
+            }));
+        }
+    }
+    let mut contested_wins = 0;
+    for task in tasks {
+        match task.await.expect("task") {
+            Ok(_) => {}
+            Err(status) => {
+                assert!(
+                    !status.message().to_lowercase().contains("locked"),
+                    "{status:?}"
+                );
+                assert!(
+                    matches!(status.code(), Code::Aborted | Code::FailedPrecondition),
+                    "only documented conflicts: {status:?}"
+                );
+            }
+        }
+    }
+    let stored = app
+        .store
+        .get(app.enterprise, contested.id)
+        .await
+        .expect("read")
+        .expect("row");
+    if stored.stored_status == InvitationStatus::Cancelled {
+        contested_wins += 1;
+    }
+    assert_eq!(contested_wins, 1);
+    assert_eq!(
+        stored.version,
+        contested.version.next(),
+        "exactly one conditional cancel won"
+    );
+    app.finish().await;
+}

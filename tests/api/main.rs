@@ -13,4 +13,5 @@ mod links;
 mod list;
 mod operability;
 mod process;
+mod replicas;
 mod tokens;

@@ -20,9 +20,9 @@ use crate::operability::await_health;
 const BINARY: &str = env!("CARGO_BIN_EXE_invitations");
 
 /// The binary, serving on SQLite with JSON logs collected from stderr.
-struct Served {
+pub struct Served {
     child: Child,
-    addr: SocketAddr,
+    pub addr: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
@@ -45,7 +45,7 @@ fn command(dir: &tempfile::TempDir) -> Command {
 }
 
 impl Served {
-    fn start(extra_env: &[(&str, &str)]) -> Self {
+    pub fn start(extra_env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut command = command(&dir);
         for (key, value) in extra_env {
