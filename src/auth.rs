@@ -410,3 +410,21 @@ impl tonic::service::Interceptor for AuthInterceptor {
         Ok(request)
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Any bearer value is refused with UNAUTHENTICATED, never a panic.
+        #[test]
+        fn arbitrary_bearer_tokens_are_refused(token in any::<String>(), parts in "[A-Za-z0-9_-]{0,40}\\.[A-Za-z0-9_-]{0,80}\\.[A-Za-z0-9_-]{0,60}") {
+            let authenticator = Authenticator::hs256(b"property-secret-of-at-least-32-bytes!", "iss", "aud");
+            for candidate in [token.as_str(), parts.as_str()] {
+                prop_assert!(matches!(authenticator.verify(candidate), Err(Error::Unauthenticated(_))));
+            }
+        }
+    }
+}

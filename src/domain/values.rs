@@ -395,3 +395,39 @@ mod tests {
         assert!(CancelReason::parse("bad\u{0}byte").is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Parsers take any input without panicking, and what they accept is canonical.
+        #[test]
+        fn parsers_never_panic(raw in any::<String>()) {
+            let _ = InvitationId::parse(&raw);
+            let _ = RequestId::parse(&raw);
+            let _ = UserRef::parse(&raw);
+            let _ = RoleRef::parse(&raw);
+            let _ = EnterpriseId::parse_ref(&raw);
+            if let Ok(reason) = CancelReason::parse(&raw) {
+                prop_assert!(reason.is_none_or(|r| r.as_str().chars().count() <= CancelReason::MAX_CHARS));
+            }
+            if let Ok(email) = EmailAddress::parse(&raw) {
+                prop_assert_eq!(email.normalized(), raw.to_lowercase());
+            }
+            if let Ok(scope) = Scope::parse(&raw) {
+                prop_assert_eq!(Scope::parse(scope.as_str()), Ok(scope.clone()));
+            }
+        }
+
+        #[test]
+        fn resource_names_round_trip(id in any::<u128>()) {
+            let user = UserRef::from_uuid(Uuid::from_u128(id));
+            prop_assert_eq!(UserRef::parse(&user.to_string()), Ok(user));
+            let enterprise = EnterpriseId::from_uuid(Uuid::from_u128(id));
+            prop_assert_eq!(EnterpriseId::parse_ref(&enterprise.to_string()), Ok(enterprise));
+        }
+    }
+}

@@ -413,3 +413,68 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn admin() -> EnterpriseAdmin {
+        EnterpriseAdmin {
+            subject: UserRef::from_uuid(Uuid::from_u128(1)),
+            enterprise: crate::domain::EnterpriseId::from_uuid(Uuid::from_u128(2)),
+        }
+    }
+
+    fn invalid_argument_only<T>(outcome: Result<T, Error>) -> bool {
+        matches!(outcome, Ok(_) | Err(Error::InvalidArgument(_)))
+    }
+
+    proptest! {
+        /// Whatever a request holds, it becomes a command or INVALID_ARGUMENT naming fields.
+        #[test]
+        fn list_requests_parse_or_are_invalid(
+            page_size in any::<i32>(),
+            page_token in any::<String>(),
+            statuses in proptest::collection::vec(any::<i32>(), 0..40),
+            email in any::<String>(),
+            scope in any::<String>(),
+        ) {
+            let request = pb::ListInvitationsRequest { page_size, page_token, statuses, email_constraint: email, scope };
+            let outcome = list_query(admin(), request);
+            if let Ok(query) = &outcome {
+                prop_assert!((1..=MAX_PAGE_SIZE).contains(&query.page_size));
+            }
+            prop_assert!(invalid_argument_only(outcome));
+        }
+
+        #[test]
+        fn cancel_and_create_requests_parse_or_are_invalid(
+            id in any::<String>(),
+            etag in any::<String>(),
+            reason in any::<String>(),
+            request_id in any::<String>(),
+            seconds in any::<i64>(),
+            nanos in any::<i32>(),
+        ) {
+            let cancel = pb::CancelInvitationRequest {
+                invitation_id: id.clone(),
+                etag: etag.clone(),
+                reason: reason.clone(),
+                validate_only: false,
+                request_id,
+            };
+            prop_assert!(invalid_argument_only(cancel_command(admin(), &MetadataMap::new(), cancel)));
+            let create = pb::CreateInvitationRequest {
+                email_constraint: reason,
+                role: id,
+                scope: etag,
+                expires_at: Some(WireTimestamp { seconds, nanos }),
+                pending_human_actor_ref: String::new(),
+            };
+            prop_assert!(invalid_argument_only(create_command(admin(), create)));
+        }
+    }
+}
