@@ -1,8 +1,7 @@
 //! CancelInvitation: the soft cancel, etags, state rules, dry runs and concurrency.
 use invitations::domain::{Invitation, InvitationStatus};
 use invitations::proto::invitations::v1::{
-    CancelInvitationRequest, GetInvitationRequest, InvitationStatus as WireStatus,
-    ListInvitationsRequest,
+    CancelInvitationRequest, InvitationStatus as WireStatus, ListInvitationsRequest,
 };
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -46,14 +45,7 @@ async fn cancel_is_soft_and_persisted(app: &TestApp) {
     assert_eq!(cancelled.enterprise_ref, app.enterprise.to_string());
     assert_eq!(cancelled.accepted_at, None);
     // Get and List show what was stored.
-    let fetched = app
-        .client()
-        .get_invitation(app.request(GetInvitationRequest {
-            invitation_id: invitation.id.to_string(),
-        }))
-        .await
-        .expect("get")
-        .into_inner();
+    let fetched = app.fetch(invitation.id.to_string()).await;
     assert_eq!(fetched, cancelled);
     let listed = app
         .client()
@@ -131,14 +123,7 @@ async fn a_stale_etag_is_aborted_with_the_current_one(app: &TestApp) {
         format!("invitations/{}", invitation.id)
     );
     // Nothing was written.
-    let fetched = app
-        .client()
-        .get_invitation(app.request(GetInvitationRequest {
-            invitation_id: invitation.id.to_string(),
-        }))
-        .await
-        .expect("get")
-        .into_inner();
+    let fetched = app.fetch(invitation.id.to_string()).await;
     assert_eq!(fetched.status, WireStatus::Pending as i32);
     assert_eq!(fetched.etag, invitation.etag().as_str());
     // The etag check comes before the state check: a cancelled invitation with a stale
@@ -238,14 +223,7 @@ async fn validate_only_checks_everything_and_writes_nothing(app: &TestApp) {
         "returned as it is now"
     );
     assert_eq!(answer.etag, invitation.etag().as_str());
-    let fetched = app
-        .client()
-        .get_invitation(app.request(GetInvitationRequest {
-            invitation_id: invitation.id.to_string(),
-        }))
-        .await
-        .expect("get")
-        .into_inner();
+    let fetched = app.fetch(invitation.id.to_string()).await;
     assert_eq!(fetched, answer, "nothing was written");
     // A dry run still makes every check.
     let stale = CancelInvitationRequest {

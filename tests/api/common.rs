@@ -270,6 +270,21 @@ impl TestApp {
         self.client.clone()
     }
 
+    /// GetInvitation as this app's admin; the invitation must exist.
+    pub async fn fetch(
+        &self,
+        invitation_id: impl Into<String>,
+    ) -> invitations::proto::invitations::v1::Invitation {
+        let request = invitations::proto::invitations::v1::GetInvitationRequest {
+            invitation_id: invitation_id.into(),
+        };
+        self.client()
+            .get_invitation(self.request(request))
+            .await
+            .expect("get")
+            .into_inner()
+    }
+
     /// A request carrying this app's admin token.
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         authorized(&self.token, message)

@@ -3,8 +3,7 @@ use std::time::Duration;
 
 use invitations::domain::{InvitationStatus, Timestamp};
 use invitations::proto::invitations::v1::{
-    CancelInvitationRequest, CreateInvitationRequest, GetInvitationRequest,
-    InvitationStatus as WireStatus,
+    CancelInvitationRequest, CreateInvitationRequest, InvitationStatus as WireStatus,
 };
 use prost_types::Timestamp as WireTimestamp;
 use tonic::Code;
@@ -61,14 +60,7 @@ async fn create_then_get_round_trips(app: &TestApp) {
         "expires in about 7 days"
     );
 
-    let fetched = app
-        .client()
-        .get_invitation(app.request(GetInvitationRequest {
-            invitation_id: created.id.clone(),
-        }))
-        .await
-        .expect("get")
-        .into_inner();
+    let fetched = app.fetch(created.id.clone()).await;
     assert_eq!(fetched, created);
     // And it can be cancelled with the etag Create returned.
     app.client()
@@ -268,14 +260,7 @@ async fn get_reports_the_effective_status(app: &TestApp) {
         ),
     ] {
         let invitation = app.insert(fixture).await;
-        let fetched = app
-            .client()
-            .get_invitation(app.request(GetInvitationRequest {
-                invitation_id: invitation.id.to_string(),
-            }))
-            .await
-            .expect("get")
-            .into_inner();
+        let fetched = app.fetch(invitation.id.to_string()).await;
         assert_eq!(
             fetched.status,
             expected as i32,

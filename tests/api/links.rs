@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use invitations::domain::{Invitation, InvitationStatus, UserRef};
 use invitations::proto::invitations::v1::{
-    AcceptInvitationRequest, CancelInvitationRequest, GetInvitationRequest,
-    InvitationStatus as WireStatus, IssueInvitationTokenRequest, ListInvitationsRequest,
+    AcceptInvitationRequest, CancelInvitationRequest, InvitationStatus as WireStatus,
+    IssueInvitationTokenRequest, ListInvitationsRequest,
 };
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
@@ -83,14 +83,7 @@ async fn issue_rotate_and_accept(app: &TestApp) {
     assert_ne!(first, second);
     assert_ne!(first_etag, second_etag);
     // The token is never shown again.
-    let fetched = app
-        .client()
-        .get_invitation(app.request(GetInvitationRequest {
-            invitation_id: invitation.id.to_string(),
-        }))
-        .await
-        .expect("get")
-        .into_inner();
+    let fetched = app.fetch(invitation.id.to_string()).await;
     let listed = app
         .client()
         .list_invitations(app.request(ListInvitationsRequest::default()))
