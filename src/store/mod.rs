@@ -648,3 +648,87 @@ async fn store_response(
     .map_err(classify)?;
     Ok(inserted == 1)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+    use std::sync::Arc;
+
+    use sea_orm::sqlx::error::{DatabaseError, ErrorKind};
+
+    use super::*;
+
+    /// A database error with a given SQLSTATE, as PostgreSQL would send it.
+    #[derive(Debug)]
+    struct Sqlstate(&'static str);
+
+    impl std::fmt::Display for Sqlstate {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "sqlstate {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Sqlstate {}
+
+    impl DatabaseError for Sqlstate {
+        fn message(&self) -> &str {
+            "test"
+        }
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed(self.0))
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> ErrorKind {
+            ErrorKind::Other
+        }
+    }
+
+    fn exec_error(code: &'static str) -> DbErr {
+        DbErr::Exec(RuntimeErr::SqlxError(Arc::new(
+            sea_orm::sqlx::Error::Database(Box::new(Sqlstate(code))),
+        )))
+    }
+
+    #[test]
+    fn database_failures_are_sorted_into_the_documented_rows() {
+        // Serialization failure and deadlock: retryable conflicts (ABORTED).
+        for code in ["40001", "40P01"] {
+            assert!(
+                matches!(classify(exec_error(code)), Error::TransactionConflict(_)),
+                "{code}"
+            );
+        }
+        // Connection trouble and a server going away: 503.
+        for code in ["08006", "57P01", "53300"] {
+            assert!(
+                matches!(classify(exec_error(code)), Error::DatabaseUnavailable(_)),
+                "{code}"
+            );
+        }
+        let io = DbErr::Query(RuntimeErr::SqlxError(Arc::new(sea_orm::sqlx::Error::Io(
+            std::io::Error::other("reset"),
+        ))));
+        assert!(matches!(classify(io), Error::DatabaseUnavailable(_)));
+        // Anything else the database says: 502.
+        for code in ["42P01", "23514"] {
+            assert!(
+                matches!(classify(exec_error(code)), Error::Upstream(_)),
+                "{code}"
+            );
+        }
+        let status = tonic::Status::from(classify(exec_error("40001")));
+        assert_eq!(status.code(), tonic::Code::Aborted);
+        assert!(
+            !status.message().contains("40001"),
+            "no database text for the client"
+        );
+    }
+}
