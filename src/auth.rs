@@ -288,7 +288,8 @@ impl Authenticator {
         // asymmetric algorithm only with the JWKS key named by `kid` and bound to it.
         let jwks_key;
         let key = match (header.alg, &self.jwks, header.kid.as_deref()) {
-            (Algorithm::HS256, _, _) => &self.hs256.0,
+            // HS256 tokens carry no `kid`: one that does claims a key it cannot have.
+            (Algorithm::HS256, _, None) => &self.hs256.0,
             (alg @ (Algorithm::EdDSA | Algorithm::RS256), Some(jwks), Some(kid)) => {
                 match jwks.key(kid) {
                     Some((bound, key)) if bound == alg => {

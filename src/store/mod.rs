@@ -143,12 +143,18 @@ fn classify(error: DbErr) -> Error {
     }
 }
 
-/// PostgreSQL gave up a transaction: 40001 serialization failure, 40P01 deadlock.
+/// The database gave up a write because of another one: PostgreSQL's 40001 (serialization
+/// failure) and 40P01 (deadlock), and SQLite's BUSY or LOCKED (primary codes 5 and 6, with
+/// their extended codes) once the busy timeout has run out. All are worth a retry.
 fn is_transaction_conflict(error: &DbErr) -> bool {
     match error {
         DbErr::Exec(RuntimeErr::SqlxError(cause)) | DbErr::Query(RuntimeErr::SqlxError(cause)) => {
             matches!(cause.as_ref(), sea_orm::sqlx::Error::Database(db)
-                if db.code().is_some_and(|code| code == "40001" || code == "40P01"))
+            if db.code().is_some_and(|code| {
+                code == "40001"
+                    || code == "40P01"
+                    || code.parse::<u32>().is_ok_and(|sqlite| matches!(sqlite & 0xff, 5 | 6))
+            }))
         }
         _ => false,
     }
@@ -700,7 +706,7 @@ mod tests {
     #[test]
     fn database_failures_are_sorted_into_the_documented_rows() {
         // Serialization failure and deadlock: retryable conflicts (ABORTED).
-        for code in ["40001", "40P01"] {
+        for code in ["40001", "40P01", "5", "517", "6"] {
             assert!(
                 matches!(classify(exec_error(code)), Error::TransactionConflict(_)),
                 "{code}"

@@ -92,6 +92,29 @@ async fn issue_rotate_and_accept(app: &TestApp) {
     let shown = format!("{fetched:?}{:?}", listed.into_inner());
     assert!(!shown.contains(&first) && !shown.contains(&second));
 
+    // The database holds the SHA-256 of the current token, and never a token.
+    let db = sea_orm::Database::connect(app.settings.store.url.as_str())
+        .await
+        .expect("connect");
+    let backend = sea_orm::ConnectionTrait::get_database_backend(&db);
+    let row = sea_orm::ConnectionTrait::query_one_raw(
+        &db,
+        sea_orm::Statement::from_string(
+            backend,
+            format!(
+                "SELECT link_token_hash FROM invitations WHERE email_normalized = '{}'",
+                INVITEE_EMAIL.to_lowercase()
+            ),
+        ),
+    )
+    .await
+    .expect("query")
+    .expect("the row");
+    let stored: Vec<u8> = row.try_get("", "link_token_hash").expect("the hash");
+    use sha2::Digest;
+    assert_eq!(stored, sha2::Sha256::digest(second.as_bytes()).to_vec());
+    db.close().await.expect("close");
+
     let (user, token) = invitee(app, "invitee@acme.example");
     // Act + Assert: the rotated-out token is dead, the new one works.
     assert_token_invalid(&accept(app, &token, &first).await.expect_err("rotated out"));

@@ -281,7 +281,38 @@ async fn logs_are_structured_and_never_show_tokens_or_addresses() {
     request
         .metadata_mut()
         .insert("x-request-id", "req-logs-1".parse().expect("ascii"));
-    client.create_invitation(request).await.expect("created");
+    let created = client
+        .create_invitation(request)
+        .await
+        .expect("created")
+        .into_inner();
+    // A link issued and redeemed: the secret never reaches the log.
+    let link = client
+        .issue_invitation_token(authorized(
+            &token,
+            invitations::proto::invitations::v1::IssueInvitationTokenRequest {
+                invitation_id: created.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("issued")
+        .into_inner()
+        .token;
+    let invitee = Authenticator::hs256(JWT_SECRET.as_bytes(), ISSUER, AUDIENCE).mint_invitee(
+        UserRef::from_uuid(Uuid::new_v4()),
+        "secret.person@acme.example",
+        Duration::from_secs(60),
+    );
+    client
+        .accept_invitation(authorized(
+            &invitee,
+            invitations::proto::invitations::v1::AcceptInvitationRequest {
+                token: link.clone(),
+            },
+        ))
+        .await
+        .expect("accepted");
     let refused = client
         .list_invitations(authorized("not.a.token", ListInvitationsRequest::default()))
         .await
@@ -328,6 +359,12 @@ async fn logs_are_structured_and_never_show_tokens_or_addresses() {
         "never the whole address"
     );
     assert!(!all.contains(&token), "never a token");
+    assert!(!all.contains(&invitee), "never an invitee's token");
+    assert!(
+        !all.contains(&link) && !all.contains(&link[4..]),
+        "never a link token"
+    );
+    assert!(all.contains("invitation accepted"), "the accept is logged");
     assert!(!all.contains(JWT_SECRET), "never the secret");
 }
 

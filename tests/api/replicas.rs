@@ -181,6 +181,7 @@ async fn two_processes_one_database_one_winner_and_exact_pages() {
     });
     let mut seen = Vec::new();
     let mut page_token = String::new();
+    let mut terminated = false;
     for _ in 0..1000 {
         let page = clients[0]
             .clone()
@@ -197,10 +198,12 @@ async fn two_processes_one_database_one_winner_and_exact_pages() {
             .into_inner();
         seen.extend(page.items.into_iter().map(|i| i.id));
         if page.next_page_token.is_empty() {
+            terminated = true;
             break;
         }
         page_token = page.next_page_token;
     }
+    assert!(terminated, "the walk ends");
     assert!(writer.await.expect("writer") > 0);
     let unique: HashSet<String> = seen.iter().cloned().collect();
     assert_eq!(unique.len(), seen.len(), "no duplicates");

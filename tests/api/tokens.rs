@@ -221,6 +221,16 @@ async fn attacks_on_the_token_are_unauthenticated_and_touch_nothing() {
             "TOKEN_INVALID",
         ),
         ("garbage", "a.b.c".to_owned(), "TOKEN_INVALID"),
+        (
+            "HS256 claiming a JWKS key's kid",
+            sign(
+                Algorithm::HS256,
+                Some("ed25519-a"),
+                &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+                &good,
+            ),
+            "TOKEN_INVALID",
+        ),
     ];
     for (name, token, reason) in &cases {
         let status = list_with(&app, token).await.expect_err(name);
