@@ -472,3 +472,98 @@ async fn unexpected_database_answers_are_upstream_errors(app: &TestApp) {
 }
 
 on_both_stores!(unexpected_database_answers_are_upstream_errors);
+
+/// Server reflection answers in both versions (grpcurl 1.8.7 and older speak only
+/// v1alpha), and knows the error-detail types, so grpcurl can print them as JSON.
+async fn reflection_serves_v1_and_v1alpha(app: &TestApp) {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", app.addr))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let ask_v1 = |request: v1::server_reflection_request::MessageRequest| {
+        let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+        async move {
+            let request = v1::ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(request),
+            };
+            let mut answers = client
+                .server_reflection_info(tokio_stream::iter([request]))
+                .await
+                .expect("v1 reflection")
+                .into_inner();
+            answers
+                .message()
+                .await
+                .expect("an answer")
+                .expect("one message")
+                .message_response
+                .expect("a response")
+        }
+    };
+    match ask_v1(v1::server_reflection_request::MessageRequest::ListServices(
+        String::new(),
+    ))
+    .await
+    {
+        v1::server_reflection_response::MessageResponse::ListServicesResponse(list) => {
+            let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+            assert!(
+                names.contains(&"invitations.v1.InvitationService".to_owned()),
+                "{names:?}"
+            );
+            assert!(
+                names.contains(&"grpc.health.v1.Health".to_owned()),
+                "{names:?}"
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    for symbol in [
+        "google.rpc.ErrorInfo",
+        "google.rpc.PreconditionFailure",
+        "invitations.v1.Invitation",
+    ] {
+        match ask_v1(
+            v1::server_reflection_request::MessageRequest::FileContainingSymbol(symbol.into()),
+        )
+        .await
+        {
+            v1::server_reflection_response::MessageResponse::FileDescriptorResponse(files) => {
+                assert!(!files.file_descriptor_proto.is_empty(), "{symbol}");
+            }
+            other => panic!("{symbol}: unexpected {other:?}"),
+        }
+    }
+    let mut client =
+        v1alpha::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let answer = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("v1alpha reflection")
+        .into_inner()
+        .message()
+        .await
+        .expect("an answer")
+        .expect("one message");
+    match answer.message_response.expect("a response") {
+        v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list) => {
+            assert!(
+                list.service
+                    .iter()
+                    .any(|s| s.name == "invitations.v1.InvitationService")
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+on_both_stores!(reflection_serves_v1_and_v1alpha);
