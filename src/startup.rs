@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
@@ -115,7 +114,7 @@ impl Application {
             reporter.clone(),
             self.settings.health,
         ));
-        let janitor = tokio::spawn(purge_expired_responses(self.store.clone()));
+        let janitor = tokio::spawn(housekeeping(self.store.clone()));
 
         // Both reflection versions: grpcurl 1.8.7 and older speak only v1alpha. The error
         // detail and health types are registered so grpcurl can decode them.
@@ -152,9 +151,14 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(invitations)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async {
-                let _ = stopped.await;
-            });
+            // serve_with_incoming ignores Server::tcp_nodelay: without it on the accepted
+            // sockets, every small answer waits for the client's delayed ACK (~40 ms).
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(self.listener).with_nodelay(Some(true)),
+                async {
+                    let _ = stopped.await;
+                },
+            );
         tracing::info!(addr = %self.local_addr, backend = ?self.store.backend(), "serving gRPC");
         let mut server = tokio::spawn(server);
 
@@ -195,11 +199,15 @@ impl Application {
     }
 }
 
-/// Every few minutes, deletes the stored responses of retried requests past their retention.
-async fn purge_expired_responses(store: Store) {
+/// Every few minutes: refreshes SQLite's planner statistics, and deletes the stored responses
+/// of retried requests past their retention.
+async fn housekeeping(store: Store) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(300));
     loop {
         every.tick().await;
+        if let Err(error) = store.optimize().await {
+            tracing::debug!(%error, "planner statistics not refreshed");
+        }
         match store
             .purge_expired_responses(crate::domain::Timestamp::now())
             .await

@@ -75,8 +75,8 @@ impl Etag {
             .chain_update(id.as_uuid().as_bytes())
             .chain_update(version.get().to_be_bytes())
             .finalize();
-        let tag: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-        Self(format!("W/\"{}.{tag}\"", version.get()))
+        let tag = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+        Self(format!("W/\"{}.{tag:08x}\"", version.get()))
     }
 
     /// The version this string is the etag of, for this invitation; `None` when the string

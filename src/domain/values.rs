@@ -191,6 +191,20 @@ impl Scope {
         })
     }
 
+    /// Rebuilds a scope that was validated (and made canonical) before it was stored,
+    /// keeping its string: reading a page must not re-parse every row.
+    pub fn from_stored(name: String) -> Result<Self, ValueError> {
+        let id = name
+            .strip_prefix("enterprises/")
+            .and_then(|rest| rest.get(..36))
+            .ok_or(ValueError::Malformed("a stored scope"))?;
+        let enterprise = parse_uuid(id).map_err(|_| ValueError::Malformed("a stored scope"))?;
+        Ok(Self {
+            enterprise: EnterpriseId(enterprise),
+            name,
+        })
+    }
+
     /// The whole enterprise.
     pub fn enterprise_root(enterprise: EnterpriseId) -> Self {
         Self {
@@ -429,5 +443,22 @@ mod properties {
             let enterprise = EnterpriseId::from_uuid(Uuid::from_u128(id));
             prop_assert_eq!(EnterpriseId::parse_ref(&enterprise.to_string()), Ok(enterprise));
         }
+    }
+}
+
+#[cfg(test)]
+mod stored {
+    use super::*;
+
+    #[test]
+    fn a_stored_scope_keeps_its_name_and_enterprise() {
+        let parsed =
+            Scope::parse("enterprises/0196a2c4-8f3e-7a10-9b1c-2d3e4f5a6b7c/teams/t-1").unwrap();
+        assert_eq!(
+            Scope::from_stored(parsed.as_str().to_owned()),
+            Ok(parsed.clone())
+        );
+        assert!(Scope::from_stored("teams/x".into()).is_err());
+        assert!(Scope::from_stored("enterprises/short".into()).is_err());
     }
 }
