@@ -40,6 +40,16 @@ pub async fn supervise(store: Store, reporter: HealthReporter, settings: HealthS
         tracing::warn!(%error, "database not ready: migrations not applied yet; retrying");
         tokio::time::sleep(settings.interval).await;
     }
+    // Planner statistics right after the schema is there, off the readiness path: ANALYZE
+    // may have to wait for SQLite's write lock.
+    tokio::spawn({
+        let store = store.clone();
+        async move {
+            if let Err(error) = store.optimize().await {
+                tracing::debug!(%error, "planner statistics not gathered");
+            }
+        }
+    });
     let mut serving = false;
     let (mut failures, mut successes) = (0u32, 0u32);
     loop {

@@ -290,7 +290,6 @@ impl Store {
     /// Applies every pending migration; the store serves requests only after this.
     pub async fn migrate(&self) -> Result<(), DbErr> {
         Migrator::up(&self.db, None).await?;
-        self.optimize().await?;
         self.state.migrated.store(true, Ordering::Release);
         Ok(())
     }
@@ -299,6 +298,7 @@ impl Store {
     /// List filtered by e-mail and scope walks the wrong index (189 ms instead of 0.1 ms on
     /// a 1M-row enterprise, BENCHMARKS.md). `PRAGMA optimize` analyzes only the tables that
     /// need it, so it is cheap to repeat. PostgreSQL's autovacuum does this by itself.
+    /// It may wait for the write lock, so nothing that readiness depends on awaits it.
     pub async fn optimize(&self) -> Result<(), DbErr> {
         if self.db.get_database_backend() == DbBackend::Sqlite {
             self.db

@@ -159,6 +159,13 @@ async fn overload_is_shed_fast_and_health_is_never_shed() {
         config.sqlite_busy_timeout_ms = 10_000;
     })
     .await;
+    await_health(
+        app.addr,
+        "invitations.v1.InvitationService",
+        ServingStatus::Serving,
+        Duration::from_secs(10),
+    )
+    .await;
     let invitation = app.insert(Fixture::pending("slow@acme.example")).await;
     // Hold the write lock from a second connection to the same file.
     let blocker = Database::connect(app.settings.store.url.as_str())
