@@ -1078,10 +1078,7 @@ impl Noop {
         let now = Timestamp::now();
         let items: Vec<pb::Invitation> = (0..1000)
             .map(|i| {
-                invitations::grpc::wire_invitation(
-                    &seeded_invitation(Layout::Single, i, clock),
-                    now,
-                )
+                invitations::grpc::wire_invitation(seeded_invitation(Layout::Single, i, clock), now)
             })
             .collect();
         // A freshly cancelled pool row, as the real cancel returns it.
@@ -1093,7 +1090,7 @@ impl Noop {
         pool_row.cancelled_by = Some(pool_row.invited_by);
         pool_row.updated_at = now;
         pool_row.version = Version::FIRST.next();
-        let cancelled = invitations::grpc::wire_invitation(&pool_row, now);
+        let cancelled = invitations::grpc::wire_invitation(pool_row, now);
         Self {
             items: Arc::new(items),
             cancelled: Arc::new(cancelled),

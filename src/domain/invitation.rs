@@ -75,8 +75,18 @@ impl Etag {
             .chain_update(id.as_uuid().as_bytes())
             .chain_update(version.get().to_be_bytes())
             .finalize();
-        let tag = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
-        Self(format!("W/\"{}.{tag:08x}\"", version.get()))
+        // Written by hand rather than with `format!`: every item of every page has one.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut etag = String::with_capacity(36);
+        etag.push_str("W/\"");
+        push_decimal(&mut etag, version.get());
+        etag.push('.');
+        for byte in &digest[..4] {
+            etag.push(char::from(HEX[usize::from(byte >> 4)]));
+            etag.push(char::from(HEX[usize::from(byte & 0x0f)]));
+        }
+        etag.push('"');
+        Self(etag)
     }
 
     /// The version this string is the etag of, for this invitation; `None` when the string
@@ -90,6 +100,32 @@ impl Etag {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// Appends `value` in decimal, as `Display` writes it.
+fn push_decimal(out: &mut String, value: i64) {
+    if value < 0 {
+        out.push('-');
+    }
+    let mut digits = [0u8; 20];
+    let mut rest = value.unsigned_abs();
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        // `rest % 10` is below 10, so the cast keeps it whole.
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    for &digit in &digits[start..] {
+        out.push(char::from(digit));
     }
 }
 
@@ -168,6 +204,22 @@ impl Invitation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn etag_is_the_version_and_the_first_four_digest_bytes() {
+        let id = InvitationId::generate();
+        for version in [0, 1, 9, 10, 12_345, i64::MAX, -3, i64::MIN] {
+            let digest = Sha256::new()
+                .chain_update(id.as_uuid().as_bytes())
+                .chain_update(version.to_be_bytes())
+                .finalize();
+            let tag = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+            assert_eq!(
+                Etag::of(id, Version::from_stored(version)).as_str(),
+                format!("W/\"{version}.{tag:08x}\"")
+            );
+        }
+    }
 
     #[test]
     fn etag_matches_only_its_own_invitation_and_version() {

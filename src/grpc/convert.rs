@@ -113,30 +113,30 @@ fn domain_timestamp(at: &WireTimestamp) -> Result<Timestamp, ValueError> {
         .ok_or(ValueError::Malformed(SHAPE))
 }
 
-/// The invitation as a caller sees it at `now`.
-pub fn wire_invitation(invitation: &Invitation, now: Timestamp) -> pb::Invitation {
+/// The invitation as a caller sees it at `now`. It takes the invitation by value so its
+/// strings move into the message instead of being copied: a page builds 50 of these.
+pub fn wire_invitation(invitation: Invitation, now: Timestamp) -> pb::Invitation {
+    let status = wire_status(invitation.status_at(now)) as i32;
+    let etag = invitation.etag().into_string();
     pb::Invitation {
-        id: invitation.id.to_string(),
-        enterprise_ref: invitation.enterprise.to_string(),
-        scope: invitation.scope.as_str().to_owned(),
-        email_constraint: invitation.email.as_str().to_owned(),
-        role: invitation.role.to_string(),
-        status: wire_status(invitation.status_at(now)) as i32,
-        invited_by: invitation.invited_by.to_string(),
-        pending_human_actor_ref: invitation.pending_human_actor.map(|u| u.to_string()),
-        challenge_ref: invitation.challenge_ref.clone(),
+        id: invitation.id.to_canonical(),
+        enterprise_ref: invitation.enterprise.resource_name(),
+        scope: invitation.scope.into_string(),
+        email_constraint: invitation.email.into_string(),
+        role: invitation.role.resource_name(),
+        status,
+        invited_by: invitation.invited_by.resource_name(),
+        pending_human_actor_ref: invitation.pending_human_actor.map(|u| u.resource_name()),
+        challenge_ref: invitation.challenge_ref,
         created_at: Some(wire_timestamp(invitation.created_at)),
         updated_at: Some(wire_timestamp(invitation.updated_at)),
         expires_at: Some(wire_timestamp(invitation.expires_at)),
         accepted_at: invitation.accepted_at.map(wire_timestamp),
         cancelled_at: invitation.cancelled_at.map(wire_timestamp),
-        etag: invitation.etag().as_str().to_owned(),
-        cancel_reason: invitation
-            .cancel_reason
-            .as_ref()
-            .map(|r| r.as_str().to_owned()),
-        cancelled_by: invitation.cancelled_by.map(|u| u.to_string()),
-        accepted_by: invitation.accepted_by.map(|u| u.to_string()),
+        etag,
+        cancel_reason: invitation.cancel_reason.map(CancelReason::into_string),
+        cancelled_by: invitation.cancelled_by.map(|u| u.resource_name()),
+        accepted_by: invitation.accepted_by.map(|u| u.resource_name()),
     }
 }
 

@@ -52,11 +52,12 @@ impl InvitationRpc for InvitationApi {
                 let admin = enterprise_admin(&request)?;
                 let query = convert::list_query(admin, request.into_inner())?;
                 let page = self.service.list(query).await?;
+                let evaluated_at = page.evaluated_at;
                 Ok(pb::ListInvitationsResponse {
                     items: page
                         .items
-                        .iter()
-                        .map(|i| wire_invitation(i, page.evaluated_at))
+                        .into_iter()
+                        .map(|i| wire_invitation(i, evaluated_at))
                         .collect(),
                     next_page_token: page.next_page_token.unwrap_or_default(),
                 })
@@ -74,7 +75,7 @@ impl InvitationRpc for InvitationApi {
                 let admin = enterprise_admin(&request)?;
                 let id = convert::invitation_id(&request.get_ref().invitation_id)?;
                 let invitation = self.service.get(admin.enterprise, id).await?;
-                Ok(wire_invitation(&invitation, Timestamp::now()))
+                Ok(wire_invitation(invitation, Timestamp::now()))
             }
             .await,
         )
@@ -89,7 +90,7 @@ impl InvitationRpc for InvitationApi {
                 let admin = enterprise_admin(&request)?;
                 let command = convert::create_command(admin, request.into_inner())?;
                 let invitation = self.service.create(command).await?;
-                Ok(wire_invitation(&invitation, Timestamp::now()))
+                Ok(wire_invitation(invitation, Timestamp::now()))
             }
             .await,
         )
@@ -105,7 +106,7 @@ impl InvitationRpc for InvitationApi {
                 let (metadata, _, message) = request.into_parts();
                 let command = convert::cancel_command(admin, &metadata, message)?;
                 let invitation = self.service.cancel(command).await?;
-                Ok(wire_invitation(&invitation, Timestamp::now()))
+                Ok(wire_invitation(invitation, Timestamp::now()))
             }
             .await,
         )
@@ -122,7 +123,7 @@ impl InvitationRpc for InvitationApi {
                 let command = convert::issue_token_command(admin, &metadata, message)?;
                 let (invitation, token) = self.service.issue_token(command).await?;
                 Ok(pb::IssueInvitationTokenResponse {
-                    invitation: Some(wire_invitation(&invitation, Timestamp::now())),
+                    invitation: Some(wire_invitation(invitation, Timestamp::now())),
                     token: token.reveal().to_owned(),
                 })
             }
@@ -144,7 +145,7 @@ impl InvitationRpc for InvitationApi {
                 let command =
                     convert::accept_command(caller.subject, email, &request.get_ref().token)?;
                 let invitation = self.service.accept(command).await?;
-                Ok(wire_invitation(&invitation, Timestamp::now()))
+                Ok(wire_invitation(invitation, Timestamp::now()))
             }
             .await,
         )
