@@ -973,9 +973,11 @@ async fn sqlite_pool(path: &Path, connections: u32) -> sqlx::SqlitePool {
     use sqlx::sqlite::{
         SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
     };
-    // The service's options (src/store/mod.rs): WAL, synchronous NORMAL, busy timeout.
+    // The service's options (src/store/mod.rs): WAL, synchronous NORMAL, busy timeout, the
+    // row channel.
     let options = SqliteConnectOptions::new()
         .filename(path)
+        .row_buffer_size(invitations::store::SQLITE_ROW_CHANNEL)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(5))

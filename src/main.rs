@@ -5,11 +5,6 @@ use invitations::config::{Cli, Command};
 use invitations::startup::Application;
 use invitations::{dev, telemetry};
 
-/// mimalloc instead of glibc's allocator: a List page makes and frees a few thousand small
-/// strings, and glibc's malloc/free were about 15 % of its CPU (BENCHMARKS.md, "Profile").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

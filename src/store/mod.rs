@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use invitations_migrations::{Migrator, MigratorTrait};
 use sea_orm::sea_query::Values;
-use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
 use sea_orm::sqlx::postgres::PgConnectOptions;
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database,
     DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    QueryTrait, RuntimeErr, Select, SqlErr, TransactionTrait,
+    QueryTrait, RuntimeErr, Select, SqlErr, Statement, TransactionTrait, UpdateMany,
 };
 use sea_query_sqlx::SqlxValues;
 use uuid::Uuid;
@@ -30,6 +30,10 @@ use crate::domain::{
 };
 use crate::error::Error;
 use entity::{ActiveModel, Column, Entity, Model};
+
+/// Rows a SQLite connection may hand over before the reader takes them: a whole page of
+/// the largest size, plus the row that tells whether another page follows.
+pub const SQLITE_ROW_CHANNEL: usize = 1024;
 
 /// How to reach the database.
 #[derive(Debug, Clone)]
@@ -312,8 +316,49 @@ fn model_into_domain(row: &Model) -> Result<Invitation, Error> {
     into_domain(StoredRow::of_model(row))
 }
 
-fn decode_failure(error: sea_orm::sqlx::Error) -> Error {
+fn sqlx_failure(error: sea_orm::sqlx::Error) -> Error {
     classify(DbErr::Query(RuntimeErr::SqlxError(Arc::new(error))))
+}
+
+/// `update` with `RETURNING` [`READ_COLUMNS`], for [`fetch_invitations`].
+fn returning_read_columns(update: UpdateMany<Entity>, backend: DbBackend) -> Statement {
+    let mut query = update.into_query();
+    query.returning(Query::returning().columns(READ_COLUMNS));
+    backend.build(&query)
+}
+
+/// Runs a statement that SeaORM built, on SeaORM's pool, and maps the rows by position.
+/// SeaORM's own model mapping looks every column up by name and formats an error message
+/// for each NULL it meets (a row has up to eight): with the copies it makes, that was about
+/// a fifth of a List's CPU (BENCHMARKS.md, "Profile").
+async fn fetch_invitations(
+    db: &DatabaseConnection,
+    statement: Statement,
+) -> Result<Vec<Invitation>, Error> {
+    use sea_orm::sqlx::{AssertSqlSafe, query_with};
+    let sql = AssertSqlSafe(statement.sql);
+    let values = SqlxValues(statement.values.unwrap_or(Values(Vec::new())));
+    match db.get_database_backend() {
+        DbBackend::Postgres => {
+            let rows = query_with(sql, values)
+                .fetch_all(db.get_postgres_connection_pool())
+                .await
+                .map_err(sqlx_failure)?;
+            rows.iter()
+                .map(|row| into_domain(StoredRow::of_sqlx(row).map_err(sqlx_failure)?))
+                .collect()
+        }
+        DbBackend::Sqlite => {
+            let rows = query_with(sql, values)
+                .fetch_all(db.get_sqlite_connection_pool())
+                .await
+                .map_err(sqlx_failure)?;
+            rows.iter()
+                .map(|row| into_domain(StoredRow::of_sqlx(row).map_err(sqlx_failure)?))
+                .collect()
+        }
+        other => Err(Error::Internal(format!("no store for {other:?}"))),
+    }
 }
 
 fn into_active_model(invitation: &Invitation) -> ActiveModel {
@@ -391,6 +436,11 @@ impl Store {
             .connect_lazy(true)
             .map_sqlx_sqlite_opts(move |o: SqliteConnectOptions| {
                 o.create_if_missing(true)
+                    // sqlx runs each SQLite connection on a thread that hands rows over a
+                    // bounded channel (50 by default). A page is up to 1 001 rows; with room
+                    // for all of them the thread finishes the statement without waiting
+                    // for the reader row by row.
+                    .row_buffer_size(SQLITE_ROW_CHANNEL)
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(busy)
@@ -503,38 +553,25 @@ impl Store {
         .await
     }
 
-    /// Runs a read that SeaORM builds, on SeaORM's pool, and maps the rows by position.
-    /// SeaORM's own model mapping looks every column up by name and formats an error message
-    /// for each NULL it meets (a row has up to eight), which with the copies it makes was
-    /// about a fifth of a List's CPU (BENCHMARKS.md, "Profile").
+    /// A read that SeaORM builds, selecting [`READ_COLUMNS`].
     async fn read(&self, select: Select<Entity>) -> Result<Vec<Invitation>, Error> {
-        use sea_orm::sqlx::{AssertSqlSafe, query_with};
         let db = self.usable()?;
-        let backend = db.get_database_backend();
-        let statement = select.select_only().columns(READ_COLUMNS).build(backend);
-        let sql = AssertSqlSafe(statement.sql);
-        let values = SqlxValues(statement.values.unwrap_or(Values(Vec::new())));
-        match backend {
-            DbBackend::Postgres => {
-                let rows = query_with(sql, values)
-                    .fetch_all(db.get_postgres_connection_pool())
-                    .await
-                    .map_err(decode_failure)?;
-                rows.iter()
-                    .map(|row| into_domain(StoredRow::of_sqlx(row).map_err(decode_failure)?))
-                    .collect()
-            }
-            DbBackend::Sqlite => {
-                let rows = query_with(sql, values)
-                    .fetch_all(db.get_sqlite_connection_pool())
-                    .await
-                    .map_err(decode_failure)?;
-                rows.iter()
-                    .map(|row| into_domain(StoredRow::of_sqlx(row).map_err(decode_failure)?))
-                    .collect()
-            }
-            other => Err(Error::Internal(format!("no store for {other:?}"))),
-        }
+        let statement = select
+            .select_only()
+            .columns(READ_COLUMNS)
+            .build(db.get_database_backend());
+        fetch_invitations(db, statement).await
+    }
+
+    /// A conditional write that SeaORM builds, returning [`READ_COLUMNS`] of the row it
+    /// changed; `None` when it matched no row.
+    async fn update_returning(
+        &self,
+        update: UpdateMany<Entity>,
+    ) -> Result<Option<Invitation>, Error> {
+        let db = self.usable()?;
+        let statement = returning_read_columns(update, db.get_database_backend());
+        Ok(fetch_invitations(db, statement).await?.into_iter().next())
     }
 
     pub async fn get(
@@ -646,14 +683,13 @@ impl Store {
             .filter(Column::EnterpriseId.eq(enterprise.as_uuid()))
             .filter(Column::Version.eq(expected.get()))
             .filter(effective_status_is(InvitationStatus::Pending, now));
-        let db = self.usable()?;
         let Some(key) = key else {
-            let rows = update.exec_with_returning(db).await.map_err(classify)?;
-            return match rows.into_iter().next() {
-                Some(row) => Ok(CancelOutcome::Cancelled(Box::new(model_into_domain(&row)?))),
-                None => Ok(CancelOutcome::NoMatch),
-            };
+            return Ok(match self.update_returning(update).await? {
+                Some(invitation) => CancelOutcome::Cancelled(Box::new(invitation)),
+                None => CancelOutcome::NoMatch,
+            });
         };
+        let db = self.usable()?;
         // The write first, so a SQLite transaction takes the write lock at once.
         let txn = db.begin().await.map_err(classify)?;
         let Some(row) = update
@@ -741,11 +777,7 @@ impl Store {
         if let Some(expected) = expected {
             update = update.filter(Column::Version.eq(expected.get()));
         }
-        let rows = update
-            .exec_with_returning(self.usable()?)
-            .await
-            .map_err(classify)?;
-        rows.first().map(model_into_domain).transpose()
+        self.update_returning(update).await
     }
 
     /// The accept: one conditional write on (link, effective pending, e-mail). The link
@@ -757,7 +789,7 @@ impl Store {
         invitee: UserRef,
         now: Timestamp,
     ) -> Result<Option<Invitation>, Error> {
-        let rows = Entity::update_many()
+        let update = Entity::update_many()
             .col_expr(
                 Column::Status,
                 Expr::value(InvitationStatus::Accepted.as_str()),
@@ -768,11 +800,8 @@ impl Store {
             .col_expr(Column::Version, Expr::col(Column::Version).add(1))
             .filter(Column::LinkTokenHash.eq(link.0.to_vec()))
             .filter(Column::EmailNormalized.eq(invitee_email.normalized()))
-            .filter(effective_status_is(InvitationStatus::Pending, now))
-            .exec_with_returning(self.usable()?)
-            .await
-            .map_err(classify)?;
-        rows.first().map(model_into_domain).transpose()
+            .filter(effective_status_is(InvitationStatus::Pending, now));
+        self.update_returning(update).await
     }
 
     /// The invitation whose current link this is, whatever its enterprise: the token itself
