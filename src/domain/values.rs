@@ -103,6 +103,10 @@ impl RequestId {
 pub struct EnterpriseId(Uuid);
 
 impl EnterpriseId {
+    /// `enterprises/{uuid}`, as `to_string` writes it but without the formatting machinery.
+    pub fn resource_name(&self) -> String {
+        resource_name("enterprises", self.0)
+    }
     pub fn parse_ref(raw: &str) -> Result<Self, ValueError> {
         parse_ref(raw, "enterprises", "must be enterprises/{uuid}").map(Self)
     }
@@ -114,16 +118,11 @@ impl EnterpriseId {
     }
 }
 
-impl EnterpriseId {
-    /// `enterprises/{uuid}`, as `to_string` writes it but cheaper.
-    pub fn resource_name(&self) -> String {
-        resource_name("enterprises", self.0)
-    }
-}
-
 impl fmt::Display for EnterpriseId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.resource_name())
+        let mut buffer = Uuid::encode_buffer();
+        f.write_str("enterprises/")?;
+        f.write_str(self.0.hyphenated().encode_lower(&mut buffer))
     }
 }
 
@@ -132,6 +131,10 @@ impl fmt::Display for EnterpriseId {
 pub struct UserRef(Uuid);
 
 impl UserRef {
+    /// `users/{uuid}`, as `to_string` writes it but without the formatting machinery.
+    pub fn resource_name(&self) -> String {
+        resource_name("users", self.0)
+    }
     pub fn parse(raw: &str) -> Result<Self, ValueError> {
         parse_ref(raw, "users", "must be users/{uuid}").map(Self)
     }
@@ -143,16 +146,11 @@ impl UserRef {
     }
 }
 
-impl UserRef {
-    /// `users/{uuid}`, as `to_string` writes it but cheaper.
-    pub fn resource_name(&self) -> String {
-        resource_name("users", self.0)
-    }
-}
-
 impl fmt::Display for UserRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.resource_name())
+        let mut buffer = Uuid::encode_buffer();
+        f.write_str("users/")?;
+        f.write_str(self.0.hyphenated().encode_lower(&mut buffer))
     }
 }
 
@@ -161,6 +159,10 @@ impl fmt::Display for UserRef {
 pub struct RoleRef(Uuid);
 
 impl RoleRef {
+    /// `roles/{uuid}`, as `to_string` writes it but without the formatting machinery.
+    pub fn resource_name(&self) -> String {
+        resource_name("roles", self.0)
+    }
     pub fn parse(raw: &str) -> Result<Self, ValueError> {
         parse_ref(raw, "roles", "must be roles/{uuid}").map(Self)
     }
@@ -169,16 +171,11 @@ impl RoleRef {
     }
 }
 
-impl RoleRef {
-    /// `roles/{uuid}`, as `to_string` writes it but cheaper.
-    pub fn resource_name(&self) -> String {
-        resource_name("roles", self.0)
-    }
-}
-
 impl fmt::Display for RoleRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.resource_name())
+        let mut buffer = Uuid::encode_buffer();
+        f.write_str("roles/")?;
+        f.write_str(self.0.hyphenated().encode_lower(&mut buffer))
     }
 }
 

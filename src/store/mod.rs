@@ -228,9 +228,9 @@ impl<'a> StoredRow<'a> {
     where
         R: sea_orm::sqlx::Row,
         usize: sea_orm::sqlx::ColumnIndex<R>,
-        Uuid: sea_orm::sqlx::Decode<'a, R::Database> + sea_orm::sqlx::Type<R::Database>,
-        &'a str: sea_orm::sqlx::Decode<'a, R::Database> + sea_orm::sqlx::Type<R::Database>,
-        i64: sea_orm::sqlx::Decode<'a, R::Database> + sea_orm::sqlx::Type<R::Database>,
+        Uuid: sea_orm::sqlx::Decode<'a, R::Database>,
+        &'a str: sea_orm::sqlx::Decode<'a, R::Database>,
+        i64: sea_orm::sqlx::Decode<'a, R::Database>,
     {
         Ok(Self {
             id: row.try_get_unchecked(0)?,
@@ -320,13 +320,6 @@ fn sqlx_failure(error: sea_orm::sqlx::Error) -> Error {
     classify(DbErr::Query(RuntimeErr::SqlxError(Arc::new(error))))
 }
 
-/// `update` with `RETURNING` [`READ_COLUMNS`], for [`fetch_invitations`].
-fn returning_read_columns(update: UpdateMany<Entity>, backend: DbBackend) -> Statement {
-    let mut query = update.into_query();
-    query.returning(Query::returning().columns(READ_COLUMNS));
-    backend.build(&query)
-}
-
 /// Runs a statement that SeaORM built, on SeaORM's pool, and maps the rows by position.
 /// SeaORM's own model mapping looks every column up by name and formats an error message
 /// for each NULL it meets (a row has up to eight): with the copies it makes, that was about
@@ -339,26 +332,33 @@ async fn fetch_invitations(
     let sql = AssertSqlSafe(statement.sql);
     let values = SqlxValues(statement.values.unwrap_or(Values(Vec::new())));
     match db.get_database_backend() {
-        DbBackend::Postgres => {
-            let rows = query_with(sql, values)
+        DbBackend::Postgres => decode_invitations(
+            &query_with(sql, values)
                 .fetch_all(db.get_postgres_connection_pool())
                 .await
-                .map_err(sqlx_failure)?;
-            rows.iter()
-                .map(|row| into_domain(StoredRow::of_sqlx(row).map_err(sqlx_failure)?))
-                .collect()
-        }
-        DbBackend::Sqlite => {
-            let rows = query_with(sql, values)
+                .map_err(sqlx_failure)?,
+        ),
+        DbBackend::Sqlite => decode_invitations(
+            &query_with(sql, values)
                 .fetch_all(db.get_sqlite_connection_pool())
                 .await
-                .map_err(sqlx_failure)?;
-            rows.iter()
-                .map(|row| into_domain(StoredRow::of_sqlx(row).map_err(sqlx_failure)?))
-                .collect()
-        }
+                .map_err(sqlx_failure)?,
+        ),
         other => Err(Error::Internal(format!("no store for {other:?}"))),
     }
+}
+
+fn decode_invitations<'a, R>(rows: &'a [R]) -> Result<Vec<Invitation>, Error>
+where
+    R: sea_orm::sqlx::Row,
+    usize: sea_orm::sqlx::ColumnIndex<R>,
+    Uuid: sea_orm::sqlx::Decode<'a, R::Database>,
+    &'a str: sea_orm::sqlx::Decode<'a, R::Database>,
+    i64: sea_orm::sqlx::Decode<'a, R::Database>,
+{
+    rows.iter()
+        .map(|row| into_domain(StoredRow::of_sqlx(row).map_err(sqlx_failure)?))
+        .collect()
 }
 
 fn into_active_model(invitation: &Invitation) -> ActiveModel {
@@ -570,7 +570,9 @@ impl Store {
         update: UpdateMany<Entity>,
     ) -> Result<Option<Invitation>, Error> {
         let db = self.usable()?;
-        let statement = returning_read_columns(update, db.get_database_backend());
+        let mut query = update.into_query();
+        query.returning(Query::returning().columns(READ_COLUMNS));
+        let statement = db.get_database_backend().build(&query);
         Ok(fetch_invitations(db, statement).await?.into_iter().next())
     }
 
@@ -905,6 +907,18 @@ mod tests {
         DbErr::Exec(RuntimeErr::SqlxError(Arc::new(
             sea_orm::sqlx::Error::Database(Box::new(Sqlstate(code))),
         )))
+    }
+
+    #[test]
+    fn reads_select_every_column_but_the_link_hash_in_declaration_order() {
+        use sea_orm::{Iden, Iterable};
+        // StoredRow::of_sqlx reads by position in the entity's declaration order.
+        let declared: Vec<String> = Column::iter()
+            .filter(|c| !matches!(c, Column::LinkTokenHash))
+            .map(|c| c.to_string())
+            .collect();
+        let read: Vec<String> = READ_COLUMNS.iter().map(|c| c.to_string()).collect();
+        assert_eq!(read, declared);
     }
 
     #[test]
