@@ -86,6 +86,10 @@ const COLUMNS: [&str; 20] = [
     "link_token_hash",
 ];
 
+/// What the service's reads select and its writes return (`READ_COLUMNS` in
+/// `src/store/mod.rs`): every column but the link hash, which never leaves the table.
+const READ_COLUMNS: &[&str] = COLUMNS.split_last().expect("columns").1;
+
 // ------------------------------------------------------------------------------------------
 // Command line
 // ------------------------------------------------------------------------------------------
@@ -554,7 +558,7 @@ fn seed_sql(
 // ------------------------------------------------------------------------------------------
 
 fn select_list() -> String {
-    COLUMNS
+    READ_COLUMNS
         .iter()
         .map(|c| format!("\"invitations\".\"{c}\""))
         .collect::<Vec<_>>()
@@ -593,7 +597,7 @@ fn cancel_sql(p: impl Fn(usize) -> String) -> String {
         p(10),
         p(11),
         p(12),
-        COLUMNS
+        READ_COLUMNS
             .iter()
             .map(|c| format!("\"{c}\""))
             .collect::<Vec<_>>()
@@ -990,35 +994,107 @@ async fn sqlite_pool(path: &Path, connections: u32) -> sqlx::SqlitePool {
         .expect("open the SQLite file")
 }
 
+/// The SQLite read path at its cheapest: rusqlite connections with the service's reader
+/// settings (`src/store/sqlite_reader.rs`), one blocking task per page, every value of every
+/// row touched in place, the statement prepared once per connection.
+struct SqliteDirectReaders {
+    idle: std::sync::Mutex<Vec<rusqlite::Connection>>,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl SqliteDirectReaders {
+    /// As many connections as the service's readers at this concurrency: at most 8.
+    fn open(path: &Path, conc: usize) -> Arc<Self> {
+        let connections = conc.clamp(1, 8);
+        let idle = (0..connections)
+            .map(|_| {
+                let connection = rusqlite::Connection::open_with_flags(
+                    path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .expect("open the SQLite file");
+                connection
+                    .busy_timeout(Duration::from_secs(5))
+                    .expect("busy timeout");
+                connection
+                    .pragma_update(None, "query_only", true)
+                    .expect("query_only");
+                connection
+                    .set_db_config(
+                        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+                        true,
+                    )
+                    .expect("QPSG");
+                connection
+            })
+            .collect();
+        Arc::new(Self {
+            idle: std::sync::Mutex::new(idle),
+            permits: Arc::new(tokio::sync::Semaphore::new(connections)),
+        })
+    }
+}
+
 async fn sqlite_list(
-    pool: sqlx::SqlitePool,
+    path: &Path,
     enterprises: u64,
     cursor: Option<(i64, Uuid)>,
     conc: usize,
     span: Span,
 ) -> Sample {
+    let readers = SqliteDirectReaders::open(path, conc);
     let sql: Arc<str> = if cursor.is_some() {
         list_sql("?", Some(("?", "?")), "?").into()
     } else {
         list_sql("?", None, "?").into()
     };
     closed_loop(conc, span, move |index, _| {
-        let pool = pool.clone();
+        let readers = readers.clone();
         let sql = sql.clone();
         async move {
-            let ent = enterprise_uuid(splitmix(index as u64) % enterprises);
-            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(ent);
-            if let Some((c, id)) = cursor {
-                query = query.bind(c).bind(id);
-            }
-            query
-                .bind((PAGE_SIZE + 1) as i64)
-                .fetch_all(&pool)
+            let permit = readers
+                .permits
+                .clone()
+                .acquire_owned()
                 .await
-                .map(|rows| {
-                    std::hint::black_box(rows.len());
+                .map_err(|e| e.to_string())?;
+            let ent = enterprise_uuid(splitmix(index as u64) % enterprises);
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                let connection = readers
+                    .idle
+                    .lock()
+                    .expect("readers")
+                    .pop()
+                    .expect("a reader per permit");
+                let page = (|| {
+                    let mut statement = connection.prepare_cached(&sql)?;
+                    let mut params: Vec<rusqlite::types::Value> =
+                        vec![rusqlite::types::Value::Blob(ent.as_bytes().to_vec())];
+                    if let Some((c, id)) = cursor {
+                        params.push(rusqlite::types::Value::Integer(c));
+                        params.push(rusqlite::types::Value::Blob(id.as_bytes().to_vec()));
+                    }
+                    params.push(rusqlite::types::Value::Integer((PAGE_SIZE + 1) as i64));
+                    let mut rows = statement.query(rusqlite::params_from_iter(params))?;
+                    let mut count = 0usize;
+                    while let Some(row) = rows.next()? {
+                        for column in 0..READ_COLUMNS.len() {
+                            std::hint::black_box(row.get_ref(column)?);
+                        }
+                        count += 1;
+                    }
+                    Ok::<_, rusqlite::Error>(count)
+                })();
+                readers.idle.lock().expect("readers").push(connection);
+                page.map(|rows| {
+                    std::hint::black_box(rows);
                 })
                 .map_err(|e| format!("SQL: {e}"))
+            })
+            .await
+            .map_err(|e| e.to_string())?
         }
     })
     .await
@@ -1750,22 +1826,15 @@ impl Ctx<'_> {
                     }
                 }
                 StoreKind::Sqlite => {
-                    let pool = sqlite_pool(
-                        self.db.sqlite_path.as_ref().expect("path"),
-                        conc.min(16) as u32,
-                    )
-                    .await;
                     let cursor = deep.map(|(_, c, i)| (*c, mk_uuid(ID_PREFIX, *i)));
-                    let s = sqlite_list(
-                        pool.clone(),
+                    sqlite_list(
+                        self.db.sqlite_path.as_ref().expect("path"),
                         self.layout.enterprises(),
                         cursor,
                         conc,
                         self.timed(),
                     )
-                    .await;
-                    pool.close().await;
-                    s
+                    .await
                 }
             },
         };

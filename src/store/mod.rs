@@ -4,7 +4,9 @@
 //! (or `RETURNING` rows) decide the outcome, so no read-then-write race exists on either
 //! store. Authorization is part of every query: each one is filtered by enterprise.
 mod entity;
+mod hot_connections;
 mod idempotency;
+mod sqlite_reader;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +32,8 @@ use crate::domain::{
 };
 use crate::error::Error;
 use entity::{ActiveModel, Column, Entity, Model};
+use hot_connections::{HotConnection, HotConnections};
+use sqlite_reader::SqliteReaders;
 
 /// Rows a SQLite connection may hand over before the reader takes them: a whole page of
 /// the largest size, plus the row that tells whether another page follows.
@@ -108,6 +112,11 @@ pub enum InsertOutcome {
 #[derive(Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    /// On a SQLite file, the connections reads go through (see `sqlite_reader`).
+    sqlite_readers: Option<Arc<SqliteReaders>>,
+    /// On PostgreSQL, the connections reads and single-statement writes keep between
+    /// requests (see `hot_connections`).
+    hot_connections: Option<Arc<HotConnections>>,
     state: Arc<StoreState>,
 }
 
@@ -348,6 +357,50 @@ async fn fetch_invitations(
     }
 }
 
+/// A read on PostgreSQL, on a connection an earlier request kept (see `hot_connections`).
+async fn read_postgres(
+    hot: &HotConnections,
+    pool: &sea_orm::sqlx::PgPool,
+    statement: Statement,
+) -> Result<Vec<Invitation>, Error> {
+    let Some(kept) = hot.take() else {
+        let connection = HotConnection::acquire(pool).await.map_err(sqlx_failure)?;
+        return run_and_keep(hot, connection, statement).await;
+    };
+    match run_and_keep(hot, kept, statement.clone()).await {
+        // The server may have closed a kept connection while it sat idle (a restart, an
+        // idle timeout). A read is safe to repeat: once, on a connection from the pool.
+        // What closed it most likely closed the others too, kept or pooled: drop the kept
+        // ones, and read on the first pooled connection that answers a ping.
+        Err(Error::DatabaseUnavailable(cause)) => {
+            tracing::debug!(%cause, "a kept connection failed; reading again");
+            hot.release_all();
+            let connection = HotConnection::acquire_live(pool).await?;
+            run_and_keep(hot, connection, statement).await
+        }
+        other => other,
+    }
+}
+
+/// Runs one statement that returns [`READ_COLUMNS`] and keeps the connection if it ran to
+/// its end.
+async fn run_and_keep(
+    hot: &HotConnections,
+    mut connection: HotConnection,
+    statement: Statement,
+) -> Result<Vec<Invitation>, Error> {
+    use sea_orm::sqlx::{AssertSqlSafe, query_with};
+    let sql = AssertSqlSafe(statement.sql);
+    let values = SqlxValues(statement.values.unwrap_or(Values(Vec::new())));
+    // On failure the connection is dropped, back into the pool, whose ping resets it.
+    let rows = query_with(sql, values)
+        .fetch_all(&mut *connection.connection)
+        .await
+        .map_err(sqlx_failure)?;
+    hot.keep(connection);
+    decode_invitations(&rows)
+}
+
 fn decode_invitations<'a, R>(rows: &'a [R]) -> Result<Vec<Invitation>, Error>
 where
     R: sea_orm::sqlx::Row,
@@ -447,8 +500,19 @@ impl Store {
                     .foreign_keys(true)
             });
         let db = Database::connect(options).await?;
+        let sqlite_readers = sqlite_reader::readers_for(
+            &db,
+            &settings.url,
+            settings.max_connections,
+            settings.acquire_timeout,
+            busy,
+        );
+        let hot_connections = (db.get_database_backend() == DbBackend::Postgres)
+            .then(|| Arc::new(HotConnections::new(settings.max_connections)));
         Ok(Self {
             db,
+            sqlite_readers,
+            hot_connections,
             state: Arc::default(),
         })
     }
@@ -482,6 +546,9 @@ impl Store {
     /// fast with DATABASE_UNAVAILABLE.
     pub fn declare_down(&self, down: bool) {
         self.state.down.store(down, Ordering::Release);
+        if down && let Some(hot) = &self.hot_connections {
+            hot.release_all();
+        }
     }
 
     pub fn declared_down(&self) -> bool {
@@ -505,6 +572,12 @@ impl Store {
 
     /// Closes every pooled connection (for an orderly shutdown).
     pub async fn close(&self) {
+        if let Some(readers) = &self.sqlite_readers {
+            readers.close();
+        }
+        if let Some(hot) = &self.hot_connections {
+            hot.close();
+        }
         if let Err(error) = self.db.close_by_ref().await {
             tracing::warn!(%error, "closing the database pool failed");
         }
@@ -560,7 +633,13 @@ impl Store {
             .select_only()
             .columns(READ_COLUMNS)
             .build(db.get_database_backend());
-        fetch_invitations(db, statement).await
+        match (&self.sqlite_readers, &self.hot_connections) {
+            (Some(readers), _) => readers.fetch(statement).await,
+            (None, Some(hot)) => {
+                read_postgres(hot, db.get_postgres_connection_pool(), statement).await
+            }
+            (None, None) => fetch_invitations(db, statement).await,
+        }
     }
 
     /// A conditional write that SeaORM builds, returning [`READ_COLUMNS`] of the row it
@@ -573,7 +652,20 @@ impl Store {
         let mut query = update.into_query();
         query.returning(Query::returning().columns(READ_COLUMNS));
         let statement = db.get_database_backend().build(&query);
-        Ok(fetch_invitations(db, statement).await?.into_iter().next())
+        let rows = match &self.hot_connections {
+            // Never repeated: the first attempt may have been applied.
+            Some(hot) => {
+                let connection = match hot.take() {
+                    Some(kept) => kept,
+                    None => HotConnection::acquire(db.get_postgres_connection_pool())
+                        .await
+                        .map_err(sqlx_failure)?,
+                };
+                run_and_keep(hot, connection, statement).await?
+            }
+            None => fetch_invitations(db, statement).await?,
+        };
+        Ok(rows.into_iter().next())
     }
 
     pub async fn get(

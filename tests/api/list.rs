@@ -449,3 +449,68 @@ on_both_stores!(
     expired_is_reported_everywhere,
     bad_filters_name_each_field,
 );
+
+/// Reads keep PostgreSQL connections checked out between requests
+/// (`src/store/hot_connections.rs`). When the server closes them (a restart, an idle
+/// timeout, a pooler), the next List must still answer: a read on a kept connection that
+/// fails is repeated once on a connection from the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_survive_postgres_closing_the_kept_connections() {
+    use sea_orm::{ConnectionTrait, Database, Statement};
+    let Some(backend) = crate::common::Backend::postgres() else {
+        return;
+    };
+    let app = TestApp::spawn(backend).await;
+    let invitation = app.insert(Fixture::pending("kept@acme.example")).await;
+    let list = || {
+        let (mut client, request) = (app.client(), app.request(ListInvitationsRequest::default()));
+        async move {
+            client
+                .list_invitations(request)
+                .await
+                .map(|page| page.into_inner().items.len())
+        }
+    };
+    // Concurrent reads, so that several connections are kept.
+    for _ in 0..5 {
+        let mut pages = tokio::task::JoinSet::new();
+        for _ in 0..6 {
+            pages.spawn(list());
+        }
+        while let Some(page) = pages.join_next().await {
+            assert_eq!(page.expect("the call ran").expect("a page"), 1);
+        }
+    }
+
+    let database = Database::connect(&app.settings.store.url)
+        .await
+        .expect("connect to the test database");
+    let terminated = database
+        .query_one_raw(Statement::from_string(
+            database.get_database_backend(),
+            "SELECT count(*) AS n FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t",
+        ))
+        .await
+        .expect("terminate the service's connections")
+        .expect("a row")
+        .try_get::<i64>("", "n")
+        .expect("a count");
+    assert!(terminated >= 2, "only {terminated} connections were open");
+    database.close().await.expect("close");
+
+    for _ in 0..3 {
+        assert_eq!(
+            list().await.expect("a page after the connections closed"),
+            1
+        );
+    }
+    let page = app
+        .client()
+        .list_invitations(app.request(ListInvitationsRequest::default()))
+        .await
+        .expect("a page")
+        .into_inner();
+    assert_eq!(page.items[0].id, invitation.id.to_string());
+    app.finish().await;
+}
