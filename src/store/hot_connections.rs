@@ -13,9 +13,10 @@
 //! - only a connection whose statement ran to its end is kept; a failed or abandoned read
 //!   (a dropped future) drops it back into the pool, whose ping sorts out its state;
 //! - at most half the pool is kept, so transactions always find connections;
-//! - a connection idle for [`HotConnections::IDLE`] goes back to the pool (which tests it
-//!   before reuse after 30 s idle), and every connection goes back after
-//!   [`HotConnections::CIRCULATION`], so the pool's lifetime and idle rules still apply;
+//! - a connection kept longer than [`HotConnections::IDLE`], or out of the pool longer
+//!   than [`HotConnections::CIRCULATION`], is not reused: the next request hands it back
+//!   to the pool (which tests it before reuse after 30 s idle), so the pool's lifetime and
+//!   idle rules still apply. Without requests they stay kept, at most half the pool;
 //! - a store declared down or closed drops them all.
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
