@@ -55,7 +55,7 @@ impl HotConnections {
     }
 
     /// The most recently kept connection that is still fresh, if any.
-    pub fn take(&self) -> Option<HotConnection> {
+    fn take(&self) -> Option<HotConnection> {
         let now = Instant::now();
         let mut stale = Vec::new();
         let kept = {
@@ -71,6 +71,19 @@ impl HotConnections {
         // Dropped outside the lock: each drop hands its connection back to the pool.
         drop(stale);
         kept
+    }
+
+    /// A kept connection (`true`) or, when none is fresh, one from the pool (`false`).
+    pub async fn checkout(&self, pool: &PgPool) -> Result<(HotConnection, bool), Error> {
+        match self.take() {
+            Some(kept) => Ok((kept, true)),
+            None => Ok((
+                HotConnection::acquire(pool)
+                    .await
+                    .map_err(super::sqlx_failure)?,
+                false,
+            )),
+        }
     }
 
     /// Keeps a connection whose statement ran to its end, if there is room.

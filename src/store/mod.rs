@@ -363,11 +363,11 @@ async fn read_postgres(
     pool: &sea_orm::sqlx::PgPool,
     statement: Statement,
 ) -> Result<Vec<Invitation>, Error> {
-    let Some(kept) = hot.take() else {
-        let connection = HotConnection::acquire(pool).await.map_err(sqlx_failure)?;
+    let (connection, kept) = hot.checkout(pool).await?;
+    if !kept {
         return run_and_keep(hot, connection, statement).await;
-    };
-    match run_and_keep(hot, kept, statement.clone()).await {
+    }
+    match run_and_keep(hot, connection, statement.clone()).await {
         // The server may have closed a kept connection while it sat idle (a restart, an
         // idle timeout). A read is safe to repeat: once, on a connection from the pool.
         // What closed it most likely closed the others too, kept or pooled: drop the kept
@@ -655,12 +655,7 @@ impl Store {
         let rows = match &self.hot_connections {
             // Never repeated: the first attempt may have been applied.
             Some(hot) => {
-                let connection = match hot.take() {
-                    Some(kept) => kept,
-                    None => HotConnection::acquire(db.get_postgres_connection_pool())
-                        .await
-                        .map_err(sqlx_failure)?,
-                };
+                let (connection, _) = hot.checkout(db.get_postgres_connection_pool()).await?;
                 run_and_keep(hot, connection, statement).await?
             }
             None => fetch_invitations(db, statement).await?,
