@@ -2,6 +2,8 @@
 //! result. No rules live here. Telemetry per RPC is the `middleware::ObserveLayer`'s.
 pub mod convert;
 
+use std::sync::Arc;
+
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Caller, EnterpriseAdmin};
@@ -28,7 +30,8 @@ impl InvitationApi {
 fn caller<T>(request: &Request<T>) -> Result<&Caller, Error> {
     request
         .extensions()
-        .get::<Caller>()
+        .get::<Arc<Caller>>()
+        .map(|caller| &**caller)
         .ok_or_else(|| Error::Internal("the auth interceptor is not installed".into()))
 }
 

@@ -7,6 +7,7 @@ mod entity;
 mod hot_connections;
 mod idempotency;
 mod sqlite_reader;
+mod statements;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +35,7 @@ use crate::error::Error;
 use entity::{ActiveModel, Column, Entity, Model};
 use hot_connections::{HotConnection, HotConnections};
 use sqlite_reader::SqliteReaders;
+use statements::RenderedStatements;
 
 /// Rows a SQLite connection may hand over before the reader takes them: a whole page of
 /// the largest size, plus the row that tells whether another page follows.
@@ -117,6 +119,8 @@ pub struct Store {
     /// On PostgreSQL, the connections reads and single-statement writes keep between
     /// requests (see `hot_connections`).
     hot_connections: Option<Arc<HotConnections>>,
+    /// The hot statements' SQL, rendered once per shape (see `statements`).
+    statements: Arc<RenderedStatements>,
     state: Arc<StoreState>,
 }
 
@@ -414,6 +418,13 @@ where
         .collect()
 }
 
+/// `update`, returning [`READ_COLUMNS`] of the row it changes.
+fn returning_read_columns(update: UpdateMany<Entity>, backend: DbBackend) -> Statement {
+    let mut query = update.into_query();
+    query.returning(Query::returning().columns(READ_COLUMNS));
+    backend.build(&query)
+}
+
 fn into_active_model(invitation: &Invitation) -> ActiveModel {
     ActiveModel {
         id: Set(invitation.id.as_uuid()),
@@ -509,10 +520,12 @@ impl Store {
         );
         let hot_connections = (db.get_database_backend() == DbBackend::Postgres)
             .then(|| Arc::new(HotConnections::new(settings.max_connections)));
+        let statements = Arc::new(RenderedStatements::new(db.get_database_backend()));
         Ok(Self {
             db,
             sqlite_readers,
             hot_connections,
+            statements,
             state: Arc::default(),
         })
     }
@@ -590,6 +603,15 @@ impl Store {
 
     /// One page in (created_at desc, id desc) order, strictly after `filter.after`.
     pub async fn list(&self, filter: &ListFilter<'_>) -> Result<Vec<Invitation>, Error> {
+        let backend = self.usable()?.get_database_backend();
+        let statement = self
+            .statements
+            .list(filter, || Self::page_statement(filter, backend));
+        self.read_statement(statement).await
+    }
+
+    /// The page's statement as SeaORM builds it (rendered once per shape; see `statements`).
+    fn page_statement(filter: &ListFilter<'_>, backend: DbBackend) -> Statement {
         let mut query = Entity::find().filter(Column::EnterpriseId.eq(filter.enterprise.as_uuid()));
         if let Some(scope) = filter.scope {
             query = query.filter(Column::Scope.eq(scope.as_str()));
@@ -597,7 +619,7 @@ impl Store {
         if let Some(email) = filter.email {
             query = query.filter(Column::EmailNormalized.eq(email.normalized()));
         }
-        if !filter.statuses.is_empty() && filter.statuses.len() < InvitationStatus::ALL.len() {
+        if statements::filters_statuses(filter) {
             let any = filter
                 .statuses
                 .iter()
@@ -617,22 +639,25 @@ impl Store {
                 )),
             );
         }
-        self.read(
-            query
-                .order_by_desc(Column::CreatedAt)
-                .order_by_desc(Column::Id)
-                .limit(filter.limit),
-        )
-        .await
+        query
+            .order_by_desc(Column::CreatedAt)
+            .order_by_desc(Column::Id)
+            .limit(filter.limit)
+            .select_only()
+            .columns(READ_COLUMNS)
+            .build(backend)
     }
 
     /// A read that SeaORM builds, selecting [`READ_COLUMNS`].
     async fn read(&self, select: Select<Entity>) -> Result<Vec<Invitation>, Error> {
+        let backend = self.usable()?.get_database_backend();
+        self.read_statement(select.select_only().columns(READ_COLUMNS).build(backend))
+            .await
+    }
+
+    /// A read of [`READ_COLUMNS`].
+    async fn read_statement(&self, statement: Statement) -> Result<Vec<Invitation>, Error> {
         let db = self.usable()?;
-        let statement = select
-            .select_only()
-            .columns(READ_COLUMNS)
-            .build(db.get_database_backend());
         match (&self.sqlite_readers, &self.hot_connections) {
             (Some(readers), _) => readers.fetch(statement).await,
             (None, Some(hot)) => {
@@ -648,10 +673,14 @@ impl Store {
         &self,
         update: UpdateMany<Entity>,
     ) -> Result<Option<Invitation>, Error> {
+        let backend = self.usable()?.get_database_backend();
+        self.write_returning(returning_read_columns(update, backend))
+            .await
+    }
+
+    /// A conditional write returning [`READ_COLUMNS`] of the row it changed, if any.
+    async fn write_returning(&self, statement: Statement) -> Result<Option<Invitation>, Error> {
         let db = self.usable()?;
-        let mut query = update.into_query();
-        query.returning(Query::returning().columns(READ_COLUMNS));
-        let statement = db.get_database_backend().build(&query);
         let rows = match &self.hot_connections {
             // Never repeated: the first attempt may have been applied.
             Some(hot) => {
@@ -753,7 +782,48 @@ impl Store {
         now: Timestamp,
         key: Option<&IdempotencyKey>,
     ) -> Result<CancelOutcome, Error> {
-        let update = Entity::update_many()
+        let update = || Self::cancel_update(enterprise, id, expected, change, now);
+        let Some(key) = key else {
+            let backend = self.usable()?.get_database_backend();
+            let statement = self.statements.cancel(
+                statements::cancel_values(enterprise, id, expected, change, now),
+                || returning_read_columns(update(), backend),
+            );
+            return Ok(match self.write_returning(statement).await? {
+                Some(invitation) => CancelOutcome::Cancelled(Box::new(invitation)),
+                None => CancelOutcome::NoMatch,
+            });
+        };
+        let db = self.usable()?;
+        // The write first, so a SQLite transaction takes the write lock at once.
+        let txn = db.begin().await.map_err(classify)?;
+        let Some(row) = update()
+            .exec_with_returning(&txn)
+            .await
+            .map_err(classify)?
+            .into_iter()
+            .next()
+        else {
+            txn.rollback().await.map_err(classify)?;
+            return Ok(CancelOutcome::NoMatch);
+        };
+        if !store_response(&txn, enterprise, key, &row, now).await? {
+            txn.rollback().await.map_err(classify)?;
+            return Ok(CancelOutcome::RequestIdTaken);
+        }
+        txn.commit().await.map_err(classify)?;
+        Ok(CancelOutcome::Cancelled(Box::new(model_into_domain(&row)?)))
+    }
+
+    /// The cancel's conditional write: on (id, enterprise, version, effective pending).
+    fn cancel_update(
+        enterprise: EnterpriseId,
+        id: InvitationId,
+        expected: Version,
+        change: &CancelChange,
+        now: Timestamp,
+    ) -> UpdateMany<Entity> {
+        Entity::update_many()
             .col_expr(
                 Column::Status,
                 Expr::value(InvitationStatus::Cancelled.as_str()),
@@ -771,32 +841,7 @@ impl Store {
             .filter(Column::Id.eq(id.as_uuid()))
             .filter(Column::EnterpriseId.eq(enterprise.as_uuid()))
             .filter(Column::Version.eq(expected.get()))
-            .filter(effective_status_is(InvitationStatus::Pending, now));
-        let Some(key) = key else {
-            return Ok(match self.update_returning(update).await? {
-                Some(invitation) => CancelOutcome::Cancelled(Box::new(invitation)),
-                None => CancelOutcome::NoMatch,
-            });
-        };
-        let db = self.usable()?;
-        // The write first, so a SQLite transaction takes the write lock at once.
-        let txn = db.begin().await.map_err(classify)?;
-        let Some(row) = update
-            .exec_with_returning(&txn)
-            .await
-            .map_err(classify)?
-            .into_iter()
-            .next()
-        else {
-            txn.rollback().await.map_err(classify)?;
-            return Ok(CancelOutcome::NoMatch);
-        };
-        if !store_response(&txn, enterprise, key, &row, now).await? {
-            txn.rollback().await.map_err(classify)?;
-            return Ok(CancelOutcome::RequestIdTaken);
-        }
-        txn.commit().await.map_err(classify)?;
-        Ok(CancelOutcome::Cancelled(Box::new(model_into_domain(&row)?)))
+            .filter(effective_status_is(InvitationStatus::Pending, now))
     }
 
     /// The response stored under `request_id` within the retention period, if any.
