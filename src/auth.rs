@@ -140,6 +140,7 @@ struct VerifiedTokens {
     entries: Mutex<HashMap<[u8; 32], VerifiedToken>>,
 }
 
+#[derive(Clone)]
 struct VerifiedToken {
     caller: Arc<Caller>,
     /// `exp` plus the leeway: refused as expired once the clock is past it.
@@ -151,16 +152,9 @@ struct VerifiedToken {
 }
 
 impl VerifiedTokens {
-    fn get(&self, digest: &[u8; 32]) -> Option<(Arc<Caller>, u64, u64, Option<u64>)> {
+    fn get(&self, digest: &[u8; 32]) -> Option<VerifiedToken> {
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        entries.get(digest).map(|hit| {
-            (
-                hit.caller.clone(),
-                hit.valid_from,
-                hit.valid_until,
-                hit.jwks_generation,
-            )
-        })
+        entries.get(digest).cloned()
     }
 
     fn remember(&self, digest: [u8; 32], token: VerifiedToken, now: u64) {
@@ -366,19 +360,18 @@ impl Authenticator {
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = unix_now();
-        if let Some((caller, valid_from, valid_until, jwks_generation)) = self.verified.get(&digest)
-        {
-            let keys_unchanged = match (jwks_generation, &self.jwks) {
+        if let Some(remembered) = self.verified.get(&digest) {
+            let keys_unchanged = match (remembered.jwks_generation, &self.jwks) {
                 (None, _) => true,
                 (Some(generation), Some(jwks)) => jwks.generation() == generation,
                 (Some(_), None) => false,
             };
             if keys_unchanged {
-                if now > valid_until {
+                if now > remembered.valid_until {
                     return Err(Error::Unauthenticated(AuthFailure::Expired));
                 }
-                if now >= valid_from {
-                    return Ok(caller);
+                if now >= remembered.valid_from {
+                    return Ok(remembered.caller);
                 }
             }
             // Not valid yet, or verified by a key set since replaced: the full path decides.
@@ -568,17 +561,33 @@ mod verified_tokens {
         Authenticator::hs256(SECRET, "iss", "aud")
     }
 
+    fn user() -> UserRef {
+        UserRef::parse("users/0190a4b1-7a6e-7cc0-8f6e-1d2a3b4c5d6e").expect("user")
+    }
+
     fn token(authenticator: &Authenticator, ttl: Duration) -> String {
-        authenticator.mint(
-            UserRef::parse("users/0190a4b1-7a6e-7cc0-8f6e-1d2a3b4c5d6e").expect("user"),
-            None,
-            &[ENTERPRISE_ADMIN.to_owned()],
-            ttl,
-        )
+        authenticator.mint(user(), None, &[ENTERPRISE_ADMIN.to_owned()], ttl)
     }
 
     fn digest(token: &str) -> [u8; 32] {
         Sha256::digest(token.as_bytes()).into()
+    }
+
+    /// Remembers `caller` under `digest`, valid from `valid_from` to `valid_until`.
+    fn remember(
+        authenticator: &Authenticator,
+        digest: [u8; 32],
+        caller: Arc<Caller>,
+        valid_from: u64,
+        valid_until: u64,
+    ) {
+        let token = VerifiedToken {
+            caller,
+            valid_until,
+            valid_from,
+            jwks_generation: None,
+        };
+        authenticator.verified.remember(digest, token, unix_now());
     }
 
     #[test]
@@ -597,16 +606,7 @@ mod verified_tokens {
         let token = token(&authenticator, Duration::from_secs(600));
         let caller = authenticator.verify(&token).expect("valid");
         // The same entry, as it will be once its `exp` plus the leeway has passed.
-        authenticator.verified.remember(
-            digest(&token),
-            VerifiedToken {
-                caller,
-                valid_until: unix_now() - 1,
-                valid_from: 0,
-                jwks_generation: None,
-            },
-            unix_now(),
-        );
+        remember(&authenticator, digest(&token), caller, 0, unix_now() - 1);
         assert!(matches!(
             authenticator.verify(&token),
             Err(Error::Unauthenticated(AuthFailure::Expired))
@@ -618,15 +618,13 @@ mod verified_tokens {
         let authenticator = authenticator();
         let token = token(&authenticator, Duration::from_secs(600));
         let caller = authenticator.verify(&token).expect("valid");
-        authenticator.verified.remember(
+        let not_yet = unix_now() + 3600;
+        remember(
+            &authenticator,
             digest(&token),
-            VerifiedToken {
-                caller: caller.clone(),
-                valid_until: u64::MAX,
-                valid_from: unix_now() + 3600,
-                jwks_generation: None,
-            },
-            unix_now(),
+            caller.clone(),
+            not_yet,
+            u64::MAX,
         );
         let again = authenticator
             .verify(&token)
@@ -642,12 +640,7 @@ mod verified_tokens {
         let authenticator = authenticator();
         let other = Authenticator::hs256(b"another-secret-of-at-least-32-bytes!!", "iss", "aud");
         let forged = token(&other, Duration::from_secs(600));
-        let mut claims = authenticator.claims(
-            UserRef::parse("users/0190a4b1-7a6e-7cc0-8f6e-1d2a3b4c5d6e").expect("user"),
-            None,
-            &[],
-            Duration::ZERO,
-        );
+        let mut claims = authenticator.claims(user(), None, &[], Duration::ZERO);
         claims.exp = unix_now() - LEEWAY.as_secs() - 60;
         let expired = authenticator.sign(claims);
         for _ in 0..2 {
@@ -669,20 +662,10 @@ mod verified_tokens {
         let caller = authenticator
             .verify(&token(&authenticator, Duration::from_secs(600)))
             .expect("valid");
-        let now = unix_now();
         for n in 0..(VERIFIED_TOKENS_KEPT as u64 * 2) {
             let mut digest = [0u8; 32];
             digest[..8].copy_from_slice(&n.to_le_bytes());
-            authenticator.verified.remember(
-                digest,
-                VerifiedToken {
-                    caller: caller.clone(),
-                    valid_until: now + 600,
-                    valid_from: 0,
-                    jwks_generation: None,
-                },
-                now,
-            );
+            remember(&authenticator, digest, caller.clone(), 0, unix_now() + 600);
             assert!(authenticator.verified.entries.lock().unwrap().len() <= VERIFIED_TOKENS_KEPT);
         }
     }

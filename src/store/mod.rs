@@ -603,7 +603,7 @@ impl Store {
 
     /// One page in (created_at desc, id desc) order, strictly after `filter.after`.
     pub async fn list(&self, filter: &ListFilter<'_>) -> Result<Vec<Invitation>, Error> {
-        let backend = self.usable()?.get_database_backend();
+        let backend = self.db.get_database_backend();
         let statement = self
             .statements
             .list(filter, || Self::page_statement(filter, backend));
@@ -650,7 +650,7 @@ impl Store {
 
     /// A read that SeaORM builds, selecting [`READ_COLUMNS`].
     async fn read(&self, select: Select<Entity>) -> Result<Vec<Invitation>, Error> {
-        let backend = self.usable()?.get_database_backend();
+        let backend = self.db.get_database_backend();
         self.read_statement(select.select_only().columns(READ_COLUMNS).build(backend))
             .await
     }
@@ -673,7 +673,7 @@ impl Store {
         &self,
         update: UpdateMany<Entity>,
     ) -> Result<Option<Invitation>, Error> {
-        let backend = self.usable()?.get_database_backend();
+        let backend = self.db.get_database_backend();
         self.write_returning(returning_read_columns(update, backend))
             .await
     }
@@ -784,7 +784,7 @@ impl Store {
     ) -> Result<CancelOutcome, Error> {
         let update = || Self::cancel_update(enterprise, id, expected, change, now);
         let Some(key) = key else {
-            let backend = self.usable()?.get_database_backend();
+            let backend = self.db.get_database_backend();
             let statement = self.statements.cancel(
                 statements::cancel_values(enterprise, id, expected, change, now),
                 || returning_read_columns(update(), backend),
