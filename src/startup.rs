@@ -16,7 +16,7 @@ use crate::domain::{InvitationService, PageTokenCodec};
 use crate::grpc::InvitationApi;
 use crate::health::{self, LIVENESS_SERVICE};
 use crate::middleware::{ObserveLayer, ShedLayer};
-use crate::proto::invitations::v1::invitation_service_server::InvitationServiceServer;
+use crate::proto::server::invitation_service_server::InvitationServiceServer;
 use crate::rate_limit::RateLimiter;
 use crate::store::Store;
 

@@ -103,12 +103,15 @@ impl RequestId {
 pub struct EnterpriseId(Uuid);
 
 impl EnterpriseId {
+    /// The collection of its resource name, `enterprises/{uuid}`.
+    pub const COLLECTION: &'static str = "enterprises";
+
     /// `enterprises/{uuid}`, as `to_string` writes it but without the formatting machinery.
     pub fn resource_name(&self) -> String {
-        resource_name("enterprises", self.0)
+        resource_name(Self::COLLECTION, self.0)
     }
     pub fn parse_ref(raw: &str) -> Result<Self, ValueError> {
-        parse_ref(raw, "enterprises", "must be enterprises/{uuid}").map(Self)
+        parse_ref(raw, Self::COLLECTION, "must be enterprises/{uuid}").map(Self)
     }
     pub fn from_uuid(id: Uuid) -> Self {
         Self(id)
@@ -131,12 +134,15 @@ impl fmt::Display for EnterpriseId {
 pub struct UserRef(Uuid);
 
 impl UserRef {
+    /// The collection of its resource name, `users/{uuid}`.
+    pub const COLLECTION: &'static str = "users";
+
     /// `users/{uuid}`, as `to_string` writes it but without the formatting machinery.
     pub fn resource_name(&self) -> String {
-        resource_name("users", self.0)
+        resource_name(Self::COLLECTION, self.0)
     }
     pub fn parse(raw: &str) -> Result<Self, ValueError> {
-        parse_ref(raw, "users", "must be users/{uuid}").map(Self)
+        parse_ref(raw, Self::COLLECTION, "must be users/{uuid}").map(Self)
     }
     pub fn from_uuid(id: Uuid) -> Self {
         Self(id)
@@ -159,15 +165,21 @@ impl fmt::Display for UserRef {
 pub struct RoleRef(Uuid);
 
 impl RoleRef {
+    /// The collection of its resource name, `roles/{uuid}`.
+    pub const COLLECTION: &'static str = "roles";
+
     /// `roles/{uuid}`, as `to_string` writes it but without the formatting machinery.
     pub fn resource_name(&self) -> String {
-        resource_name("roles", self.0)
+        resource_name(Self::COLLECTION, self.0)
     }
     pub fn parse(raw: &str) -> Result<Self, ValueError> {
-        parse_ref(raw, "roles", "must be roles/{uuid}").map(Self)
+        parse_ref(raw, Self::COLLECTION, "must be roles/{uuid}").map(Self)
     }
     pub fn from_uuid(id: Uuid) -> Self {
         Self(id)
+    }
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
     }
 }
 

@@ -73,7 +73,7 @@ impl Violations {
     }
 }
 
-fn wire_status(status: InvitationStatus) -> pb::InvitationStatus {
+pub(super) fn wire_status(status: InvitationStatus) -> pb::InvitationStatus {
     match status {
         InvitationStatus::Pending => pb::InvitationStatus::Pending,
         InvitationStatus::Accepted => pb::InvitationStatus::Accepted,
@@ -113,8 +113,10 @@ fn domain_timestamp(at: &WireTimestamp) -> Result<Timestamp, ValueError> {
         .ok_or(ValueError::Malformed(SHAPE))
 }
 
-/// The invitation as a caller sees it at `now`. It takes the invitation by value so its
-/// strings move into the message instead of being copied: a page builds 50 of these.
+/// The invitation as a caller sees it at `now`, as the generated message a client decodes.
+/// The service itself sends [`super::WireInvitation`], which writes these same bytes without
+/// building the message; its tests hold it to this function, and the benchmark's no-op
+/// server answers with these.
 pub fn wire_invitation(invitation: Invitation, now: Timestamp) -> pb::Invitation {
     let status = wire_status(invitation.status_at(now)) as i32;
     let etag = invitation.etag().into_string();

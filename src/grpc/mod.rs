@@ -1,6 +1,7 @@
 //! The tonic adapter: parse the request into a domain command, call the domain, convert the
 //! result. No rules live here. Telemetry per RPC is the `middleware::ObserveLayer`'s.
 pub mod convert;
+pub mod wire;
 
 use std::sync::Arc;
 
@@ -10,9 +11,11 @@ use crate::auth::{Caller, EnterpriseAdmin};
 use crate::domain::{InvitationService, Timestamp};
 use crate::error::{Error, Forbidden};
 use crate::proto::invitations::v1 as pb;
-use crate::proto::invitations::v1::invitation_service_server::InvitationService as InvitationRpc;
+use crate::proto::server::invitation_service_server::InvitationService as InvitationRpc;
 
 pub use convert::wire_invitation;
+pub use wire::WireInvitation;
+use wire::{IssueInvitationTokenResponse, ListInvitationsResponse};
 
 /// Implements `invitations.v1.InvitationService`.
 #[derive(Clone)]
@@ -49,18 +52,18 @@ impl InvitationRpc for InvitationApi {
     async fn list_invitations(
         &self,
         request: Request<pb::ListInvitationsRequest>,
-    ) -> Result<Response<pb::ListInvitationsResponse>, Status> {
+    ) -> Result<Response<ListInvitationsResponse>, Status> {
         answer(
             async {
                 let admin = enterprise_admin(&request)?;
                 let query = convert::list_query(admin, request.into_inner())?;
                 let page = self.service.list(query).await?;
                 let evaluated_at = page.evaluated_at;
-                Ok(pb::ListInvitationsResponse {
+                Ok(ListInvitationsResponse {
                     items: page
                         .items
                         .into_iter()
-                        .map(|i| wire_invitation(i, evaluated_at))
+                        .map(|i| WireInvitation::new(i, evaluated_at))
                         .collect(),
                     next_page_token: page.next_page_token.unwrap_or_default(),
                 })
@@ -72,13 +75,13 @@ impl InvitationRpc for InvitationApi {
     async fn get_invitation(
         &self,
         request: Request<pb::GetInvitationRequest>,
-    ) -> Result<Response<pb::Invitation>, Status> {
+    ) -> Result<Response<WireInvitation>, Status> {
         answer(
             async {
                 let admin = enterprise_admin(&request)?;
                 let id = convert::invitation_id(&request.get_ref().invitation_id)?;
                 let invitation = self.service.get(admin.enterprise, id).await?;
-                Ok(wire_invitation(invitation, Timestamp::now()))
+                Ok(WireInvitation::new(invitation, Timestamp::now()))
             }
             .await,
         )
@@ -87,13 +90,13 @@ impl InvitationRpc for InvitationApi {
     async fn create_invitation(
         &self,
         request: Request<pb::CreateInvitationRequest>,
-    ) -> Result<Response<pb::Invitation>, Status> {
+    ) -> Result<Response<WireInvitation>, Status> {
         answer(
             async {
                 let admin = enterprise_admin(&request)?;
                 let command = convert::create_command(admin, request.into_inner())?;
                 let invitation = self.service.create(command).await?;
-                Ok(wire_invitation(invitation, Timestamp::now()))
+                Ok(WireInvitation::new(invitation, Timestamp::now()))
             }
             .await,
         )
@@ -102,14 +105,14 @@ impl InvitationRpc for InvitationApi {
     async fn cancel_invitation(
         &self,
         request: Request<pb::CancelInvitationRequest>,
-    ) -> Result<Response<pb::Invitation>, Status> {
+    ) -> Result<Response<WireInvitation>, Status> {
         answer(
             async {
                 let admin = enterprise_admin(&request)?;
                 let (metadata, _, message) = request.into_parts();
                 let command = convert::cancel_command(admin, &metadata, message)?;
                 let invitation = self.service.cancel(command).await?;
-                Ok(wire_invitation(invitation, Timestamp::now()))
+                Ok(WireInvitation::new(invitation, Timestamp::now()))
             }
             .await,
         )
@@ -118,15 +121,15 @@ impl InvitationRpc for InvitationApi {
     async fn issue_invitation_token(
         &self,
         request: Request<pb::IssueInvitationTokenRequest>,
-    ) -> Result<Response<pb::IssueInvitationTokenResponse>, Status> {
+    ) -> Result<Response<IssueInvitationTokenResponse>, Status> {
         answer(
             async {
                 let admin = enterprise_admin(&request)?;
                 let (metadata, _, message) = request.into_parts();
                 let command = convert::issue_token_command(admin, &metadata, message)?;
                 let (invitation, token) = self.service.issue_token(command).await?;
-                Ok(pb::IssueInvitationTokenResponse {
-                    invitation: Some(wire_invitation(invitation, Timestamp::now())),
+                Ok(IssueInvitationTokenResponse {
+                    invitation: Some(WireInvitation::new(invitation, Timestamp::now())),
                     token: token.reveal().to_owned(),
                 })
             }
@@ -137,7 +140,7 @@ impl InvitationRpc for InvitationApi {
     async fn accept_invitation(
         &self,
         request: Request<pb::AcceptInvitationRequest>,
-    ) -> Result<Response<pb::Invitation>, Status> {
+    ) -> Result<Response<WireInvitation>, Status> {
         answer(
             async {
                 let caller = caller(&request)?;
@@ -148,7 +151,7 @@ impl InvitationRpc for InvitationApi {
                 let command =
                     convert::accept_command(caller.subject, email, &request.get_ref().token)?;
                 let invitation = self.service.accept(command).await?;
-                Ok(wire_invitation(invitation, Timestamp::now()))
+                Ok(WireInvitation::new(invitation, Timestamp::now()))
             }
             .await,
         )

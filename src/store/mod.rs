@@ -413,9 +413,13 @@ where
     &'a str: sea_orm::sqlx::Decode<'a, R::Database>,
     i64: sea_orm::sqlx::Decode<'a, R::Database>,
 {
-    rows.iter()
-        .map(|row| into_domain(StoredRow::of_sqlx(row).map_err(sqlx_failure)?))
-        .collect()
+    // Sized up front: collecting through `?` gives no size hint, and the vector of
+    // invitations (about 300 bytes each) would otherwise grow by copying five times a page.
+    let mut invitations = Vec::with_capacity(rows.len());
+    for row in rows {
+        invitations.push(into_domain(StoredRow::of_sqlx(row).map_err(sqlx_failure)?)?);
+    }
+    Ok(invitations)
 }
 
 /// `update`, returning [`READ_COLUMNS`] of the row it changes.
