@@ -51,7 +51,11 @@ impl ListQuery {
             .map_or("", Scope::as_str);
         hash.update((scope.len() as u64).to_be_bytes());
         hash.update(scope.as_bytes());
-        let email = self.email.as_ref().map_or("", EmailAddress::normalized);
+        let email = self
+            .email
+            .as_ref()
+            .map(EmailAddress::normalized)
+            .unwrap_or_default();
         hash.update((email.len() as u64).to_be_bytes());
         hash.update(email.as_bytes());
         for status in &self.statuses {

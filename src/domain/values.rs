@@ -277,11 +277,13 @@ impl Scope {
     }
 }
 
-/// An e-mail address as given (for display) with its case-folded form (for matching).
+/// An e-mail address as given (for display); [`EmailAddress::normalized`] is its
+/// case-folded form (for matching). The folded form is worked out when asked for, not kept:
+/// the store keeps it in its own column for lookups, and reads (every item of every page)
+/// never need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmailAddress {
     address: String,
-    normalized: String,
 }
 
 impl EmailAddress {
@@ -320,16 +322,12 @@ impl EmailAddress {
         }
         Ok(Self {
             address: raw.to_owned(),
-            normalized: raw.to_lowercase(),
         })
     }
 
     /// Rebuilds an address that was validated before it was stored.
-    pub fn from_stored(address: String, normalized: String) -> Self {
-        Self {
-            address,
-            normalized,
-        }
+    pub fn from_stored(address: String) -> Self {
+        Self { address }
     }
 
     pub fn as_str(&self) -> &str {
@@ -341,8 +339,9 @@ impl EmailAddress {
         self.address
     }
 
-    pub fn normalized(&self) -> &str {
-        &self.normalized
+    /// The address case-folded, as the store matches it.
+    pub fn normalized(&self) -> String {
+        self.address.to_lowercase()
     }
 
     /// For logs: the first character of the local part and the domain, never the whole address.

@@ -367,7 +367,7 @@ mod tests {
                 id: InvitationId::from_uuid(id),
                 enterprise,
                 scope: Scope::from_stored(scope).expect("a scope under its enterprise"),
-                email: EmailAddress::from_stored(email.clone(), email.to_lowercase()),
+                email: EmailAddress::from_stored(email),
                 role: RoleRef::from_uuid(role),
                 stored_status,
                 invited_by: UserRef::from_uuid(invited_by),

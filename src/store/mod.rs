@@ -191,7 +191,6 @@ struct StoredRow<'a> {
     enterprise_id: Uuid,
     scope: &'a str,
     email_constraint: &'a str,
-    email_normalized: &'a str,
     role: &'a str,
     status: &'a str,
     invited_by: &'a str,
@@ -215,7 +214,6 @@ impl<'a> StoredRow<'a> {
             enterprise_id: row.enterprise_id,
             scope: &row.scope,
             email_constraint: &row.email_constraint,
-            email_normalized: &row.email_normalized,
             role: &row.role,
             status: &row.status,
             invited_by: &row.invited_by,
@@ -250,33 +248,32 @@ impl<'a> StoredRow<'a> {
             enterprise_id: row.try_get_unchecked(1)?,
             scope: row.try_get_unchecked(2)?,
             email_constraint: row.try_get_unchecked(3)?,
-            email_normalized: row.try_get_unchecked(4)?,
-            role: row.try_get_unchecked(5)?,
-            status: row.try_get_unchecked(6)?,
-            invited_by: row.try_get_unchecked(7)?,
-            pending_human_actor_ref: row.try_get_unchecked(8)?,
-            challenge_ref: row.try_get_unchecked(9)?,
-            created_at: row.try_get_unchecked(10)?,
-            updated_at: row.try_get_unchecked(11)?,
-            expires_at: row.try_get_unchecked(12)?,
-            accepted_at: row.try_get_unchecked(13)?,
-            accepted_by: row.try_get_unchecked(14)?,
-            cancelled_at: row.try_get_unchecked(15)?,
-            cancel_reason: row.try_get_unchecked(16)?,
-            cancelled_by: row.try_get_unchecked(17)?,
-            version: row.try_get_unchecked(18)?,
+            role: row.try_get_unchecked(4)?,
+            status: row.try_get_unchecked(5)?,
+            invited_by: row.try_get_unchecked(6)?,
+            pending_human_actor_ref: row.try_get_unchecked(7)?,
+            challenge_ref: row.try_get_unchecked(8)?,
+            created_at: row.try_get_unchecked(9)?,
+            updated_at: row.try_get_unchecked(10)?,
+            expires_at: row.try_get_unchecked(11)?,
+            accepted_at: row.try_get_unchecked(12)?,
+            accepted_by: row.try_get_unchecked(13)?,
+            cancelled_at: row.try_get_unchecked(14)?,
+            cancel_reason: row.try_get_unchecked(15)?,
+            cancelled_by: row.try_get_unchecked(16)?,
+            version: row.try_get_unchecked(17)?,
         })
     }
 }
 
 /// What a read selects, in the order [`StoredRow::of_sqlx`] reads it. The link hash is not
-/// among them: it never leaves the table.
-const READ_COLUMNS: [Column; 19] = [
+/// among them: it never leaves the table. Nor is the case-folded e-mail: it is there for
+/// lookups, and the domain folds the address itself when it needs it.
+const READ_COLUMNS: [Column; 18] = [
     Column::Id,
     Column::EnterpriseId,
     Column::Scope,
     Column::EmailConstraint,
-    Column::EmailNormalized,
     Column::Role,
     Column::Status,
     Column::InvitedBy,
@@ -308,10 +305,7 @@ fn into_domain(row: StoredRow<'_>) -> Result<Invitation, Error> {
         pending_human_actor: optional_user(row.pending_human_actor_ref, "pending_human_actor_ref")?,
         accepted_by: optional_user(row.accepted_by, "accepted_by")?,
         cancelled_by: optional_user(row.cancelled_by, "cancelled_by")?,
-        email: EmailAddress::from_stored(
-            row.email_constraint.to_owned(),
-            row.email_normalized.to_owned(),
-        ),
+        email: EmailAddress::from_stored(row.email_constraint.to_owned()),
         challenge_ref: row.challenge_ref.map(str::to_owned),
         created_at: Timestamp::from_unix_micros(row.created_at),
         updated_at: Timestamp::from_unix_micros(row.updated_at),
@@ -435,7 +429,7 @@ fn into_active_model(invitation: &Invitation) -> ActiveModel {
         enterprise_id: Set(invitation.enterprise.as_uuid()),
         scope: Set(invitation.scope.as_str().to_owned()),
         email_constraint: Set(invitation.email.as_str().to_owned()),
-        email_normalized: Set(invitation.email.normalized().to_owned()),
+        email_normalized: Set(invitation.email.normalized()),
         role: Set(invitation.role.to_string()),
         status: Set(invitation.stored_status.as_str().to_owned()),
         invited_by: Set(invitation.invited_by.to_string()),
@@ -1046,11 +1040,11 @@ mod tests {
     }
 
     #[test]
-    fn reads_select_every_column_but_the_link_hash_in_declaration_order() {
+    fn reads_select_every_column_but_the_link_hash_and_folded_email_in_declaration_order() {
         use sea_orm::{Iden, Iterable};
         // StoredRow::of_sqlx reads by position in the entity's declaration order.
         let declared: Vec<String> = Column::iter()
-            .filter(|c| !matches!(c, Column::LinkTokenHash))
+            .filter(|c| !matches!(c, Column::LinkTokenHash | Column::EmailNormalized))
             .map(|c| c.to_string())
             .collect();
         let read: Vec<String> = READ_COLUMNS.iter().map(|c| c.to_string()).collect();
