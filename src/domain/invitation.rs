@@ -1,4 +1,5 @@
 //! The invitation resource, its lifecycle status and its entity tag.
+use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
@@ -66,10 +67,19 @@ impl Version {
 /// and version. Tying the tag to the id means an etag copied from another invitation never
 /// matches by coincidence; keeping the version readable lets a cancel become one conditional
 /// write on `version` without reading the row first. Comparison is by exact string.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Etag(String);
+///
+/// Held inline rather than in a `String`: every item of every page has one, and at most
+/// [`Etag::MAX_LEN`] bytes it fits in the value itself.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Etag {
+    text: [u8; Etag::MAX_LEN],
+    len: u8,
+}
 
 impl Etag {
+    /// `W/"` (3), a version of at most 20 characters (`i64::MIN`), `.`, 8 hex digits, `"`.
+    pub const MAX_LEN: usize = 3 + 20 + 1 + 8 + 1;
+
     pub fn of(id: InvitationId, version: Version) -> Self {
         let digest = Sha256::new()
             .chain_update(id.as_uuid().as_bytes())
@@ -77,16 +87,45 @@ impl Etag {
             .finalize();
         // Written by hand rather than with `format!`: every item of every page has one.
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut etag = String::with_capacity(36);
-        etag.push_str("W/\"");
-        push_decimal(&mut etag, version.get());
-        etag.push('.');
+        let mut etag = Self {
+            text: [0; Self::MAX_LEN],
+            len: 0,
+        };
+        etag.push(b"W/\"");
+        etag.push_decimal(version.get());
+        etag.push(b".");
         for byte in &digest[..4] {
-            etag.push(char::from(HEX[usize::from(byte >> 4)]));
-            etag.push(char::from(HEX[usize::from(byte & 0x0f)]));
+            etag.push(&[HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 0x0f)]]);
         }
-        etag.push('"');
-        Self(etag)
+        etag.push(b"\"");
+        etag
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        let at = usize::from(self.len);
+        self.text[at..at + bytes.len()].copy_from_slice(bytes);
+        // At most MAX_LEN (33) in all, by the arithmetic above.
+        self.len += bytes.len() as u8;
+    }
+
+    /// Appends `value` in decimal, as `Display` writes it.
+    fn push_decimal(&mut self, value: i64) {
+        if value < 0 {
+            self.push(b"-");
+        }
+        let mut digits = [0u8; 20];
+        let mut rest = value.unsigned_abs();
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            // `rest % 10` is below 10, so the cast keeps it whole.
+            digits[start] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        self.push(&digits[start..]);
     }
 
     /// The version this string is the etag of, for this invitation; `None` when the string
@@ -95,37 +134,22 @@ impl Etag {
         let inner = raw.strip_prefix("W/\"")?.strip_suffix('"')?;
         let (version, _) = inner.split_once('.')?;
         let version = Version(version.parse().ok()?);
-        (Etag::of(id, version).0 == raw).then_some(version)
+        (Etag::of(id, version).as_str() == raw).then_some(version)
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        std::str::from_utf8(&self.text[..usize::from(self.len)])
+            .unwrap_or_else(|_| unreachable!("an etag is written in ASCII"))
     }
 
     pub fn into_string(self) -> String {
-        self.0
+        self.as_str().to_owned()
     }
 }
 
-/// Appends `value` in decimal, as `Display` writes it.
-fn push_decimal(out: &mut String, value: i64) {
-    if value < 0 {
-        out.push('-');
-    }
-    let mut digits = [0u8; 20];
-    let mut rest = value.unsigned_abs();
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        // `rest % 10` is below 10, so the cast keeps it whole.
-        digits[start] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    for &digit in &digits[start..] {
-        out.push(char::from(digit));
+impl fmt::Debug for Etag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Etag").field(&self.as_str()).finish()
     }
 }
 
