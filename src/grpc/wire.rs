@@ -140,16 +140,24 @@ trait FieldSink {
 
 struct LengthCounter(usize);
 
+impl LengthCounter {
+    /// A length-delimited field: key, length, then `len` bytes.
+    fn length_delimited(&mut self, tag: u32, len: usize) {
+        self.0 += encoding::key_len(tag) + encoding::encoded_len_varint(len as u64) + len;
+    }
+}
+
 impl FieldSink for LengthCounter {
     fn string(&mut self, tag: u32, parts: &[&[u8]]) {
-        let len: usize = parts.iter().map(|part| part.len()).sum();
-        self.0 += encoding::key_len(tag) + encoding::encoded_len_varint(len as u64) + len;
+        self.length_delimited(tag, parts.iter().map(|part| part.len()).sum());
     }
     /// Counted without writing the uuid out: its text is always the same length.
     fn name(&mut self, tag: u32, collection: &str, _: Uuid) {
         let separator = usize::from(!collection.is_empty());
-        let len = collection.len() + separator + uuid::fmt::Hyphenated::LENGTH;
-        self.0 += encoding::key_len(tag) + encoding::encoded_len_varint(len as u64) + len;
+        self.length_delimited(
+            tag,
+            collection.len() + separator + uuid::fmt::Hyphenated::LENGTH,
+        );
     }
     fn enumeration(&mut self, tag: u32, value: i32) {
         self.0 += encoding::int32::encoded_len(tag, &value);
