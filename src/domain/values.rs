@@ -42,6 +42,19 @@ fn parse_ref(
         .and_then(|id| parse_uuid(id).map_err(|_| ValueError::Malformed(example)))
 }
 
+/// What [`parse_ref`] accepts, read from a stored value's bytes. The UUID parser takes only
+/// ASCII hex digits and hyphens, so the value need not be checked as UTF-8 first: reads
+/// skip that check on every user and role reference of a page (BENCHMARKS.md, round 5).
+fn parse_stored_ref(raw: &[u8], collection: &'static str) -> Option<Uuid> {
+    let id = raw
+        .strip_prefix(collection.as_bytes())?
+        .strip_prefix(b"/")?;
+    if id.len() != 36 {
+        return None;
+    }
+    Uuid::try_parse_ascii(id).ok()
+}
+
 /// `{collection}/{uuid}`, built without the formatting machinery: a page of 50 invitations
 /// writes about 250 of these, and `format!` was a tenth of a page's CPU (BENCHMARKS.md).
 fn resource_name(collection: &str, id: Uuid) -> String {
@@ -144,6 +157,10 @@ impl UserRef {
     pub fn parse(raw: &str) -> Result<Self, ValueError> {
         parse_ref(raw, Self::COLLECTION, "must be users/{uuid}").map(Self)
     }
+    /// A stored reference, as `parse` would accept it; `None` when it would not.
+    pub fn from_stored(raw: &[u8]) -> Option<Self> {
+        parse_stored_ref(raw, Self::COLLECTION).map(Self)
+    }
     pub fn from_uuid(id: Uuid) -> Self {
         Self(id)
     }
@@ -174,6 +191,10 @@ impl RoleRef {
     }
     pub fn parse(raw: &str) -> Result<Self, ValueError> {
         parse_ref(raw, Self::COLLECTION, "must be roles/{uuid}").map(Self)
+    }
+    /// A stored reference, as `parse` would accept it; `None` when it would not.
+    pub fn from_stored(raw: &[u8]) -> Option<Self> {
+        parse_stored_ref(raw, Self::COLLECTION).map(Self)
     }
     pub fn from_uuid(id: Uuid) -> Self {
         Self(id)
@@ -506,6 +527,35 @@ mod properties {
             if let Ok(scope) = Scope::parse(&raw) {
                 prop_assert_eq!(Scope::parse(scope.as_str()), Ok(scope.clone()));
             }
+        }
+
+        /// A stored reference is read exactly as `parse` reads the same text: the UUID's
+        /// other spellings, other collections and near misses are refused by both.
+        #[test]
+        fn stored_refs_are_read_as_parse_reads_them(
+            collection in prop_oneof![Just("users"), Just("roles"), Just("user"), Just("")],
+            separator in prop_oneof![Just("/"), Just(""), Just("//")],
+            id in prop_oneof![
+                any::<u128>().prop_map(|n| Uuid::from_u128(n).hyphenated().to_string()),
+                any::<u128>().prop_map(|n| Uuid::from_u128(n).hyphenated().to_string().to_uppercase()),
+                any::<u128>().prop_map(|n| Uuid::from_u128(n).simple().to_string()),
+                any::<u128>().prop_map(|n| Uuid::from_u128(n).braced().to_string()),
+                "[0-9a-fA-F-]{36}",
+                "[0-9a-f-]{35,37}",
+                any::<String>(),
+            ],
+        ) {
+            let raw = format!("{collection}{separator}{id}");
+            prop_assert_eq!(UserRef::from_stored(raw.as_bytes()), UserRef::parse(&raw).ok());
+            prop_assert_eq!(RoleRef::from_stored(raw.as_bytes()), RoleRef::parse(&raw).ok());
+        }
+
+        /// Bytes that are not UTF-8 are never a reference.
+        #[test]
+        fn stored_refs_that_are_not_utf8_are_refused(id in any::<u128>(), at in 0usize..42) {
+            let mut raw = UserRef::from_uuid(Uuid::from_u128(id)).to_string().into_bytes();
+            raw[at] = 0xff;
+            prop_assert_eq!(UserRef::from_stored(&raw), None);
         }
 
         #[test]

@@ -16,7 +16,7 @@ use std::time::Duration;
 use invitations_migrations::{Migrator, MigratorTrait};
 use sea_orm::sea_query::Values;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
-use sea_orm::sqlx::postgres::PgConnectOptions;
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgRow, PgValueFormat};
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database,
@@ -191,19 +191,21 @@ struct StoredRow<'a> {
     enterprise_id: Uuid,
     scope: &'a str,
     email_constraint: &'a str,
-    role: &'a str,
+    // References are kept as bytes: `UserRef::from_stored` and `RoleRef::from_stored` read
+    // them without a UTF-8 check first.
+    role: &'a [u8],
     status: &'a str,
-    invited_by: &'a str,
-    pending_human_actor_ref: Option<&'a str>,
+    invited_by: &'a [u8],
+    pending_human_actor_ref: Option<&'a [u8]>,
     challenge_ref: Option<&'a str>,
     created_at: i64,
     updated_at: i64,
     expires_at: i64,
     accepted_at: Option<i64>,
-    accepted_by: Option<&'a str>,
+    accepted_by: Option<&'a [u8]>,
     cancelled_at: Option<i64>,
     cancel_reason: Option<&'a str>,
-    cancelled_by: Option<&'a str>,
+    cancelled_by: Option<&'a [u8]>,
     version: i64,
 }
 
@@ -214,19 +216,19 @@ impl<'a> StoredRow<'a> {
             enterprise_id: row.enterprise_id,
             scope: &row.scope,
             email_constraint: &row.email_constraint,
-            role: &row.role,
+            role: row.role.as_bytes(),
             status: &row.status,
-            invited_by: &row.invited_by,
-            pending_human_actor_ref: row.pending_human_actor_ref.as_deref(),
+            invited_by: row.invited_by.as_bytes(),
+            pending_human_actor_ref: row.pending_human_actor_ref.as_deref().map(str::as_bytes),
             challenge_ref: row.challenge_ref.as_deref(),
             created_at: row.created_at,
             updated_at: row.updated_at,
             expires_at: row.expires_at,
             accepted_at: row.accepted_at,
-            accepted_by: row.accepted_by.as_deref(),
+            accepted_by: row.accepted_by.as_deref().map(str::as_bytes),
             cancelled_at: row.cancelled_at,
             cancel_reason: row.cancel_reason.as_deref(),
-            cancelled_by: row.cancelled_by.as_deref(),
+            cancelled_by: row.cancelled_by.as_deref().map(str::as_bytes),
             version: row.version,
         }
     }
@@ -241,6 +243,7 @@ impl<'a> StoredRow<'a> {
         usize: sea_orm::sqlx::ColumnIndex<R>,
         Uuid: sea_orm::sqlx::Decode<'a, R::Database>,
         &'a str: sea_orm::sqlx::Decode<'a, R::Database>,
+        &'a [u8]: sea_orm::sqlx::Decode<'a, R::Database>,
         i64: sea_orm::sqlx::Decode<'a, R::Database>,
     {
         Ok(Self {
@@ -263,6 +266,116 @@ impl<'a> StoredRow<'a> {
             cancelled_by: row.try_get_unchecked(16)?,
             version: row.try_get_unchecked(17)?,
         })
+    }
+
+    /// Reads a PostgreSQL row selected with [`READ_COLUMNS`], from its values' bytes.
+    /// sqlx prepares every statement the store runs, so values come in PostgreSQL's binary
+    /// format: a `uuid` is its 16 bytes, a `bigint` 8 bytes big-endian, text its UTF-8
+    /// bytes. Going through sqlx's `Decode` cost about 150 instructions a value (its
+    /// per-value dispatch, NULL and length checks through boxed errors), 18 values a row
+    /// (BENCHMARKS.md, round 5). A value in any other shape is an error, never a panic.
+    fn of_postgres(row: &'a PgRow) -> Result<Self, sea_orm::sqlx::Error> {
+        let values = PgValues(row);
+        Ok(Self {
+            id: values.uuid(0)?,
+            enterprise_id: values.uuid(1)?,
+            scope: values.text(2)?,
+            email_constraint: values.text(3)?,
+            role: values.bytes(4)?,
+            status: values.text(5)?,
+            invited_by: values.bytes(6)?,
+            pending_human_actor_ref: values.optional_bytes(7)?,
+            challenge_ref: values.optional_text(8)?,
+            created_at: values.bigint(9)?,
+            updated_at: values.bigint(10)?,
+            expires_at: values.bigint(11)?,
+            accepted_at: values.optional_bigint(12)?,
+            accepted_by: values.optional_bytes(13)?,
+            cancelled_at: values.optional_bigint(14)?,
+            cancel_reason: values.optional_text(15)?,
+            cancelled_by: values.optional_bytes(16)?,
+            version: values.bigint(17)?,
+        })
+    }
+}
+
+/// The values of one PostgreSQL row in binary format, by position (see
+/// [`StoredRow::of_postgres`]).
+struct PgValues<'a>(&'a PgRow);
+
+impl<'a> PgValues<'a> {
+    fn optional_bytes(&self, index: usize) -> Result<Option<&'a [u8]>, sea_orm::sqlx::Error> {
+        use sea_orm::sqlx::{Row, ValueRef};
+        let value = self.0.try_get_raw(index)?;
+        if value.is_null() {
+            return Ok(None);
+        }
+        if value.format() != PgValueFormat::Binary {
+            return Err(Self::malformed(index, "a value in text format"));
+        }
+        value
+            .as_bytes()
+            .map(Some)
+            .map_err(|source| sea_orm::sqlx::Error::ColumnDecode {
+                index: index.to_string(),
+                source,
+            })
+    }
+
+    fn bytes(&self, index: usize) -> Result<&'a [u8], sea_orm::sqlx::Error> {
+        self.optional_bytes(index)?
+            .ok_or_else(|| sea_orm::sqlx::Error::ColumnDecode {
+                index: index.to_string(),
+                source: Box::new(sea_orm::sqlx::error::UnexpectedNullError),
+            })
+    }
+
+    fn optional_text(&self, index: usize) -> Result<Option<&'a str>, sea_orm::sqlx::Error> {
+        self.optional_bytes(index)?
+            .map(|bytes| {
+                std::str::from_utf8(bytes).map_err(|source| sea_orm::sqlx::Error::ColumnDecode {
+                    index: index.to_string(),
+                    source: Box::new(source),
+                })
+            })
+            .transpose()
+    }
+
+    fn text(&self, index: usize) -> Result<&'a str, sea_orm::sqlx::Error> {
+        let bytes = self.bytes(index)?;
+        std::str::from_utf8(bytes).map_err(|source| sea_orm::sqlx::Error::ColumnDecode {
+            index: index.to_string(),
+            source: Box::new(source),
+        })
+    }
+
+    fn uuid(&self, index: usize) -> Result<Uuid, sea_orm::sqlx::Error> {
+        Uuid::from_slice(self.bytes(index)?).map_err(|_| Self::malformed(index, "not a uuid"))
+    }
+
+    fn optional_bigint(&self, index: usize) -> Result<Option<i64>, sea_orm::sqlx::Error> {
+        self.optional_bytes(index)?
+            .map(|bytes| {
+                <[u8; 8]>::try_from(bytes)
+                    .map(i64::from_be_bytes)
+                    .map_err(|_| Self::malformed(index, "not a bigint"))
+            })
+            .transpose()
+    }
+
+    fn bigint(&self, index: usize) -> Result<i64, sea_orm::sqlx::Error> {
+        self.optional_bigint(index)?
+            .ok_or_else(|| sea_orm::sqlx::Error::ColumnDecode {
+                index: index.to_string(),
+                source: Box::new(sea_orm::sqlx::error::UnexpectedNullError),
+            })
+    }
+
+    fn malformed(index: usize, what: &'static str) -> sea_orm::sqlx::Error {
+        sea_orm::sqlx::Error::ColumnDecode {
+            index: index.to_string(),
+            source: what.into(),
+        }
     }
 }
 
@@ -292,13 +405,14 @@ const READ_COLUMNS: [Column; 18] = [
 
 fn into_domain(row: StoredRow<'_>) -> Result<Invitation, Error> {
     let id = row.id;
-    let user = |raw: &str, column: &str| UserRef::parse(raw).map_err(|_| corrupt(id, column));
-    let optional_user = |raw: Option<&str>, column: &str| raw.map(|r| user(r, column)).transpose();
+    let user =
+        |raw: &[u8], column: &str| UserRef::from_stored(raw).ok_or_else(|| corrupt(id, column));
+    let optional_user = |raw: Option<&[u8]>, column: &str| raw.map(|r| user(r, column)).transpose();
     Ok(Invitation {
         id: InvitationId::from_uuid(id),
         enterprise: EnterpriseId::from_uuid(row.enterprise_id),
         scope: Scope::from_stored(row.scope.to_owned()).map_err(|_| corrupt(id, "scope"))?,
-        role: RoleRef::parse(row.role).map_err(|_| corrupt(id, "role"))?,
+        role: RoleRef::from_stored(row.role).ok_or_else(|| corrupt(id, "role"))?,
         stored_status: InvitationStatus::parse_stored(row.status)
             .ok_or_else(|| corrupt(id, "status"))?,
         invited_by: user(row.invited_by, "invited_by")?,
@@ -344,12 +458,14 @@ async fn fetch_invitations(
                 .fetch_all(db.get_postgres_connection_pool())
                 .await
                 .map_err(sqlx_failure)?,
+            StoredRow::of_postgres,
         ),
         DbBackend::Sqlite => decode_invitations(
             &query_with(sql, values)
                 .fetch_all(db.get_sqlite_connection_pool())
                 .await
                 .map_err(sqlx_failure)?,
+            StoredRow::of_sqlx,
         ),
         other => Err(Error::Internal(format!("no store for {other:?}"))),
     }
@@ -396,22 +512,18 @@ async fn run_and_keep(
         .await
         .map_err(sqlx_failure)?;
     hot.keep(connection);
-    decode_invitations(&rows)
+    decode_invitations(&rows, StoredRow::of_postgres)
 }
 
-fn decode_invitations<'a, R>(rows: &'a [R]) -> Result<Vec<Invitation>, Error>
-where
-    R: sea_orm::sqlx::Row,
-    usize: sea_orm::sqlx::ColumnIndex<R>,
-    Uuid: sea_orm::sqlx::Decode<'a, R::Database>,
-    &'a str: sea_orm::sqlx::Decode<'a, R::Database>,
-    i64: sea_orm::sqlx::Decode<'a, R::Database>,
-{
+fn decode_invitations<'a, R>(
+    rows: &'a [R],
+    stored_row: impl Fn(&'a R) -> Result<StoredRow<'a>, sea_orm::sqlx::Error>,
+) -> Result<Vec<Invitation>, Error> {
     // Sized up front: collecting through `?` gives no size hint, and the vector of
     // invitations (about 300 bytes each) would otherwise grow by copying five times a page.
     let mut invitations = Vec::with_capacity(rows.len());
     for row in rows {
-        invitations.push(into_domain(StoredRow::of_sqlx(row).map_err(sqlx_failure)?)?);
+        invitations.push(into_domain(stored_row(row).map_err(sqlx_failure)?)?);
     }
     Ok(invitations)
 }

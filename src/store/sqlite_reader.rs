@@ -195,6 +195,11 @@ fn stored_row<'r>(row: &'r rusqlite::Row<'_>) -> rusqlite::Result<StoredRow<'r>>
     let text = |i: usize| -> rusqlite::Result<&'r str> { Ok(row.get_ref(i)?.as_str()?) };
     let optional_text =
         |i: usize| -> rusqlite::Result<Option<&'r str>> { Ok(row.get_ref(i)?.as_str_or_null()?) };
+    // References are read as bytes (text or blob alike), for `UserRef::from_stored`.
+    let reference = |i: usize| -> rusqlite::Result<&'r [u8]> { Ok(row.get_ref(i)?.as_bytes()?) };
+    let optional_reference = |i: usize| -> rusqlite::Result<Option<&'r [u8]>> {
+        Ok(row.get_ref(i)?.as_bytes_or_null()?)
+    };
     let integer = |i: usize| -> rusqlite::Result<i64> { Ok(row.get_ref(i)?.as_i64()?) };
     let optional_integer =
         |i: usize| -> rusqlite::Result<Option<i64>> { Ok(row.get_ref(i)?.as_i64_or_null()?) };
@@ -208,19 +213,19 @@ fn stored_row<'r>(row: &'r rusqlite::Row<'_>) -> rusqlite::Result<StoredRow<'r>>
         enterprise_id: uuid(1)?,
         scope: text(2)?,
         email_constraint: text(3)?,
-        role: text(4)?,
+        role: reference(4)?,
         status: text(5)?,
-        invited_by: text(6)?,
-        pending_human_actor_ref: optional_text(7)?,
+        invited_by: reference(6)?,
+        pending_human_actor_ref: optional_reference(7)?,
         challenge_ref: optional_text(8)?,
         created_at: integer(9)?,
         updated_at: integer(10)?,
         expires_at: integer(11)?,
         accepted_at: optional_integer(12)?,
-        accepted_by: optional_text(13)?,
+        accepted_by: optional_reference(13)?,
         cancelled_at: optional_integer(14)?,
         cancel_reason: optional_text(15)?,
-        cancelled_by: optional_text(16)?,
+        cancelled_by: optional_reference(16)?,
         version: integer(17)?,
     })
 }
