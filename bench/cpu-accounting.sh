@@ -5,7 +5,7 @@
 # pgbench and every postgres process over 6 s in the middle of each variant, and prints the
 # cores each used; divide by the req/s printed below them for CPU per request.
 #
-#   bench/cpu-accounting.sh [OP] [SERVICE_BIN]
+#   [LAYOUT=spread] [SIZE=1000000] bench/cpu-accounting.sh [OP] [SERVICE_BIN]
 #
 # Needs a release build (cargo build --release --bins --examples), PostgreSQL at
 # TEST_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/test), and no other harness
@@ -18,7 +18,7 @@ url=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
 out=$(mktemp)
 extra=()
 [ "$op" = cancel ] && extra=(--cancels 60000)
-"$bench" --full --store postgres --layouts single --sizes 1000 --ops "$op" --conc 8 --runs 1 \
+"$bench" --full --store postgres --layouts "${LAYOUT:-single}" --sizes "${SIZE:-1000}" --ops "$op" --conc 8 --runs 1 \
   --secs 14 "${extra[@]}" --pg-url "$url" --server-bin "$bin" \
   --out "$out.json" --chart "$out.svg" >"$out" 2>&1 &
 harness=$!
