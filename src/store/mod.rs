@@ -311,46 +311,18 @@ impl<'a> PgValues<'a> {
             return Ok(None);
         }
         if value.format() != PgValueFormat::Binary {
-            return Err(Self::malformed(index, "a value in text format"));
+            return Err(Self::failure(index, "a value in text format"));
         }
         value
             .as_bytes()
             .map(Some)
-            .map_err(|source| sea_orm::sqlx::Error::ColumnDecode {
-                index: index.to_string(),
-                source,
-            })
-    }
-
-    fn bytes(&self, index: usize) -> Result<&'a [u8], sea_orm::sqlx::Error> {
-        self.optional_bytes(index)?
-            .ok_or_else(|| sea_orm::sqlx::Error::ColumnDecode {
-                index: index.to_string(),
-                source: Box::new(sea_orm::sqlx::error::UnexpectedNullError),
-            })
+            .map_err(|source| Self::failure(index, source))
     }
 
     fn optional_text(&self, index: usize) -> Result<Option<&'a str>, sea_orm::sqlx::Error> {
         self.optional_bytes(index)?
-            .map(|bytes| {
-                std::str::from_utf8(bytes).map_err(|source| sea_orm::sqlx::Error::ColumnDecode {
-                    index: index.to_string(),
-                    source: Box::new(source),
-                })
-            })
+            .map(|bytes| std::str::from_utf8(bytes).map_err(|e| Self::failure(index, e)))
             .transpose()
-    }
-
-    fn text(&self, index: usize) -> Result<&'a str, sea_orm::sqlx::Error> {
-        let bytes = self.bytes(index)?;
-        std::str::from_utf8(bytes).map_err(|source| sea_orm::sqlx::Error::ColumnDecode {
-            index: index.to_string(),
-            source: Box::new(source),
-        })
-    }
-
-    fn uuid(&self, index: usize) -> Result<Uuid, sea_orm::sqlx::Error> {
-        Uuid::from_slice(self.bytes(index)?).map_err(|_| Self::malformed(index, "not a uuid"))
     }
 
     fn optional_bigint(&self, index: usize) -> Result<Option<i64>, sea_orm::sqlx::Error> {
@@ -358,23 +330,38 @@ impl<'a> PgValues<'a> {
             .map(|bytes| {
                 <[u8; 8]>::try_from(bytes)
                     .map(i64::from_be_bytes)
-                    .map_err(|_| Self::malformed(index, "not a bigint"))
+                    .map_err(|_| Self::failure(index, "not a bigint"))
             })
             .transpose()
     }
 
-    fn bigint(&self, index: usize) -> Result<i64, sea_orm::sqlx::Error> {
-        self.optional_bigint(index)?
-            .ok_or_else(|| sea_orm::sqlx::Error::ColumnDecode {
-                index: index.to_string(),
-                source: Box::new(sea_orm::sqlx::error::UnexpectedNullError),
-            })
+    fn bytes(&self, index: usize) -> Result<&'a [u8], sea_orm::sqlx::Error> {
+        Self::required(index, self.optional_bytes(index)?)
     }
 
-    fn malformed(index: usize, what: &'static str) -> sea_orm::sqlx::Error {
+    fn text(&self, index: usize) -> Result<&'a str, sea_orm::sqlx::Error> {
+        Self::required(index, self.optional_text(index)?)
+    }
+
+    fn bigint(&self, index: usize) -> Result<i64, sea_orm::sqlx::Error> {
+        Self::required(index, self.optional_bigint(index)?)
+    }
+
+    fn uuid(&self, index: usize) -> Result<Uuid, sea_orm::sqlx::Error> {
+        Uuid::from_slice(self.bytes(index)?).map_err(|_| Self::failure(index, "not a uuid"))
+    }
+
+    fn required<T>(index: usize, value: Option<T>) -> Result<T, sea_orm::sqlx::Error> {
+        value.ok_or_else(|| Self::failure(index, sea_orm::sqlx::error::UnexpectedNullError))
+    }
+
+    fn failure(
+        index: usize,
+        source: impl Into<sea_orm::sqlx::error::BoxDynError>,
+    ) -> sea_orm::sqlx::Error {
         sea_orm::sqlx::Error::ColumnDecode {
             index: index.to_string(),
-            source: what.into(),
+            source: source.into(),
         }
     }
 }
