@@ -22,7 +22,7 @@ bin=$(realpath "${2:-target/release/invitations}")
 bench=${BENCH:-target/release/examples/bench}
 url=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
 case "$op" in
-list) per_request='invitations::store::decode_invitations' extra=() ready=seeded ;;
+list) per_request='invitations::auth::Caller::enterprise_admin' extra=() ready=seeded ;;
 cancel) per_request='invitations::grpc::wire::WireInvitation::new' extra=(--cancels 15000) ready=added ;;
 *) echo "OP is list or cancel" >&2; exit 2 ;;
 esac

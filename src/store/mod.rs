@@ -41,6 +41,9 @@ use statements::RenderedStatements;
 /// the largest size, plus the row that tells whether another page follows.
 pub const SQLITE_ROW_CHANNEL: usize = 1024;
 
+/// The most rows a read makes room for before they arrive.
+const MAX_EXPECTED_ROWS: usize = 1024;
+
 /// How to reach the database.
 #[derive(Debug, Clone)]
 pub struct StoreSettings {
@@ -435,25 +438,23 @@ fn sqlx_failure(error: sea_orm::sqlx::Error) -> Error {
 async fn fetch_invitations(
     db: &DatabaseConnection,
     statement: Statement,
+    expected_rows: usize,
 ) -> Result<Vec<Invitation>, Error> {
     use sea_orm::sqlx::{AssertSqlSafe, query_with};
     let sql = AssertSqlSafe(statement.sql);
     let values = SqlxValues(statement.values.unwrap_or(Values(Vec::new())));
     match db.get_database_backend() {
-        DbBackend::Postgres => decode_invitations(
-            &query_with(sql, values)
-                .fetch_all(db.get_postgres_connection_pool())
-                .await
-                .map_err(sqlx_failure)?,
-            StoredRow::of_postgres,
-        ),
-        DbBackend::Sqlite => decode_invitations(
-            &query_with(sql, values)
-                .fetch_all(db.get_sqlite_connection_pool())
-                .await
-                .map_err(sqlx_failure)?,
-            StoredRow::of_sqlx,
-        ),
+        DbBackend::Postgres => {
+            let rows = query_with(sql, values).fetch(db.get_postgres_connection_pool());
+            decode_invitations(rows, expected_rows, postgres_invitation).await
+        }
+        DbBackend::Sqlite => {
+            let rows = query_with(sql, values).fetch(db.get_sqlite_connection_pool());
+            decode_invitations(rows, expected_rows, |row| {
+                into_domain(StoredRow::of_sqlx(row).map_err(sqlx_failure)?)
+            })
+            .await
+        }
         other => Err(Error::Internal(format!("no store for {other:?}"))),
     }
 }
@@ -463,12 +464,13 @@ async fn read_postgres(
     hot: &HotConnections,
     pool: &sea_orm::sqlx::PgPool,
     statement: Statement,
+    expected_rows: usize,
 ) -> Result<Vec<Invitation>, Error> {
     let (connection, kept) = hot.checkout(pool).await?;
     if !kept {
-        return run_and_keep(hot, connection, statement).await;
+        return run_and_keep(hot, connection, statement, expected_rows).await;
     }
-    match run_and_keep(hot, connection, statement.clone()).await {
+    match run_and_keep(hot, connection, statement.clone(), expected_rows).await {
         // The server may have closed a kept connection while it sat idle (a restart, an
         // idle timeout). A read is safe to repeat: once, on a connection from the pool.
         // What closed it most likely closed the others too, kept or pooled: drop the kept
@@ -477,7 +479,7 @@ async fn read_postgres(
             tracing::debug!(%cause, "a kept connection failed; reading again");
             hot.release_all();
             let connection = HotConnection::acquire_live(pool).await?;
-            run_and_keep(hot, connection, statement).await
+            run_and_keep(hot, connection, statement, expected_rows).await
         }
         other => other,
     }
@@ -489,28 +491,37 @@ async fn run_and_keep(
     hot: &HotConnections,
     mut connection: HotConnection,
     statement: Statement,
+    expected_rows: usize,
 ) -> Result<Vec<Invitation>, Error> {
     use sea_orm::sqlx::{AssertSqlSafe, query_with};
     let sql = AssertSqlSafe(statement.sql);
     let values = SqlxValues(statement.values.unwrap_or(Values(Vec::new())));
-    // On failure the connection is dropped, back into the pool, whose ping resets it.
-    let rows = query_with(sql, values)
-        .fetch_all(&mut *connection.connection)
-        .await
-        .map_err(sqlx_failure)?;
+    // On failure the connection is dropped, back into the pool, whose ping resets it (and
+    // reads what is left of an answer a corrupt row cut short).
+    let rows = query_with(sql, values).fetch(&mut *connection.connection);
+    let invitations = decode_invitations(rows, expected_rows, postgres_invitation).await?;
     hot.keep(connection);
-    decode_invitations(&rows, StoredRow::of_postgres)
+    Ok(invitations)
 }
 
-fn decode_invitations<'a, R>(
-    rows: &'a [R],
-    stored_row: impl Fn(&'a R) -> Result<StoredRow<'a>, sea_orm::sqlx::Error>,
+fn postgres_invitation(row: &PgRow) -> Result<Invitation, Error> {
+    into_domain(StoredRow::of_postgres(row).map_err(sqlx_failure)?)
+}
+
+/// Maps each row as it arrives. PostgreSQL sends a page of 50 in about three reads, and the
+/// rows of the first are mapped while the rest are on their way; each row's buffer is freed
+/// as soon as it is read, and no vector of rows grows as they come.
+async fn decode_invitations<R>(
+    mut rows: impl tokio_stream::Stream<Item = Result<R, sea_orm::sqlx::Error>> + Unpin,
+    expected_rows: usize,
+    invitation: impl Fn(&R) -> Result<Invitation, Error>,
 ) -> Result<Vec<Invitation>, Error> {
-    // Sized up front: collecting through `?` gives no size hint, and the vector of
-    // invitations (about 300 bytes each) would otherwise grow by copying five times a page.
-    let mut invitations = Vec::with_capacity(rows.len());
-    for row in rows {
-        invitations.push(into_domain(stored_row(row).map_err(sqlx_failure)?)?);
+    use tokio_stream::StreamExt;
+    // Sized up front: the vector of invitations (about 300 bytes each) would otherwise grow
+    // by copying five times a page.
+    let mut invitations = Vec::with_capacity(expected_rows);
+    while let Some(row) = rows.next().await {
+        invitations.push(invitation(&row.map_err(sqlx_failure)?)?);
     }
     Ok(invitations)
 }
@@ -704,7 +715,11 @@ impl Store {
         let statement = self
             .statements
             .list(filter, || Self::page_statement(filter, backend));
-        self.read_statement(statement).await
+        // The limit is a validated page size plus one.
+        let expected_rows = usize::try_from(filter.limit)
+            .unwrap_or(usize::MAX)
+            .min(MAX_EXPECTED_ROWS);
+        self.read_statement(statement, expected_rows).await
     }
 
     /// The page's statement as SeaORM builds it (rendered once per shape; see `statements`).
@@ -745,22 +760,27 @@ impl Store {
             .build(backend)
     }
 
-    /// A read that SeaORM builds, selecting [`READ_COLUMNS`].
+    /// A read that SeaORM builds, selecting [`READ_COLUMNS`] of one row (by id or link).
     async fn read(&self, select: Select<Entity>) -> Result<Vec<Invitation>, Error> {
         let backend = self.db.get_database_backend();
-        self.read_statement(select.select_only().columns(READ_COLUMNS).build(backend))
+        self.read_statement(select.select_only().columns(READ_COLUMNS).build(backend), 1)
             .await
     }
 
-    /// A read of [`READ_COLUMNS`].
-    async fn read_statement(&self, statement: Statement) -> Result<Vec<Invitation>, Error> {
+    /// A read of [`READ_COLUMNS`], expecting about `expected_rows` rows.
+    async fn read_statement(
+        &self,
+        statement: Statement,
+        expected_rows: usize,
+    ) -> Result<Vec<Invitation>, Error> {
         let db = self.usable()?;
         match (&self.sqlite_readers, &self.hot_connections) {
             (Some(readers), _) => readers.fetch(statement).await,
             (None, Some(hot)) => {
-                read_postgres(hot, db.get_postgres_connection_pool(), statement).await
+                let pool = db.get_postgres_connection_pool();
+                read_postgres(hot, pool, statement, expected_rows).await
             }
-            (None, None) => fetch_invitations(db, statement).await,
+            (None, None) => fetch_invitations(db, statement, expected_rows).await,
         }
     }
 
@@ -782,9 +802,9 @@ impl Store {
             // Never repeated: the first attempt may have been applied.
             Some(hot) => {
                 let (connection, _) = hot.checkout(db.get_postgres_connection_pool()).await?;
-                run_and_keep(hot, connection, statement).await?
+                run_and_keep(hot, connection, statement, 1).await?
             }
-            None => fetch_invitations(db, statement).await?,
+            None => fetch_invitations(db, statement, 1).await?,
         };
         Ok(rows.into_iter().next())
     }
