@@ -176,15 +176,16 @@ impl Finish {
     fn log(self, completed: bool) {
         let latency_ms = self.started.elapsed().as_secs_f64() * 1e3;
         let code = match (self.code, completed) {
-            (Some(code), _) => format!("{code:?}"),
-            (None, true) => "Unknown".to_owned(),
-            (None, false) => "Cancelled".to_owned(),
+            (Some(code), _) => code,
+            (None, true) => tonic::Code::Unknown,
+            (None, false) => tonic::Code::Cancelled,
         };
         let _entered = self.span.enter();
+        // `?code` is formatted only by a subscriber that keeps the event, not on every RPC.
         if self.quiet {
-            tracing::debug!(code, latency_ms, "rpc finished");
+            tracing::debug!(code = ?code, latency_ms, "rpc finished");
         } else {
-            tracing::info!(code, latency_ms, "rpc finished");
+            tracing::info!(code = ?code, latency_ms, "rpc finished");
         }
     }
 }

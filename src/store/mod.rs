@@ -440,20 +440,14 @@ async fn fetch_invitations(
     statement: Statement,
     expected_rows: usize,
 ) -> Result<Vec<Invitation>, Error> {
-    use sea_orm::sqlx::{AssertSqlSafe, query_with};
-    let sql = AssertSqlSafe(statement.sql);
-    let values = SqlxValues(statement.values.unwrap_or(Values(Vec::new())));
     match db.get_database_backend() {
         DbBackend::Postgres => {
-            let rows = query_with(sql, values).fetch(db.get_postgres_connection_pool());
+            let rows = sqlx_query(statement).fetch(db.get_postgres_connection_pool());
             decode_invitations(rows, expected_rows, postgres_invitation).await
         }
         DbBackend::Sqlite => {
-            let rows = query_with(sql, values).fetch(db.get_sqlite_connection_pool());
-            decode_invitations(rows, expected_rows, |row| {
-                into_domain(StoredRow::of_sqlx(row).map_err(sqlx_failure)?)
-            })
-            .await
+            let rows = sqlx_query(statement).fetch(db.get_sqlite_connection_pool());
+            decode_invitations(rows, expected_rows, sqlite_invitation).await
         }
         other => Err(Error::Internal(format!("no store for {other:?}"))),
     }
@@ -493,19 +487,31 @@ async fn run_and_keep(
     statement: Statement,
     expected_rows: usize,
 ) -> Result<Vec<Invitation>, Error> {
-    use sea_orm::sqlx::{AssertSqlSafe, query_with};
-    let sql = AssertSqlSafe(statement.sql);
-    let values = SqlxValues(statement.values.unwrap_or(Values(Vec::new())));
     // On failure the connection is dropped, back into the pool, whose ping resets it (and
     // reads what is left of an answer a corrupt row cut short).
-    let rows = query_with(sql, values).fetch(&mut *connection.connection);
+    let rows = sqlx_query(statement).fetch(&mut *connection.connection);
     let invitations = decode_invitations(rows, expected_rows, postgres_invitation).await?;
     hot.keep(connection);
     Ok(invitations)
 }
 
+/// A statement SeaORM built, as a sqlx query with its values bound.
+fn sqlx_query<DB: sea_orm::sqlx::Database>(
+    statement: Statement,
+) -> sea_orm::sqlx::query::Query<'static, DB, SqlxValues>
+where
+    SqlxValues: sea_orm::sqlx::IntoArguments<DB>,
+{
+    let values = SqlxValues(statement.values.unwrap_or(Values(Vec::new())));
+    sea_orm::sqlx::query_with(sea_orm::sqlx::AssertSqlSafe(statement.sql), values)
+}
+
 fn postgres_invitation(row: &PgRow) -> Result<Invitation, Error> {
     into_domain(StoredRow::of_postgres(row).map_err(sqlx_failure)?)
+}
+
+fn sqlite_invitation(row: &sea_orm::sqlx::sqlite::SqliteRow) -> Result<Invitation, Error> {
+    into_domain(StoredRow::of_sqlx(row).map_err(sqlx_failure)?)
 }
 
 /// Maps each row as it arrives. PostgreSQL sends a page of 50 in about three reads, and the
