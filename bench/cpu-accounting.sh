@@ -3,7 +3,8 @@
 # "Where the time goes now"). Runs one 14 s round of OP (list or cancel) at concurrency 8 on
 # 1 000 rows in PostgreSQL, samples utime+stime of the service, the no-op, the load generator,
 # pgbench and every postgres process over 6 s in the middle of each variant, and prints the
-# cores each used; divide by the req/s printed below them for CPU per request.
+# cores each used and how busy each core was; divide by the req/s printed below them for CPU
+# per request.
 #
 #   [LAYOUT=spread] [SIZE=1000000] bench/cpu-accounting.sh [OP] [SERVICE_BIN]
 #
@@ -29,20 +30,33 @@ pg_ticks() {
   for pid in $(pgrep -x postgres); do total=$((total + $(ticks "$pid"))); done
   echo "$total"
 }
+# Busy (not idle, not iowait) ticks of each core: "cpu0=N cpu1=M".
+core_ticks() { awk '/^cpu[0-9]/ {printf "%s=%d ", $1, $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 hz=$(getconf CLK_TCK)
 sample() {
   local label=$1 pid
   shift
   declare -A before
   for pid in "$@"; do before[$pid]=$(ticks "$pid"); done
-  local pg_before_ticks
+  local pg_before_ticks cores_before
   pg_before_ticks=$(pg_ticks)
+  cores_before=$(core_ticks)
   sleep 6
   local line="$label:"
   for pid in "$@"; do
     line+=" $(cat "/proc/$pid/comm" 2>/dev/null || echo gone)[$pid]=$(echo "scale=2; ($(ticks "$pid") - ${before[$pid]}) / ($hz * 6)" | bc) cores"
   done
-  echo "$line postgres=$(echo "scale=2; ($(pg_ticks) - $pg_before_ticks) / ($hz * 6)" | bc) cores"
+  line+=" postgres=$(echo "scale=2; ($(pg_ticks) - $pg_before_ticks) / ($hz * 6)" | bc) cores"
+  # How busy each core was: where the server is pinned, is it the one that waits?
+  local core after_ticks
+  for core in $(core_ticks); do
+    after_ticks=${core#*=}
+    for before_core in $cores_before; do
+      [ "${before_core%%=*}" = "${core%%=*}" ] || continue
+      line+=" ${core%%=*}=$(echo "scale=2; ($after_ticks - ${before_core#*=}) / ($hz * 6)" | bc)"
+    done
+  done
+  echo "$line"
 }
 wait_for() { until grep -q "$1" "$out"; do sleep 0.2; done; }
 
