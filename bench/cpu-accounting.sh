@@ -30,31 +30,28 @@ pg_ticks() {
   for pid in $(pgrep -x postgres); do total=$((total + $(ticks "$pid"))); done
   echo "$total"
 }
-# Busy (not idle, not iowait) ticks of each core: "cpu0=N cpu1=M".
-core_ticks() { awk '/^cpu[0-9]/ {printf "%s=%d ", $1, $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+# Busy (not idle, not iowait) ticks of each core, one line per core in core order.
+core_ticks() { awk '/^cpu[0-9]/ {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 hz=$(getconf CLK_TCK)
 sample() {
   local label=$1 pid
   shift
   declare -A before
   for pid in "$@"; do before[$pid]=$(ticks "$pid"); done
-  local pg_before_ticks cores_before
+  local pg_before_ticks core_before core_after
   pg_before_ticks=$(pg_ticks)
-  cores_before=$(core_ticks)
+  mapfile -t core_before < <(core_ticks)
   sleep 6
+  mapfile -t core_after < <(core_ticks)
   local line="$label:"
   for pid in "$@"; do
     line+=" $(cat "/proc/$pid/comm" 2>/dev/null || echo gone)[$pid]=$(echo "scale=2; ($(ticks "$pid") - ${before[$pid]}) / ($hz * 6)" | bc) cores"
   done
   line+=" postgres=$(echo "scale=2; ($(pg_ticks) - $pg_before_ticks) / ($hz * 6)" | bc) cores"
   # How busy each core was: where the server is pinned, is it the one that waits?
-  local core after_ticks
-  for core in $(core_ticks); do
-    after_ticks=${core#*=}
-    for before_core in $cores_before; do
-      [ "${before_core%%=*}" = "${core%%=*}" ] || continue
-      line+=" ${core%%=*}=$(echo "scale=2; ($after_ticks - ${before_core#*=}) / ($hz * 6)" | bc)"
-    done
+  local core
+  for core in "${!core_before[@]}"; do
+    line+=" cpu$core=$(echo "scale=2; (${core_after[$core]} - ${core_before[$core]}) / ($hz * 6)" | bc)"
   done
   echo "$line"
 }
