@@ -139,7 +139,8 @@ struct Opts {
     /// Seconds measured per List measurement (pgbench needs whole seconds).
     #[arg(long)]
     secs: Option<u64>,
-    /// Cancels per Cancel measurement.
+    /// Cancels per Cancel measurement of the service and of the database, at every
+    /// concurrency (each needs a fresh invitation; the no-op runs for `--secs` instead).
     #[arg(long)]
     cancels: Option<usize>,
     /// PostgreSQL server URL (a database on it is created and dropped); default
@@ -354,7 +355,12 @@ fn plan_from(opts: &Opts) -> Result<Plan, String> {
         } else {
             Duration::from_millis(300)
         },
-        cancels: opts.cancels.unwrap_or(if quick { 200 } else { 4000 }),
+        // At c=1 a commit takes 0.2 to 0.7 ms here, so 6 000 cancels last 1 to 4 s: long
+        // enough that a round's p50 is not one moment's WAL flush latency (500 lasted 0.15 s).
+        cancels: opts
+            .cancels
+            .unwrap_or(if quick { 200 } else { 6000 })
+            .max(1),
         pg_url,
         inproc,
         server_bin,
@@ -1438,6 +1444,7 @@ async fn start_noop(plan: &Plan) -> Server {
     let exe = std::env::current_exe().expect("own path");
     let mut cmd = pinned(&exe, plan.pin.then_some(0));
     cmd.arg("--serve-noop")
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     let mut child = cmd.spawn().expect("start the no-op server");
@@ -1878,7 +1885,7 @@ impl Ctx<'_> {
         run: usize,
         next_pool: &mut u64,
     ) {
-        let total = cancels_at(self.plan, conc);
+        let total = self.plan.cancels;
         let warm = total / 10;
         let span = Span::Count { total, warm };
         let sample = match variant {
@@ -1893,9 +1900,11 @@ impl Ctx<'_> {
                 )
                 .await
             }
+            // The no-op changes nothing, so it can cancel the same few ids for a set time.
             "transport" => {
                 let targets = cancel_targets(self.layout, &self.tokens, 0, 64);
-                grpc_cancel(connect_clients(self.noop, conc).await, targets, conc, span).await
+                let clients = connect_clients(self.noop, conc).await;
+                grpc_cancel(clients, targets, conc, self.timed()).await
             }
             _ => match self.store {
                 StoreKind::Postgres => {
@@ -1996,12 +2005,6 @@ impl Ctx<'_> {
         self.info.race_codes = all;
         self.info.race_one_winner_each = one_winner;
     }
-}
-
-/// Cancels per measurement: fewer at low concurrency, where each one waits for a commit.
-fn cancels_at(plan: &Plan, conc: usize) -> usize {
-    let most = plan.cancels.max(1);
-    (most * conc / 16).clamp((most / 8).max(1), most)
 }
 
 /// The page token of the page after `DEEP_PAGES` pages of 50, by walking with pages of 1000
@@ -2161,11 +2164,7 @@ async fn run_dataset(
     }
     if has("cancel") {
         // Fresh pending invitations: enough for every measurement, then the race.
-        let per_round: usize = plan
-            .conc
-            .iter()
-            .map(|&c| 2 * (cancels_at(plan, c) + c))
-            .sum();
+        let per_round: usize = plan.conc.iter().map(|&c| 2 * (plan.cancels + c)).sum();
         let needed = (plan.runs * per_round + RACE_IDS + 1) as u64;
         let t = Instant::now();
         db.seed(layout, 0, needed, clock, true).await;
@@ -3081,6 +3080,12 @@ fn pin_self_to_core_1() {
 fn main() {
     let opts = Opts::parse();
     if opts.serve_noop {
+        // The harness holds our stdin open and never writes to it: end of file means it is
+        // gone, even if it was killed by a signal and could not stop us.
+        std::thread::spawn(|| {
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+            std::process::exit(0);
+        });
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
