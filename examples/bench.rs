@@ -355,8 +355,9 @@ fn plan_from(opts: &Opts) -> Result<Plan, String> {
         } else {
             Duration::from_millis(300)
         },
-        // At c=1 a commit takes 0.2 to 0.7 ms here, so 6 000 cancels last 1 to 4 s: long
-        // enough that a round's p50 is not one moment's WAL flush latency (500 lasted 0.15 s).
+        // A commit waits for a WAL flush, whose latency drifts: at c=1, 6 000 cancels last
+        // 2 to 20 s on the machines seen so far, where 500 lasted 0.15 s and a round's p50
+        // was one moment's flush latency.
         cancels: opts
             .cancels
             .unwrap_or(if quick { 200 } else { 6000 })
