@@ -159,6 +159,10 @@ struct Opts {
     /// Pin servers to core 0 and the load generator (this process, pgbench) to core 1.
     #[arg(long)]
     pin: Option<bool>,
+    /// With `--pin`, also move the PostgreSQL backends that serve the service to core 1, so
+    /// the server's core is its own (default: on with `--pin`).
+    #[arg(long)]
+    pin_db: Option<bool>,
     /// Results file (merged: a run replaces only the datasets it measured).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -227,6 +231,7 @@ struct Plan {
     server_bin: PathBuf,
     pgbench: Option<PathBuf>,
     pin: bool,
+    pin_db: bool,
     out: Option<PathBuf>,
     chart: Option<PathBuf>,
     db_max_connections: Option<u32>,
@@ -331,6 +336,7 @@ fn plan_from(opts: &Opts) -> Result<Plan, String> {
     }
     let taskset = Path::new("/usr/bin/taskset").is_file();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pin = opts.pin.unwrap_or(!quick && taskset && cores >= 2);
     Ok(Plan {
         stores,
         sizes: if !opts.sizes.is_empty() {
@@ -366,7 +372,8 @@ fn plan_from(opts: &Opts) -> Result<Plan, String> {
         inproc,
         server_bin,
         pgbench: opts.pgbench.clone().or_else(find_pgbench),
-        pin: opts.pin.unwrap_or(!quick && taskset && cores >= 2),
+        pin,
+        pin_db: pin && !inproc && opts.pin_db.unwrap_or(true),
         out: opts.out.clone().or_else(|| {
             (!quick || opts.report || opts.explain).then(|| PathBuf::from("bench/results.json"))
         }),
@@ -1409,7 +1416,7 @@ async fn start_service(plan: &Plan, database_url: &str) -> Server {
     let addr = free_port();
     let mut cmd = pinned(&plan.server_bin, plan.pin.then_some(0));
     cmd.arg("serve")
-        .env("DATABASE_URL", database_url)
+        .env("DATABASE_URL", service_database_url(database_url))
         .env("INVITATIONS_LISTEN_ADDR", addr.to_string())
         .env("INVITATIONS_JWT_HS256_SECRET", JWT_SECRET)
         .env("INVITATIONS_RATE_LIMIT_PER_SECOND", "0")
@@ -1427,6 +1434,73 @@ async fn start_service(plan: &Plan, database_url: &str) -> Server {
     Server {
         addr,
         running: Running::Process(child),
+    }
+}
+
+/// The name the service's PostgreSQL connections carry, so the harness can find their backends.
+const SERVICE_APPLICATION_NAME: &str = "invitations-bench-service";
+
+fn service_database_url(database_url: &str) -> String {
+    if !database_url.starts_with("postgres") {
+        return database_url.to_owned();
+    }
+    let separator = if database_url.contains('?') { '&' } else { '?' };
+    format!("{database_url}{separator}application_name={SERVICE_APPLICATION_NAME}")
+}
+
+/// Moves the PostgreSQL backends serving the service to core 1 as they appear, for as long
+/// as it is not aborted; counts the backends moved.
+///
+/// A loopback send wakes its receiver on the sender's core when the sender is alone there,
+/// so with the server pinned to core 0 the backends it queries ran beside it and its core
+/// filled while core 1 idled (BENCHMARKS.md, rounds 3 and 7). Backends are pinned, not the
+/// postmaster: pgbench's backends, the database limit, keep both cores.
+async fn keep_service_backends_on_core_1(database_url: String, moved: Arc<AtomicU64>) {
+    let pool = match sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&database_url)
+        .await
+    {
+        Ok(pool) => pool,
+        Err(e) => {
+            eprintln!("could not watch the service's backends: {e}");
+            return;
+        }
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let backends: Vec<i32> =
+            sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE application_name = $1")
+                .bind(SERVICE_APPLICATION_NAME)
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_default();
+        for pid in backends {
+            if !seen.insert(pid) {
+                continue;
+            }
+            let status = tokio::process::Command::new("taskset")
+                .args(["-p", "-c", "1", &pid.to_string()])
+                .stdout(Stdio::null())
+                .status()
+                .await;
+            match status {
+                Ok(s) if s.success() => {
+                    moved.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => eprintln!("could not move the service's backend {pid} to core 1"),
+            }
+        }
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -1679,6 +1753,8 @@ struct DatasetInfo {
     seed_secs: f64,
     server_peak_rss_kib: Option<u64>,
     noop_peak_rss_kib: Option<u64>,
+    /// PostgreSQL backends of the service moved to core 1 (`--pin-db`); none when not moved.
+    service_backends_on_core_1: Option<u64>,
     /// Encoded response sizes (bytes): the real answer and the no-op's.
     list_bytes_service: usize,
     list_bytes_noop: usize,
@@ -2059,6 +2135,13 @@ async fn run_dataset(
     println!("  seeded {size} rows in {seed_secs:.1} s");
 
     let service = start_service(plan, &db.url).await;
+    let backends_moved = Arc::new(AtomicU64::new(0));
+    let backend_pinner = (plan.pin_db && store == StoreKind::Postgres).then(|| {
+        AbortOnDrop(tokio::spawn(keep_service_backends_on_core_1(
+            db.url.clone(),
+            backends_moved.clone(),
+        )))
+    });
     let noop = start_noop(plan).await;
     let tokens = tokens_for(layout);
     let pgbench = match (store, &plan.pgbench) {
@@ -2209,7 +2292,13 @@ async fn run_dataset(
     if let Some(kib) = ctx.info.server_peak_rss_kib {
         println!("  service peak RSS {:.1} MiB", kib as f64 / 1024.0);
     }
+    if backend_pinner.is_some() {
+        let moved = backends_moved.load(Ordering::Relaxed);
+        ctx.info.service_backends_on_core_1 = Some(moved);
+        println!("  the service's PostgreSQL backends moved to core 1: {moved}");
+    }
     let (records, info) = (ctx.records, ctx.info);
+    drop(backend_pinner);
     service.stop().await;
     noop.stop().await;
     db.drop_db().await;
@@ -3139,7 +3228,7 @@ fn main() {
         return;
     }
     println!(
-        "bench: stores {:?}, sizes {:?}, layouts {:?}, ops {:?}, concurrency {:?}, {} round(s), server {}, pinned {}",
+        "bench: stores {:?}, sizes {:?}, layouts {:?}, ops {:?}, concurrency {:?}, {} round(s), server {}, pinned {}, service's PostgreSQL backends on core 1 {}",
         plan.stores.iter().map(|s| s.name()).collect::<Vec<_>>(),
         plan.sizes,
         plan.layouts.iter().map(|l| l.name()).collect::<Vec<_>>(),
@@ -3147,7 +3236,8 @@ fn main() {
         plan.conc,
         plan.runs,
         if plan.inproc { "in-process" } else { "process" },
-        plan.pin
+        plan.pin,
+        plan.pin_db
     );
     let mut fresh = Results {
         machine: machine_info(plan.pg_url.as_deref()),
