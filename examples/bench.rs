@@ -3,7 +3,9 @@
 //!
 //! - **service**: the real server (the release binary as its own process, pinned to core 0,
 //!   or in-process for `--quick`), driven by a closed-loop gRPC load generator (this process,
-//!   pinned to core 1);
+//!   pinned to core 1); with `--pin-db` the database's work for it moves to core 1 as well,
+//!   so core 0 is the server's alone (PostgreSQL's backends, or SQLite's reader and writer
+//!   threads in the service process);
 //! - **transport limit**: a no-op `InvitationService` on the same tonic server settings (no
 //!   database, no interceptor, no layers) whose answers are prebuilt messages of the same size;
 //! - **database limit**: the same SQL the service sends (the keyset page, the conditional
@@ -159,8 +161,10 @@ struct Opts {
     /// Pin servers to core 0 and the load generator (this process, pgbench) to core 1.
     #[arg(long)]
     pin: Option<bool>,
-    /// With `--pin`, also move the PostgreSQL backends that serve the service to core 1, so
-    /// the server's core is its own (default: on with `--pin`).
+    /// With `--pin`, also move the database's work for the service to core 1, so the
+    /// server's core is its own: PostgreSQL's backends serving it, or on SQLite the
+    /// service's reader and writer threads. Off by default: the combined limit assumes the
+    /// database shares the machine's CPU with the server, as it does unmoved.
     #[arg(long)]
     pin_db: Option<bool>,
     /// Results file (merged: a run replaces only the datasets it measured).
@@ -373,7 +377,7 @@ fn plan_from(opts: &Opts) -> Result<Plan, String> {
         server_bin,
         pgbench: opts.pgbench.clone().or_else(find_pgbench),
         pin,
-        pin_db: pin && !inproc && opts.pin_db.unwrap_or(true),
+        pin_db: pin && !inproc && opts.pin_db.unwrap_or(false),
         out: opts.out.clone().or_else(|| {
             (!quick || opts.report || opts.explain).then(|| PathBuf::from("bench/results.json"))
         }),
@@ -1448,41 +1452,86 @@ fn service_database_url(database_url: &str) -> String {
     format!("{database_url}{separator}application_name={SERVICE_APPLICATION_NAME}")
 }
 
-/// Moves the PostgreSQL backends serving the service to core 1 as they appear, for as long
-/// as it is not aborted; counts the backends moved.
+/// Where the database's work for the service runs, to be moved to core 1.
+enum DatabaseWork {
+    /// PostgreSQL's backends serving the service's connections (by `application_name`).
+    PostgresBackends { database_url: String },
+    /// The service's SQLite threads: its readers and sqlx's writer threads (by name).
+    SqliteThreads { service_pid: u32 },
+}
+
+impl DatabaseWork {
+    /// Process or thread ids doing the database's work for the service now.
+    async fn ids(&self, pool: Option<&sqlx::PgPool>) -> Vec<i32> {
+        match (self, pool) {
+            (Self::PostgresBackends { .. }, Some(pool)) => {
+                sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE application_name = $1")
+                    .bind(SERVICE_APPLICATION_NAME)
+                    .fetch_all(pool)
+                    .await
+                    .unwrap_or_default()
+            }
+            (Self::SqliteThreads { service_pid }, _) => {
+                // `comm` holds the first 15 bytes of a thread's name.
+                let names = [
+                    invitations::store::SQLITE_READER_THREAD_NAME,
+                    "sqlx-sqlite-wor",
+                ];
+                let Ok(tasks) = std::fs::read_dir(format!("/proc/{service_pid}/task")) else {
+                    return vec![];
+                };
+                tasks
+                    .filter_map(|task| {
+                        let task = task.ok()?;
+                        let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+                        if !names.iter().any(|name| comm.starts_with(name)) {
+                            return None;
+                        }
+                        task.file_name().to_str()?.parse().ok()
+                    })
+                    .collect()
+            }
+            (Self::PostgresBackends { .. }, None) => vec![],
+        }
+    }
+}
+
+/// Moves the database's work for the service to core 1 as it appears, for as long as it is
+/// not aborted; counts the processes or threads moved.
 ///
 /// A loopback send wakes its receiver on the sender's core when the sender is alone there,
-/// so with the server pinned to core 0 the backends it queries ran beside it and its core
-/// filled while core 1 idled (BENCHMARKS.md, rounds 3 and 7). Backends are pinned, not the
-/// postmaster: pgbench's backends, the database limit, keep both cores.
-async fn keep_service_backends_on_core_1(database_url: String, moved: Arc<AtomicU64>) {
-    let pool = match sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&database_url)
-        .await
-    {
-        Ok(pool) => pool,
-        Err(e) => {
-            eprintln!("could not watch the service's backends: {e}");
-            return;
+/// so with the server pinned to core 0 the PostgreSQL backends it queried ran beside it and
+/// its core filled while core 1 idled (BENCHMARKS.md, rounds 3, 7 and 9). Only the service's
+/// backends move: pgbench's, the database limit, keep both cores. On SQLite the same work
+/// runs on the service's own threads, which move likewise, so both stores get the same
+/// split: core 0 the server's request handling, core 1 the load generator and the database.
+async fn keep_database_work_on_core_1(work: DatabaseWork, moved: Arc<AtomicU64>) {
+    let pool = match &work {
+        DatabaseWork::PostgresBackends { database_url } => {
+            match sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect(database_url)
+                .await
+            {
+                Ok(pool) => Some(pool),
+                Err(e) => {
+                    eprintln!("could not watch the service's backends: {e}");
+                    return;
+                }
+            }
         }
+        DatabaseWork::SqliteThreads { .. } => None,
     };
     let mut seen = std::collections::HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tick.tick().await;
-        let backends: Vec<i32> =
-            sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE application_name = $1")
-                .bind(SERVICE_APPLICATION_NAME)
-                .fetch_all(&pool)
-                .await
-                .unwrap_or_default();
-        for pid in backends {
-            if !seen.insert(pid) {
+        for id in work.ids(pool.as_ref()).await {
+            if !seen.insert(id) {
                 continue;
             }
             let status = tokio::process::Command::new("taskset")
-                .args(["-p", "-c", "1", &pid.to_string()])
+                .args(["-p", "-c", "1", &id.to_string()])
                 .stdout(Stdio::null())
                 .status()
                 .await;
@@ -1490,7 +1539,7 @@ async fn keep_service_backends_on_core_1(database_url: String, moved: Arc<Atomic
                 Ok(s) if s.success() => {
                     moved.fetch_add(1, Ordering::Relaxed);
                 }
-                _ => eprintln!("could not move the service's backend {pid} to core 1"),
+                _ => eprintln!("could not move {id} (the service's database work) to core 1"),
             }
         }
     }
@@ -1753,8 +1802,9 @@ struct DatasetInfo {
     seed_secs: f64,
     server_peak_rss_kib: Option<u64>,
     noop_peak_rss_kib: Option<u64>,
-    /// PostgreSQL backends of the service moved to core 1 (`--pin-db`); none when not moved.
-    service_backends_on_core_1: Option<u64>,
+    /// Processes or threads doing the database's work for the service that were moved to
+    /// core 1 (`--pin-db`): PostgreSQL backends, SQLite threads; none when nothing was moved.
+    database_work_on_core_1: Option<u64>,
     /// Encoded response sizes (bytes): the real answer and the no-op's.
     list_bytes_service: usize,
     list_bytes_noop: usize,
@@ -2135,11 +2185,20 @@ async fn run_dataset(
     println!("  seeded {size} rows in {seed_secs:.1} s");
 
     let service = start_service(plan, &db.url).await;
-    let backends_moved = Arc::new(AtomicU64::new(0));
-    let backend_pinner = (plan.pin_db && store == StoreKind::Postgres).then(|| {
-        AbortOnDrop(tokio::spawn(keep_service_backends_on_core_1(
-            db.url.clone(),
-            backends_moved.clone(),
+    let database_work_moved = Arc::new(AtomicU64::new(0));
+    let database_work = match (plan.pin_db, store, service.pid()) {
+        (false, _, _) | (_, _, None) => None,
+        (true, StoreKind::Postgres, Some(_)) => Some(DatabaseWork::PostgresBackends {
+            database_url: db.url.clone(),
+        }),
+        (true, StoreKind::Sqlite, Some(service_pid)) => {
+            Some(DatabaseWork::SqliteThreads { service_pid })
+        }
+    };
+    let database_work_pinner = database_work.map(|work| {
+        AbortOnDrop(tokio::spawn(keep_database_work_on_core_1(
+            work,
+            database_work_moved.clone(),
         )))
     });
     let noop = start_noop(plan).await;
@@ -2292,13 +2351,13 @@ async fn run_dataset(
     if let Some(kib) = ctx.info.server_peak_rss_kib {
         println!("  service peak RSS {:.1} MiB", kib as f64 / 1024.0);
     }
-    if backend_pinner.is_some() {
-        let moved = backends_moved.load(Ordering::Relaxed);
-        ctx.info.service_backends_on_core_1 = Some(moved);
-        println!("  the service's PostgreSQL backends moved to core 1: {moved}");
+    if database_work_pinner.is_some() {
+        let moved = database_work_moved.load(Ordering::Relaxed);
+        ctx.info.database_work_on_core_1 = Some(moved);
+        println!("  moved to core 1, the service's database work: {moved} backends or threads");
     }
     let (records, info) = (ctx.records, ctx.info);
-    drop(backend_pinner);
+    drop(database_work_pinner);
     service.stop().await;
     noop.stop().await;
     db.drop_db().await;
@@ -3228,7 +3287,7 @@ fn main() {
         return;
     }
     println!(
-        "bench: stores {:?}, sizes {:?}, layouts {:?}, ops {:?}, concurrency {:?}, {} round(s), server {}, pinned {}, service's PostgreSQL backends on core 1 {}",
+        "bench: stores {:?}, sizes {:?}, layouts {:?}, ops {:?}, concurrency {:?}, {} round(s), server {}, pinned {}, the database's work for it on core 1 {}",
         plan.stores.iter().map(|s| s.name()).collect::<Vec<_>>(),
         plan.sizes,
         plan.layouts.iter().map(|l| l.name()).collect::<Vec<_>>(),

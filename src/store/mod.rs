@@ -34,6 +34,7 @@ use crate::domain::{
 use crate::error::Error;
 use entity::{ActiveModel, Column, Entity, Model};
 use hot_connections::{HotConnection, HotConnections};
+pub use sqlite_reader::READER_THREAD_NAME as SQLITE_READER_THREAD_NAME;
 use sqlite_reader::SqliteReaders;
 use statements::RenderedStatements;
 

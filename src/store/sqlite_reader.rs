@@ -13,6 +13,11 @@
 //! transaction model. In WAL mode a reader never waits for the writer, and each statement
 //! sees every transaction committed before it started. An in-memory database is one per
 //! connection, so for it reads stay on SeaORM's pool (see [`SqliteReaders::for_url`]).
+//!
+//! Pages are read on threads of their own, named [`READER_THREAD_NAME`], not on tokio's
+//! shared blocking pool: like sqlx's `sqlx-sqlite-worker-*` threads for writes, they are the
+//! embedded database's work, and an operator (or the benchmark harness, which moves them off
+//! the server's core as it moves PostgreSQL's backends) can tell them apart.
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -30,6 +35,9 @@ use super::{StoredRow, into_domain};
 use crate::domain::Invitation;
 use crate::error::Error;
 
+/// The name of the threads SQLite reads run on.
+pub const READER_THREAD_NAME: &str = "sqlite-reader";
+
 /// Statements a reader keeps prepared: every List filter combination fits.
 const PREPARED_STATEMENTS: usize = 64;
 
@@ -40,6 +48,35 @@ pub(super) struct SqliteReaders {
     permits: Arc<Semaphore>,
     acquire_timeout: Duration,
     busy_timeout: Duration,
+    threads: ReaderThreads,
+}
+
+/// A blocking pool of the readers' own: a runtime that is never driven, used only for
+/// `spawn_blocking`, so that its threads carry [`READER_THREAD_NAME`].
+struct ReaderThreads(Option<tokio::runtime::Runtime>);
+
+impl ReaderThreads {
+    fn start(threads: usize) -> std::io::Result<Self> {
+        tokio::runtime::Builder::new_current_thread()
+            .thread_name(READER_THREAD_NAME)
+            .max_blocking_threads(threads)
+            .build()
+            .map(|runtime| Self(Some(runtime)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("present until dropped").handle()
+    }
+}
+
+impl Drop for ReaderThreads {
+    fn drop(&mut self) {
+        // Dropping a runtime waits for its threads, which an async caller must not do; a
+        // read still running ends on its own and its connection is dropped with it.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl SqliteReaders {
@@ -65,7 +102,13 @@ impl SqliteReaders {
             return None;
         }
         let readers = (max_connections as usize).clamp(1, Self::MAX);
+        let threads = ReaderThreads::start(readers)
+            .inspect_err(|error| {
+                tracing::warn!(%error, "no SQLite reader threads; reads go through the pool");
+            })
+            .ok()?;
         Some(Self {
+            threads,
             path,
             idle: Mutex::new(Vec::with_capacity(readers)),
             permits: Arc::new(Semaphore::new(readers)),
@@ -85,17 +128,19 @@ impl SqliteReaders {
                 })?
                 .map_err(|_| Error::DatabaseUnavailable("the store is closed".into()))?;
         let readers = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let connection = readers.take()?;
-            let page = read_page(&connection, &statement);
-            // A connection is kept whatever the statement answered: a failed read leaves no
-            // transaction open (the statement is reset when its rows are dropped).
-            readers.give_back(connection);
-            page
-        })
-        .await
-        .map_err(|join| Error::Internal(format!("a SQLite read did not finish: {join}")))?
+        self.threads
+            .handle()
+            .spawn_blocking(move || {
+                let _permit = permit;
+                let connection = readers.take()?;
+                let page = read_page(&connection, &statement);
+                // A connection is kept whatever the statement answered: a failed read leaves no
+                // transaction open (the statement is reset when its rows are dropped).
+                readers.give_back(connection);
+                page
+            })
+            .await
+            .map_err(|join| Error::Internal(format!("a SQLite read did not finish: {join}")))?
     }
 
     /// Drops every idle reader; readers in use are dropped when their read ends.

@@ -593,3 +593,31 @@ async fn lists_survive_postgres_closing_the_kept_connections() {
     assert_eq!(page.items[0].id, invitation.id.to_string());
     app.finish().await;
 }
+
+/// On a SQLite file, pages are read on threads named for it, not on tokio's shared blocking
+/// pool: an operator (and the benchmark's `--pin-db`) can tell the embedded database's work
+/// from the server's.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_pages_are_read_on_named_reader_threads() {
+    let app = TestApp::spawn(crate::common::Backend::Sqlite).await;
+    app.insert(Fixture::pending("a@x.example")).await;
+    let page = app
+        .client
+        .clone()
+        .list_invitations(app.request(ListInvitationsRequest::default()))
+        .await
+        .expect("a page")
+        .into_inner();
+    assert_eq!(page.items.len(), 1);
+    // `comm` holds the first 15 bytes of a thread's name.
+    let name = &invitations::store::SQLITE_READER_THREAD_NAME
+        [..invitations::store::SQLITE_READER_THREAD_NAME.len().min(15)];
+    let readers = std::fs::read_dir("/proc/self/task")
+        .expect("this process's threads")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count();
+    assert!(readers >= 1, "no thread named {name} after a SQLite read");
+    app.finish().await;
+}
