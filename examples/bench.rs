@@ -231,7 +231,7 @@ struct Plan {
     layouts: Vec<Layout>,
     ops: Vec<String>,
     /// The small and the large table of the size pair (`flat`).
-    flat_sizes: Option<(u64, u64)>,
+    flat_sizes: (u64, u64),
     conc: Vec<usize>,
     deep_conc: Vec<usize>,
     runs: usize,
@@ -364,14 +364,14 @@ fn plan_from(opts: &Opts) -> Result<Plan, String> {
         stores,
         // One size given (the quick run): its pair is ten times larger, so the pair's code
         // runs in CI too.
-        flat_sizes: Some((
+        flat_sizes: (
             smallest,
             if largest > smallest {
                 largest
             } else {
                 10 * smallest
             },
-        )),
+        ),
         sizes,
         layouts,
         ops: if !opts.ops.is_empty() {
@@ -920,6 +920,22 @@ enum PgSpan {
 }
 
 impl PgBench {
+    /// pgbench on `url`, for PostgreSQL when one was found.
+    fn for_database(plan: &Plan, store: StoreKind, url: &str) -> Option<Self> {
+        match (store, &plan.pgbench) {
+            (StoreKind::Postgres, Some(bin)) => Some(Self {
+                bin: bin.clone(),
+                url: url.to_owned(),
+                pin: plan.pin,
+            }),
+            (StoreKind::Postgres, None) => {
+                println!("  no pgbench found: the PostgreSQL database limit is skipped");
+                None
+            }
+            _ => None,
+        }
+    }
+
     fn run(
         &self,
         script: &str,
@@ -2258,18 +2274,7 @@ async fn run_dataset(
     });
     let noop = start_noop(plan).await;
     let tokens = tokens_for(layout);
-    let pgbench = match (store, &plan.pgbench) {
-        (StoreKind::Postgres, Some(bin)) => Some(PgBench {
-            bin: bin.clone(),
-            url: db.url.clone(),
-            pin: plan.pin,
-        }),
-        (StoreKind::Postgres, None) => {
-            println!("  no pgbench found: the PostgreSQL database limit is skipped");
-            None
-        }
-        _ => None,
-    };
+    let pgbench = PgBench::for_database(plan, store, &db.url);
     let mut ctx = Ctx {
         plan,
         store,
@@ -2464,14 +2469,7 @@ async fn run_flat_pair(
             layout,
             size: *size,
             db,
-            pgbench: match (store, &plan.pgbench) {
-                (StoreKind::Postgres, Some(bin)) => Some(PgBench {
-                    bin: bin.clone(),
-                    url: db.url.clone(),
-                    pin: plan.pin,
-                }),
-                _ => None,
-            },
+            pgbench: PgBench::for_database(plan, store, &db.url),
             service: service.addr,
             noop: None,
             tokens: tokens.clone(),
@@ -2488,9 +2486,6 @@ async fn run_flat_pair(
             list_op: FLAT_PAIR,
         })
         .collect();
-    if store == StoreKind::Postgres && plan.pgbench.is_none() {
-        println!("  no pgbench found: the PostgreSQL database limit is skipped");
-    }
     // Order in a round, rotated by one each round: small service, large service, small
     // database, large database.
     for run in 0..plan.runs {
@@ -3487,20 +3482,20 @@ fn main() {
         fresh.datasets.extend(infos);
         save(&plan, &fresh);
     };
+    let per_dataset = plan
+        .ops
+        .iter()
+        .any(|o| matches!(o.as_str(), "list" | "deep" | "cancel"));
+    let pair = plan.ops.iter().any(|o| o == FLAT_PAIR);
     for &store in &plan.stores {
         for &layout in &plan.layouts {
-            let per_dataset = plan
-                .ops
-                .iter()
-                .any(|o| matches!(o.as_str(), "list" | "deep" | "cancel"));
             for &size in plan.sizes.iter().filter(|_| per_dataset) {
                 let (records, info) = rt.block_on(run_dataset(&plan, store, layout, size));
                 keep(records, vec![info]);
             }
-            if let Some(pair) = plan.flat_sizes
-                && plan.ops.iter().any(|o| o == FLAT_PAIR)
-            {
-                let (records, infos) = rt.block_on(run_flat_pair(&plan, store, layout, pair));
+            if pair {
+                let (records, infos) =
+                    rt.block_on(run_flat_pair(&plan, store, layout, plan.flat_sizes));
                 keep(records, infos);
             }
         }
