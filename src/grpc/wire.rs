@@ -263,7 +263,8 @@ impl Prepared {
         if let Some(at) = invitation.cancelled_at {
             sink.timestamp(14, &wire_timestamp(at));
         }
-        non_empty(&mut sink, 15, self.etag.as_str());
+        // Never empty.
+        sink.string(15, &[self.etag.as_bytes()]);
         if let Some(reason) = &invitation.cancel_reason {
             sink.string(16, &[reason.as_str().as_bytes()]);
         }

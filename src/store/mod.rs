@@ -279,7 +279,7 @@ impl<'a> StoredRow<'a> {
     /// per-value dispatch, NULL and length checks through boxed errors), 18 values a row
     /// (BENCHMARKS.md, round 5). A value in any other shape is an error, never a panic.
     fn of_postgres(row: &'a PgRow) -> Result<Self, sea_orm::sqlx::Error> {
-        let values = PgValues(row);
+        let values = PgValues::of(row)?;
         Ok(Self {
             id: values.uuid(0)?,
             enterprise_id: values.uuid(1)?,
@@ -288,49 +288,57 @@ impl<'a> StoredRow<'a> {
             role: values.bytes(4)?,
             status: values.text(5)?,
             invited_by: values.bytes(6)?,
-            pending_human_actor_ref: values.optional_bytes(7)?,
+            pending_human_actor_ref: values.optional_bytes(7),
             challenge_ref: values.optional_text(8)?,
             created_at: values.bigint(9)?,
             updated_at: values.bigint(10)?,
             expires_at: values.bigint(11)?,
             accepted_at: values.optional_bigint(12)?,
-            accepted_by: values.optional_bytes(13)?,
+            accepted_by: values.optional_bytes(13),
             cancelled_at: values.optional_bigint(14)?,
             cancel_reason: values.optional_text(15)?,
-            cancelled_by: values.optional_bytes(16)?,
+            cancelled_by: values.optional_bytes(16),
             version: values.bigint(17)?,
         })
     }
 }
 
 /// The values of one PostgreSQL row in binary format, by position (see
-/// [`StoredRow::of_postgres`]).
-struct PgValues<'a>(&'a PgRow);
+/// [`StoredRow::of_postgres`]); `None` is NULL.
+struct PgValues<'a>([Option<&'a [u8]>; READ_COLUMNS.len()]);
 
 impl<'a> PgValues<'a> {
-    fn optional_bytes(&self, index: usize) -> Result<Option<&'a [u8]>, sea_orm::sqlx::Error> {
+    /// Every value's bytes, read in one pass. Each `try_get_raw` clones the column's type
+    /// and hands back a value that the caller moves; read one accessor at a time, with the
+    /// checks between them, that was a tenth of the server's CPU on a List (`perf`, round 11).
+    fn of(row: &'a PgRow) -> Result<Self, sea_orm::sqlx::Error> {
         use sea_orm::sqlx::{Row, ValueRef};
-        let value = self.0.try_get_raw(index)?;
-        if value.is_null() {
-            return Ok(None);
+        let mut values = [None; READ_COLUMNS.len()];
+        for (index, slot) in values.iter_mut().enumerate() {
+            let value = row.try_get_raw(index)?;
+            if value.is_null() {
+                continue;
+            }
+            if value.format() != PgValueFormat::Binary {
+                return Err(Self::failure(index, "a value in text format"));
+            }
+            *slot = value.as_bytes().ok();
         }
-        if value.format() != PgValueFormat::Binary {
-            return Err(Self::failure(index, "a value in text format"));
-        }
-        value
-            .as_bytes()
-            .map(Some)
-            .map_err(|source| Self::failure(index, source))
+        Ok(Self(values))
+    }
+
+    fn optional_bytes(&self, index: usize) -> Option<&'a [u8]> {
+        self.0[index]
     }
 
     fn optional_text(&self, index: usize) -> Result<Option<&'a str>, sea_orm::sqlx::Error> {
-        self.optional_bytes(index)?
+        self.optional_bytes(index)
             .map(|bytes| std::str::from_utf8(bytes).map_err(|e| Self::failure(index, e)))
             .transpose()
     }
 
     fn optional_bigint(&self, index: usize) -> Result<Option<i64>, sea_orm::sqlx::Error> {
-        self.optional_bytes(index)?
+        self.optional_bytes(index)
             .map(|bytes| {
                 <[u8; 8]>::try_from(bytes)
                     .map(i64::from_be_bytes)
@@ -340,7 +348,7 @@ impl<'a> PgValues<'a> {
     }
 
     fn bytes(&self, index: usize) -> Result<&'a [u8], sea_orm::sqlx::Error> {
-        Self::required(index, self.optional_bytes(index)?)
+        Self::required(index, self.optional_bytes(index))
     }
 
     fn text(&self, index: usize) -> Result<&'a str, sea_orm::sqlx::Error> {
