@@ -322,7 +322,7 @@ impl<'a> PgValues<'a> {
             if value.format() != PgValueFormat::Binary {
                 return Err(Self::failure(index, "a value in text format"));
             }
-            *slot = value.as_bytes().ok();
+            *slot = Some(value.as_bytes().map_err(|e| Self::failure(index, e))?);
         }
         Ok(Self(values))
     }
