@@ -1368,13 +1368,61 @@ async fn serve_noop(listener: tokio::net::TcpListener) {
 // Servers: in-process tasks or pinned child processes.
 // ------------------------------------------------------------------------------------------
 
-/// A child process killed when dropped.
+/// The server processes started and not yet reaped, for [`stop_servers_on_signal`].
+static SERVER_PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn server_pids() -> std::sync::MutexGuard<'static, Vec<u32>> {
+    SERVER_PIDS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A child process killed when dropped, or when the harness is interrupted, where no
+/// destructor runs (the no-op also exits when its stdin closes; the service has no such
+/// hook, and outlived an interrupted harness before).
 struct ChildGuard(Child);
+impl ChildGuard {
+    fn new(child: Child) -> Self {
+        server_pids().push(child.id());
+        Self(child)
+    }
+}
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         let _ = self.0.kill();
+        // Unlisted before it is reaped: until then its pid cannot be reused.
+        server_pids().retain(|&pid| pid != self.0.id());
         let _ = self.0.wait();
     }
+}
+
+/// On SIGINT, SIGTERM or SIGHUP: stops the server processes and exits. On a thread and a
+/// runtime of its own, so a busy load generator cannot hold it up.
+fn stop_servers_on_signal() {
+    std::thread::spawn(|| {
+        use tokio::signal::unix::{SignalKind, signal};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("signal runtime");
+        let (name, code) = runtime.block_on(async {
+            let listen = |kind| signal(kind).expect("signal handler");
+            let mut interrupt = listen(SignalKind::interrupt());
+            let mut terminate = listen(SignalKind::terminate());
+            let mut hangup = listen(SignalKind::hangup());
+            tokio::select! {
+                _ = interrupt.recv() => ("SIGINT", 130),
+                _ = terminate.recv() => ("SIGTERM", 143),
+                _ = hangup.recv() => ("SIGHUP", 129),
+            }
+        });
+        let pids = server_pids().clone();
+        for pid in &pids {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
+        eprintln!("bench: {name}: stopped {} server process(es)", pids.len());
+        std::process::exit(code);
+    });
 }
 
 enum Running {
@@ -1477,7 +1525,7 @@ async fn start_service(plan: &Plan, database_url: &str) -> Server {
     if let Some(pool) = plan.db_max_connections {
         cmd.env("INVITATIONS_DB_MAX_CONNECTIONS", pool.to_string());
     }
-    let child = ChildGuard(cmd.spawn().expect("start the service binary"));
+    let child = ChildGuard::new(cmd.spawn().expect("start the service binary"));
     wait_ready(addr).await;
     Server {
         addr,
@@ -1628,7 +1676,7 @@ async fn start_noop(plan: &Plan) -> Server {
         .expect("no-op address line");
     Server {
         addr,
-        running: Running::Process(ChildGuard(child)),
+        running: Running::Process(ChildGuard::new(child)),
     }
 }
 
@@ -3454,6 +3502,7 @@ fn main() {
         }
         return;
     }
+    stop_servers_on_signal();
     println!(
         "bench: stores {:?}, sizes {:?}, layouts {:?}, ops {:?}, concurrency {:?}, {} round(s), server {}, pinned {}, the database's work for it on core 1 {}",
         plan.stores.iter().map(|s| s.name()).collect::<Vec<_>>(),
