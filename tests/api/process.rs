@@ -262,14 +262,11 @@ async fn sigterm_drains_without_failing_an_accepted_rpc_and_exits_in_bound() {
 /// as INTERNAL "h2 protocol error" (grpc/grpc-rust#612 made the `h2::Error` its source so a
 /// client can tell it apart), which is why the drain test looks at the source, not the code.
 fn refused_by_graceful_goaway(status: &tonic::Status) -> bool {
-    let mut source = std::error::Error::source(status);
-    while let Some(error) = source {
-        if let Some(h2) = error.downcast_ref::<h2::Error>() {
-            return h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR);
-        }
-        source = error.source();
-    }
-    false
+    std::iter::successors(std::error::Error::source(status), |error| error.source())
+        .find_map(|error| error.downcast_ref::<h2::Error>())
+        .is_some_and(|h2| {
+            h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR)
+        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
