@@ -252,6 +252,83 @@ pub struct Config {
     )]
     pub max_concurrent_requests: usize,
 
+    /// RPCs in flight for one caller (`sub` within its enterprise) before its next ones are
+    /// refused with RESOURCE_EXHAUSTED, so no single caller can take the replica's whole limit.
+    #[arg(
+        long,
+        env = "INVITATIONS_MAX_CONCURRENT_REQUESTS_PER_CALLER",
+        default_value_t = 64,
+        global = true
+    )]
+    pub max_concurrent_requests_per_caller: usize,
+
+    /// Milliseconds a request message may take to arrive completely after its headers;
+    /// later, the call ends with DEADLINE_EXCEEDED (REQUEST_READ_TIMEOUT).
+    #[arg(
+        long,
+        env = "INVITATIONS_REQUEST_READ_TIMEOUT_MS",
+        default_value_t = 2000,
+        global = true
+    )]
+    pub request_read_timeout_ms: u64,
+
+    /// Client connections held at once; a connection over the limit is closed as soon as it
+    /// is accepted.
+    #[arg(
+        long,
+        env = "INVITATIONS_MAX_CONNECTIONS",
+        default_value_t = 1000,
+        global = true
+    )]
+    pub max_connections: usize,
+
+    /// Concurrent HTTP/2 streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+    #[arg(
+        long,
+        env = "INVITATIONS_MAX_CONCURRENT_STREAMS",
+        default_value_t = 100,
+        global = true
+    )]
+    pub max_concurrent_streams: u32,
+
+    /// Requests still arriving (headers received, message not yet complete) on this replica,
+    /// all connections together; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "INVITATIONS_MAX_PENDING_REQUESTS",
+        default_value_t = 512,
+        global = true
+    )]
+    pub max_pending_requests: usize,
+
+    /// Open long-lived streams (health `Watch`, reflection) per connection.
+    #[arg(
+        long,
+        env = "INVITATIONS_MAX_WATCH_STREAMS_PER_CONNECTION",
+        default_value_t = 16,
+        global = true
+    )]
+    pub max_watch_streams_per_connection: usize,
+
+    /// Open long-lived streams (health `Watch`, reflection) on this replica.
+    #[arg(
+        long,
+        env = "INVITATIONS_MAX_WATCH_STREAMS",
+        default_value_t = 1000,
+        global = true
+    )]
+    pub max_watch_streams: usize,
+
+    /// Bytes of responses not yet taken by their client, per connection; while a connection
+    /// holds more, its new calls are refused with RESOURCE_EXHAUSTED (RESPONSES_UNREAD).
+    #[arg(long, env = "INVITATIONS_MAX_UNSENT_BYTES_PER_CONNECTION", default_value_t = 4 * 1024 * 1024, global = true)]
+    pub max_unsent_bytes_per_connection: usize,
+
+    /// Bytes of responses not yet taken by their clients, all connections together; while
+    /// the replica holds more, new calls are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "INVITATIONS_MAX_UNSENT_BYTES", default_value_t = 32 * 1024 * 1024, global = true)]
+    pub max_unsent_bytes: usize,
+
     /// Longest an RPC may run, in milliseconds; a shorter client deadline wins.
     #[arg(
         long,
@@ -329,6 +406,15 @@ pub struct ServerSettings {
     pub max_request_bytes: usize,
     pub max_metadata_bytes: u32,
     pub max_concurrent_requests: usize,
+    pub max_concurrent_requests_per_caller: usize,
+    pub request_read_timeout: Duration,
+    pub max_connections: usize,
+    pub max_concurrent_streams: u32,
+    pub max_pending_requests: usize,
+    pub max_watch_streams_per_connection: usize,
+    pub max_watch_streams: usize,
+    pub max_unsent_bytes_per_connection: usize,
+    pub max_unsent_bytes: usize,
     pub request_timeout: Duration,
     pub http2_keepalive_interval: Duration,
     pub http2_keepalive_timeout: Duration,
@@ -456,10 +542,45 @@ impl Config {
                 "INVITATIONS_MAX_METADATA_BYTES must be at least 1024".into(),
             ));
         }
-        if self.max_concurrent_requests == 0 {
-            return Err(ConfigError(
-                "INVITATIONS_MAX_CONCURRENT_REQUESTS must be at least 1".into(),
-            ));
+        for (value, name) in [
+            (
+                self.max_concurrent_requests,
+                "INVITATIONS_MAX_CONCURRENT_REQUESTS",
+            ),
+            (
+                self.max_concurrent_requests_per_caller,
+                "INVITATIONS_MAX_CONCURRENT_REQUESTS_PER_CALLER",
+            ),
+            (self.max_connections, "INVITATIONS_MAX_CONNECTIONS"),
+            (
+                self.max_concurrent_streams as usize,
+                "INVITATIONS_MAX_CONCURRENT_STREAMS",
+            ),
+            (
+                self.max_pending_requests,
+                "INVITATIONS_MAX_PENDING_REQUESTS",
+            ),
+            (
+                self.max_watch_streams_per_connection,
+                "INVITATIONS_MAX_WATCH_STREAMS_PER_CONNECTION",
+            ),
+            (self.max_watch_streams, "INVITATIONS_MAX_WATCH_STREAMS"),
+        ] {
+            if value == 0 {
+                return Err(ConfigError(format!("{name} must be at least 1")));
+            }
+        }
+        // Below the largest request, a connection could not even receive one answer.
+        for (value, name) in [
+            (
+                self.max_unsent_bytes_per_connection,
+                "INVITATIONS_MAX_UNSENT_BYTES_PER_CONNECTION",
+            ),
+            (self.max_unsent_bytes, "INVITATIONS_MAX_UNSENT_BYTES"),
+        ] {
+            if value < 64 * 1024 {
+                return Err(ConfigError(format!("{name} must be at least 65536")));
+            }
         }
         if self.health_failure_threshold == 0 || self.health_success_threshold == 0 {
             return Err(ConfigError(
@@ -470,6 +591,18 @@ impl Config {
             max_request_bytes: self.max_request_bytes,
             max_metadata_bytes: self.max_metadata_bytes,
             max_concurrent_requests: self.max_concurrent_requests,
+            max_concurrent_requests_per_caller: self.max_concurrent_requests_per_caller,
+            request_read_timeout: positive(
+                self.request_read_timeout_ms,
+                "INVITATIONS_REQUEST_READ_TIMEOUT_MS",
+            )?,
+            max_connections: self.max_connections,
+            max_concurrent_streams: self.max_concurrent_streams,
+            max_pending_requests: self.max_pending_requests,
+            max_watch_streams_per_connection: self.max_watch_streams_per_connection,
+            max_watch_streams: self.max_watch_streams,
+            max_unsent_bytes_per_connection: self.max_unsent_bytes_per_connection,
+            max_unsent_bytes: self.max_unsent_bytes,
             request_timeout: positive(self.request_timeout_ms, "INVITATIONS_REQUEST_TIMEOUT_MS")?,
             http2_keepalive_interval: positive(
                 self.http2_keepalive_interval_ms,

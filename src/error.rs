@@ -150,6 +150,23 @@ pub enum Error {
     /// Too many RPCs in flight on this replica: refused at once rather than queued.
     #[error("server overloaded")]
     Overloaded,
+    /// This caller already has `limit` RPCs in flight on this replica: refused at once, so
+    /// one caller cannot take the replica's whole limit.
+    #[error("caller has {limit} RPCs in flight")]
+    CallerOverloaded { limit: usize },
+    /// A long-lived stream (health `Watch`, reflection) over the limit of its connection or of
+    /// the replica.
+    #[error("{scope} stream limit of {limit} reached")]
+    StreamLimit {
+        scope: StreamLimitScope,
+        limit: usize,
+    },
+    /// The caller's connection holds more than `limit` bytes of responses it has not read.
+    #[error("responses over {limit} bytes unread on this connection")]
+    ResponsesUnread { limit: usize },
+    /// The request message did not arrive completely within `timeout` of its headers.
+    #[error("request message not received within {timeout:?}")]
+    RequestReadTimeout { timeout: Duration },
     /// The database gave up a transaction (serialization failure or deadlock): retry.
     #[error("transaction conflict")]
     TransactionConflict(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -162,6 +179,28 @@ pub enum Error {
     /// A bug or corrupt data: never the client's fault.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// Which limit of long-lived streams was reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamLimitScope {
+    Connection,
+    Server,
+}
+
+impl StreamLimitScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connection => "connection",
+            Self::Server => "server",
+        }
+    }
+}
+
+impl std::fmt::Display for StreamLimitScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Error {
@@ -178,6 +217,8 @@ impl Error {
 const DATABASE_RETRY_DELAY: Duration = Duration::from_secs(1);
 /// How long a client should wait before retrying on an overloaded replica.
 const OVERLOAD_RETRY_DELAY: Duration = Duration::from_millis(100);
+/// How long a client should wait before opening another long-lived stream.
+const STREAM_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// Milliseconds, rounded up, so a client that waits this long is never early.
 fn millis_ceil(delay: Duration) -> String {
@@ -418,6 +459,53 @@ impl From<Error> for Status {
                         "rate_limited",
                         "SERVER_OVERLOADED".to_owned(),
                         "Too many requests.",
+                    )
+                }
+                Error::CallerOverloaded { limit } => {
+                    details.set_retry_info(Some(OVERLOAD_RETRY_DELAY));
+                    metadata.insert("retryAfterMs".into(), millis_ceil(OVERLOAD_RETRY_DELAY));
+                    metadata.insert("maxConcurrentRequestsPerCaller".into(), limit.to_string());
+                    (
+                        Code::ResourceExhausted,
+                        429,
+                        "rate_limited",
+                        "CALLER_CONCURRENCY_LIMIT".to_owned(),
+                        "Too many requests.",
+                    )
+                }
+                Error::StreamLimit { scope, limit } => {
+                    details.set_retry_info(Some(STREAM_RETRY_DELAY));
+                    metadata.insert("retryAfterMs".into(), millis_ceil(STREAM_RETRY_DELAY));
+                    metadata.insert("scope".into(), scope.as_str().into());
+                    metadata.insert("maxStreams".into(), limit.to_string());
+                    (
+                        Code::ResourceExhausted,
+                        429,
+                        "rate_limited",
+                        "STREAM_LIMIT_REACHED".to_owned(),
+                        "Too many requests.",
+                    )
+                }
+                Error::ResponsesUnread { limit } => {
+                    details.set_retry_info(Some(OVERLOAD_RETRY_DELAY));
+                    metadata.insert("retryAfterMs".into(), millis_ceil(OVERLOAD_RETRY_DELAY));
+                    metadata.insert("maxUnsentBytes".into(), limit.to_string());
+                    (
+                        Code::ResourceExhausted,
+                        429,
+                        "rate_limited",
+                        "RESPONSES_UNREAD".to_owned(),
+                        "Too many requests.",
+                    )
+                }
+                Error::RequestReadTimeout { timeout } => {
+                    metadata.insert("readTimeoutMs".into(), millis_ceil(*timeout));
+                    (
+                        Code::DeadlineExceeded,
+                        408,
+                        "request_timeout",
+                        "REQUEST_READ_TIMEOUT".to_owned(),
+                        "The request was not received in time.",
                     )
                 }
                 Error::TransactionConflict(_) => {

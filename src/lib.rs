@@ -7,6 +7,7 @@ pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod health;
+pub mod limits;
 pub mod middleware;
 pub mod proto;
 pub mod rate_limit;

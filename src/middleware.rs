@@ -1,14 +1,11 @@
-//! Tower layers in front of every gRPC service: request ids and per-RPC telemetry, and
-//! server-wide load shedding.
+//! The tower layer in front of every gRPC service: request ids and per-RPC telemetry.
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use tokio::sync::Semaphore;
 use tonic::body::Body;
 use tower::{Layer, Service};
 use tracing::Instrument;
@@ -242,72 +239,5 @@ impl HttpBody for ObservedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-/// Answers RESOURCE_EXHAUSTED at once when `limit` RPCs are already in flight, server-wide,
-/// instead of queueing them: under overload a fast refusal lets clients back off or try
-/// another replica. Health checks are never shed, so probes keep telling the truth.
-#[derive(Debug, Clone)]
-pub struct ShedLayer {
-    permits: Arc<Semaphore>,
-}
-
-impl ShedLayer {
-    pub fn new(limit: usize) -> Self {
-        Self {
-            permits: Arc::new(Semaphore::new(limit)),
-        }
-    }
-}
-
-impl<S> Layer<S> for ShedLayer {
-    type Service = Shed<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Shed {
-            inner,
-            permits: self.permits.clone(),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Shed<S> {
-    inner: S,
-    permits: Arc<Semaphore>,
-}
-
-impl<S> Service<Request<Body>> for Shed<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Response<Body>, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        if is_health_check(request.uri().path()) {
-            return Box::pin(self.inner.call(request));
-        }
-        match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let response = self.inner.call(request);
-                Box::pin(async move {
-                    let response = response.await;
-                    drop(permit);
-                    response
-                })
-            }
-            Err(_) => {
-                let status: tonic::Status = Error::Overloaded.into();
-                Box::pin(std::future::ready(Ok(status.into_http::<Body>())))
-            }
-        }
     }
 }

@@ -1,6 +1,6 @@
 //! Builds the server from settings and runs it: health, reflection and the authenticated
-//! invitations service behind request telemetry and load shedding, with a bounded graceful
-//! shutdown. Tests build the same [`Application`] on port 0.
+//! invitations service behind request telemetry and the limits of `limits/`, with a bounded
+//! graceful shutdown. Tests build the same [`Application`] on port 0.
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +15,8 @@ use crate::config::Settings;
 use crate::domain::{InvitationService, PageTokenCodec};
 use crate::grpc::InvitationApi;
 use crate::health::{self, LIVENESS_SERVICE};
-use crate::middleware::{ObserveLayer, ShedLayer};
+use crate::limits::{Admission, Incoming, StreamLimitLayer};
+use crate::middleware::ObserveLayer;
 use crate::proto::server::invitation_service_server::InvitationServiceServer;
 use crate::rate_limit::RateLimiter;
 use crate::store::Store;
@@ -128,7 +129,14 @@ impl Application {
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
         let page_tokens = PageTokenCodec::new(self.settings.page_token_secret.expose());
-        let api = InvitationApi::new(InvitationService::new(self.store.clone(), page_tokens));
+        let admission = Admission::new(
+            limits.max_concurrent_requests,
+            limits.max_concurrent_requests_per_caller,
+        );
+        let api = InvitationApi::new(
+            InvitationService::new(self.store.clone(), page_tokens),
+            admission,
+        );
         let limiter = Arc::new(RateLimiter::new(
             limits.rate_limit_per_second,
             limits.rate_limit_burst,
@@ -145,16 +153,17 @@ impl Application {
             .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
             .http2_max_header_list_size(limits.max_metadata_bytes)
             .max_connection_age(limits.max_connection_age)
+            // tonic advertises no stream limit unless told: one connection could open streams
+            // without end.
+            .max_concurrent_streams(limits.max_concurrent_streams)
             .layer(ObserveLayer::new(limits.max_request_bytes))
-            .layer(ShedLayer::new(limits.max_concurrent_requests))
+            .layer(StreamLimitLayer::new(&limits))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(invitations)
-            // serve_with_incoming ignores Server::tcp_nodelay: without it on the accepted
-            // sockets, every small answer waits for the client's delayed ACK (~40 ms).
             .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(self.listener).with_nodelay(Some(true)),
+                Incoming::new(self.listener, limits.max_connections),
                 async {
                     let _ = stopped.await;
                 },

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::{Caller, EnterpriseAdmin};
 use crate::domain::{InvitationService, Timestamp};
 use crate::error::{Error, Forbidden};
+use crate::limits::{Admission, ResponseSize, Slot};
 use crate::proto::invitations::v1 as pb;
 use crate::proto::server::invitation_service_server::InvitationService as InvitationRpc;
 
@@ -21,11 +22,18 @@ use wire::{IssueInvitationTokenResponse, ListInvitationsResponse};
 #[derive(Clone)]
 pub struct InvitationApi {
     service: InvitationService,
+    admission: Arc<Admission>,
 }
 
 impl InvitationApi {
-    pub fn new(service: InvitationService) -> Self {
-        Self { service }
+    pub fn new(service: InvitationService, admission: Arc<Admission>) -> Self {
+        Self { service, admission }
+    }
+
+    /// The call's slot among those in flight (`limits::admission`): taken here, once the
+    /// request is complete and authenticated, and held until the handler returns.
+    fn admit<T>(&self, request: &Request<T>) -> Result<Slot, Error> {
+        self.admission.admit(caller(request)?)
     }
 }
 
@@ -42,9 +50,17 @@ fn enterprise_admin<T>(request: &Request<T>) -> Result<EnterpriseAdmin, Error> {
     caller(request)?.enterprise_admin()
 }
 
-/// The answer to send: the message, or the error through THE mapping table.
-fn answer<T>(outcome: Result<T, Error>) -> Result<Response<T>, Status> {
-    outcome.map(Response::new).map_err(Status::from)
+/// The answer to send: the message, with its size for the unread-bytes limit
+/// (`limits::stream`), or the error through THE mapping table.
+fn answer<T: prost::Message>(outcome: Result<T, Error>) -> Result<Response<T>, Status> {
+    outcome
+        .map(|message| {
+            let size = ResponseSize(message.encoded_len());
+            let mut response = Response::new(message);
+            response.extensions_mut().insert(size);
+            response
+        })
+        .map_err(Status::from)
 }
 
 #[tonic::async_trait]
@@ -56,6 +72,7 @@ impl InvitationRpc for InvitationApi {
         answer(
             async {
                 let admin = enterprise_admin(&request)?;
+                let _slot = self.admit(&request)?;
                 let query = convert::list_query(admin, request.into_inner())?;
                 let page = self.service.list(query).await?;
                 let evaluated_at = page.evaluated_at;
@@ -79,6 +96,7 @@ impl InvitationRpc for InvitationApi {
         answer(
             async {
                 let admin = enterprise_admin(&request)?;
+                let _slot = self.admit(&request)?;
                 let id = convert::invitation_id(&request.get_ref().invitation_id)?;
                 let invitation = self.service.get(admin.enterprise, id).await?;
                 Ok(WireInvitation::new(invitation, Timestamp::now()))
@@ -94,6 +112,7 @@ impl InvitationRpc for InvitationApi {
         answer(
             async {
                 let admin = enterprise_admin(&request)?;
+                let _slot = self.admit(&request)?;
                 let command = convert::create_command(admin, request.into_inner())?;
                 let invitation = self.service.create(command).await?;
                 Ok(WireInvitation::new(invitation, Timestamp::now()))
@@ -109,6 +128,7 @@ impl InvitationRpc for InvitationApi {
         answer(
             async {
                 let admin = enterprise_admin(&request)?;
+                let _slot = self.admit(&request)?;
                 let (metadata, _, message) = request.into_parts();
                 let command = convert::cancel_command(admin, &metadata, message)?;
                 let invitation = self.service.cancel(command).await?;
@@ -125,6 +145,7 @@ impl InvitationRpc for InvitationApi {
         answer(
             async {
                 let admin = enterprise_admin(&request)?;
+                let _slot = self.admit(&request)?;
                 let (metadata, _, message) = request.into_parts();
                 let command = convert::issue_token_command(admin, &metadata, message)?;
                 let (invitation, token) = self.service.issue_token(command).await?;
@@ -144,6 +165,7 @@ impl InvitationRpc for InvitationApi {
         answer(
             async {
                 let caller = caller(&request)?;
+                let _slot = self.admit(&request)?;
                 let email = caller
                     .verified_email
                     .clone()

@@ -54,7 +54,7 @@ pub async fn await_health(
     );
 }
 
-async fn check(addr: std::net::SocketAddr, service: &str) -> Result<i32, tonic::Status> {
+pub async fn check(addr: std::net::SocketAddr, service: &str) -> Result<i32, tonic::Status> {
     let mut client = health_client(addr).await;
     client
         .check(HealthCheckRequest {

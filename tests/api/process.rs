@@ -84,7 +84,11 @@ impl Served {
         }
     }
 
-    fn logs(&self) -> Vec<String> {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn logs(&self) -> Vec<String> {
         self.logs.lock().expect("log sink").clone()
     }
 
