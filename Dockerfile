@@ -9,13 +9,24 @@
 # (no shell, no package manager), running as the distroless `nonroot` user (65532).
 # The build needs no system protoc: build.rs uses the one vendored by `protoc-bin-vendored`.
 
-# Keep in step with `rust-version` in Cargo.toml (the minimum) and with CI's toolchain.
-ARG RUST_VERSION=1.95
+# Base images are pinned by digest, so a rebuild of the same commit starts from the same
+# bytes whatever the registry's tags point at by then. The tag stays in each reference for
+# readability only: when a digest is given, the tag is not used to pull. Each digest is the
+# one of the multi-platform index, so amd64 and arm64 builds both resolve. To update one,
+# read the current digest of the same tag and replace it, then rebuild and run the tests:
+#   docker buildx imagetools inspect rust:1.95-slim-bookworm    # the "Digest:" line
+#   crane digest gcr.io/distroless/cc-debian12:nonroot          # the same, with crane
+#
+# The toolchain: keep its version in step with `rust-version` in Cargo.toml (the minimum;
+# .ci/validate-deploy checks it) and with CI's toolchain. One argument holds the tag and
+# its digest together, so that one cannot be changed without the other; for example
+#   docker build --build-arg RUST_IMAGE=rust:1.96-slim-bookworm@sha256:<its digest> .
+ARG RUST_IMAGE=rust:1.95-slim-bookworm@sha256:d7482085ff5b415f84dba5647ae71606650bdef00db7aeb69f4b3d170c3e4082
 
 # ---------------------------------------------------------------------------------------
 # Builder. bookworm (glibc 2.36) matches the runtime's Debian 12: a binary built against a
 # newer glibc than the runtime's would not start.
-FROM rust:${RUST_VERSION}-slim-bookworm AS builder
+FROM ${RUST_IMAGE} AS builder
 WORKDIR /build
 
 # 1. Dependencies only. The manifests, lockfile, build script and protos are copied with
@@ -50,8 +61,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     && /out/invitations --version
 
 # ---------------------------------------------------------------------------------------
-# Runtime: glibc, libgcc and CA certificates, nothing else.
-FROM gcr.io/distroless/cc-debian12:nonroot
+# Runtime: glibc, libgcc and CA certificates, nothing else. Pinned by digest (see the top).
+FROM gcr.io/distroless/cc-debian12:nonroot@sha256:9dac0a79194e45a7da0158a9c6da57b217585af0786db3845d1f0ec1a0dd182f
 
 LABEL org.opencontainers.image.title="invitations" \
       org.opencontainers.image.description="gRPC service that lists and cancels user invitations under an enterprise scope" \

@@ -1327,7 +1327,7 @@ fn service_settings(
     pool: Option<u32>,
 ) -> invitations::config::Settings {
     let mut config = Config::defaults();
-    config.database_url = database_url.to_owned();
+    config.database_url = database_url.into();
     config.listen_addr = listen;
     config.jwt_hs256_secret = Some(Secret::new(JWT_SECRET));
     config.rate_limit_per_second = 0;
@@ -1781,7 +1781,7 @@ impl Db {
     /// Applies the service's migrations through its own store.
     async fn migrate(&self) {
         let store = Store::connect(&StoreSettings {
-            url: self.url.clone(),
+            url: self.url.as_str().into(),
             max_connections: 1,
             acquire_timeout: Duration::from_secs(10),
             sqlite_busy_timeout: Duration::from_secs(5),

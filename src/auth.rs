@@ -110,6 +110,15 @@ impl Caller {
     }
 }
 
+/// The token of an `authorization` value of the `Bearer` scheme. The scheme is matched
+/// without regard to case and may be followed by several spaces (RFC 9110 §11.1, §11.4).
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_matches(' '))
+}
+
 /// Verifies bearer tokens, and mints them (HS256) for developers.
 #[derive(Clone)]
 pub struct Authenticator {
@@ -346,11 +355,7 @@ impl Authenticator {
             .ok_or(Error::Unauthenticated(AuthFailure::Missing))?
             .to_str()
             .map_err(|_| Error::Unauthenticated(AuthFailure::Missing))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .ok_or(Error::Unauthenticated(AuthFailure::Missing))?
-            .trim();
+        let token = bearer_token(header).ok_or(Error::Unauthenticated(AuthFailure::Missing))?;
         self.verify(token)
     }
 
@@ -530,6 +535,25 @@ impl tonic::service::Interceptor for AuthInterceptor {
             .map_err(|retry_after| Error::RateLimited { retry_after })?;
         request.extensions_mut().insert(caller);
         Ok(request)
+    }
+}
+
+#[cfg(test)]
+mod scheme {
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case() {
+        for header in [
+            "Bearer abc",
+            "bearer abc",
+            "BEARER abc",
+            "bEaReR abc",
+            "Bearer   abc ",
+        ] {
+            assert_eq!(super::bearer_token(header), Some("abc"), "{header:?}");
+        }
+        for header in ["Basic abc", "Bearerabc", "Bearer", "", "Token abc"] {
+            assert_eq!(super::bearer_token(header), None, "{header:?}");
+        }
     }
 }
 

@@ -1,6 +1,5 @@
 //! Every setting: a flag, an environment variable, a default and the doc comment `--help`
 //! shows. Bad settings fail at start with a one-line reason.
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -12,34 +11,10 @@ use crate::auth::MIN_SECRET_LEN;
 use crate::health::HealthSettings;
 use crate::store::StoreSettings;
 
+pub use crate::secret::{DatabaseUrl, Secret};
+
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://invitations.db";
 pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:50051";
-
-/// A secret value: never printed by `Debug`, never shown by `--help`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    pub fn expose(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_owned()))
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -104,7 +79,7 @@ pub struct Config {
     /// Database: `sqlite://FILE` (embedded, created if missing) or `postgres://USER@HOST/DB`.
     /// (The value is never shown by `--help`: it may hold a password.)
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true, global = true)]
-    pub database_url: String,
+    pub database_url: DatabaseUrl,
 
     /// Address the gRPC server listens on.
     #[arg(long, env = "INVITATIONS_LISTEN_ADDR", default_value = DEFAULT_LISTEN_ADDR, global = true)]
@@ -434,6 +409,18 @@ pub struct JwtSettings {
     pub audience: String,
 }
 
+/// Marks of the placeholders our examples ship (`deploy/kubernetes/secret.example.yaml`): a
+/// real secret never contains them, and a deployment that copied the example must not start.
+/// (docker-compose.yml's `dev-only-...` defaults are not refused: that stack publishes on
+/// loopback only, so `docker compose up` works with no setup.)
+const EXAMPLE_MARKS: [&str; 2] = ["EXAMPLE-ONLY", "CHANGE-ME"];
+
+fn is_example(value: &[u8]) -> bool {
+    EXAMPLE_MARKS
+        .iter()
+        .any(|mark| value.windows(mark.len()).any(|w| w == mark.as_bytes()))
+}
+
 /// A one-line reason the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
@@ -451,7 +438,7 @@ fn derive_page_token_secret(jwt_secret: &Secret) -> Secret {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    Secret(key)
+    Secret::new(key)
 }
 
 impl Config {
@@ -464,7 +451,7 @@ impl Config {
     }
 
     pub fn store_settings(&self) -> Result<StoreSettings, ConfigError> {
-        let url = self.database_url.trim();
+        let url = self.database_url.expose().trim();
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres://")
             || url.starts_with("postgresql://"))
@@ -472,6 +459,14 @@ impl Config {
             return Err(ConfigError(
                 "DATABASE_URL must start with sqlite: or postgres:// (or postgresql://)".into(),
             ));
+        }
+        if !url.starts_with("sqlite:")
+            && let Err(error) = url::Url::parse(url)
+        {
+            // The parser's reason never quotes the input, so the password stays out of it.
+            return Err(ConfigError(format!(
+                "DATABASE_URL is not a valid URL ({error}): percent-encode / # @ % : ? in the password"
+            )));
         }
         if self.db_max_connections == 0 {
             return Err(ConfigError(
@@ -483,8 +478,13 @@ impl Config {
                 "INVITATIONS_DB_ACQUIRE_TIMEOUT_MS must be at least 1".into(),
             ));
         }
+        if is_example(url.as_bytes()) {
+            return Err(ConfigError(
+                "DATABASE_URL holds the example password of deploy/kubernetes/secret.example.yaml: set the real one".into(),
+            ));
+        }
         Ok(StoreSettings {
-            url: url.to_owned(),
+            url: url.into(),
             max_connections: self.db_max_connections,
             acquire_timeout: Duration::from_millis(self.db_acquire_timeout_ms),
             sqlite_busy_timeout: Duration::from_millis(self.sqlite_busy_timeout_ms),
@@ -499,6 +499,11 @@ impl Config {
             return Err(ConfigError(format!(
                 "INVITATIONS_JWT_HS256_SECRET must be at least {MIN_SECRET_LEN} bytes"
             )));
+        }
+        if is_example(secret.expose()) {
+            return Err(ConfigError(
+                "INVITATIONS_JWT_HS256_SECRET is the example placeholder: set a random secret (openssl rand -hex 32)".into(),
+            ));
         }
         if self.jwt_issuer.is_empty() || self.jwt_audience.is_empty() {
             return Err(ConfigError(
@@ -521,6 +526,18 @@ impl Config {
                 return Err(ConfigError(format!(
                     "INVITATIONS_PAGE_TOKEN_SECRET must be at least {MIN_SECRET_LEN} bytes"
                 )));
+            }
+            Some(secret) if is_example(secret.expose()) => {
+                return Err(ConfigError(
+                    "INVITATIONS_PAGE_TOKEN_SECRET is the example placeholder: set a random secret (openssl rand -hex 32)".into(),
+                ));
+            }
+            // One key for two purposes would let a page token stand in for anything the JWT
+            // secret signs, and the other way round.
+            Some(secret) if secret == &jwt.hs256_secret => {
+                return Err(ConfigError(
+                    "INVITATIONS_PAGE_TOKEN_SECRET must differ from INVITATIONS_JWT_HS256_SECRET (or be left unset to derive one)".into(),
+                ));
             }
             Some(secret) => secret.clone(),
             None => derive_page_token_secret(&jwt.hs256_secret),

@@ -149,7 +149,7 @@ pub async fn run(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
                 _ => {}
             }
         }
-        config.database_url = format!("sqlite://{}", path.display());
+        config.database_url = format!("sqlite://{}", path.display()).into();
     }
     if config.jwt_hs256_secret.is_none() {
         let random: String = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());

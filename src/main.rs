@@ -8,11 +8,13 @@ use invitations::{dev, telemetry};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.config.log_format);
+    let database_url = cli.config.database_url.clone();
+    telemetry::init(cli.config.log_format, &database_url);
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(reason) => {
-            eprintln!("invitations: {reason}");
+            // A driver's error may quote the URL: its password never reaches the terminal.
+            eprintln!("invitations: {}", database_url.redact(&reason.to_string()));
             ExitCode::FAILURE
         }
     }

@@ -239,6 +239,16 @@ impl Scope {
         };
         let enterprise = parse_uuid(id).map_err(|_| ValueError::Malformed(SHAPE))?;
         let rest: Vec<&str> = segments.collect();
+        // A consumer that normalizes paths would read `enterprises/A/teams/../../enterprises/B`
+        // as another enterprise's scope: such a name is refused, not stored as given.
+        if rest
+            .iter()
+            .any(|segment| matches!(*segment, "" | "." | ".."))
+        {
+            return Err(ValueError::Malformed(
+                "must not contain empty, '.' or '..' segments",
+            ));
+        }
         let well_formed = rest.len().is_multiple_of(2)
             && rest.iter().all(|segment| {
                 !segment.is_empty()
@@ -471,6 +481,30 @@ mod tests {
         ] {
             assert!(Scope::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn scopes_with_dot_or_empty_segments_are_refused() {
+        let a = "enterprises/0196a2c4-8f3e-7a10-9b1c-2d3e4f5a6b7c";
+        for bad in [
+            format!("{a}/teams/../../../enterprises/0196a2c4-8f3e-7a10-9b1c-2d3e4f5a6b7d"),
+            format!("{a}/../.."),
+            format!("{a}/teams/."),
+            format!("{a}/./x"),
+            format!("{a}/teams/"),
+            format!("{a}//teams/x"),
+        ] {
+            assert_eq!(
+                Scope::parse(&bad),
+                Err(ValueError::Malformed(
+                    "must not contain empty, '.' or '..' segments"
+                )),
+                "{bad}"
+            );
+        }
+        // Dots inside a segment are fine.
+        assert!(Scope::parse(&format!("{a}/teams/v1.2")).is_ok());
+        assert!(Scope::parse(&format!("{a}/teams/...")).is_ok());
     }
 
     #[test]

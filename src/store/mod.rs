@@ -21,7 +21,8 @@ use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynch
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database,
     DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    QueryTrait, RuntimeErr, Select, SqlErr, Statement, TransactionTrait, UpdateMany,
+    QueryTrait, RuntimeErr, Select, SqlErr, SqliteTransactionMode, Statement, TransactionOptions,
+    TransactionTrait, UpdateMany,
 };
 use sea_query_sqlx::SqlxValues;
 use uuid::Uuid;
@@ -32,6 +33,7 @@ use crate::domain::{
     Version,
 };
 use crate::error::Error;
+use crate::secret::DatabaseUrl;
 use entity::{ActiveModel, Column, Entity, Model};
 use hot_connections::{HotConnection, HotConnections};
 pub use sqlite_reader::READER_THREAD_NAME as SQLITE_READER_THREAD_NAME;
@@ -45,11 +47,18 @@ pub const SQLITE_ROW_CHANNEL: usize = 1024;
 /// The most rows a read makes room for before they arrive.
 const MAX_EXPECTED_ROWS: usize = 1024;
 
+/// The PostgreSQL advisory lock that serialises migration runs (see [`Store::migrate`]):
+/// the bytes of `"invt-mig"`, 7597139862771034471 (0x696e76742d6d6967). Advisory locks are
+/// per database, so it only has to be unique among the users of this one. A waiting or
+/// running migration shows in `pg_locks` as `locktype = 'advisory'`, `classid = 1768846964`,
+/// `objid = 762145127`, `objsubid = 1`.
+pub const MIGRATION_LOCK_KEY: i64 = i64::from_be_bytes(*b"invt-mig");
+
 /// How to reach the database.
 #[derive(Debug, Clone)]
 pub struct StoreSettings {
     /// `sqlite://path?mode=rwc` or `postgres://user@host/db`.
-    pub url: String,
+    pub url: DatabaseUrl,
     pub max_connections: u32,
     /// How long a request waits for a free connection before it is answered UNAVAILABLE.
     pub acquire_timeout: Duration,
@@ -600,7 +609,7 @@ impl Store {
     /// Connects (creating a SQLite file if needed). SQLite runs in WAL mode so readers never
     /// block the writer, with a busy timeout so concurrent writers queue instead of failing.
     pub async fn connect(settings: &StoreSettings) -> Result<Self, DbErr> {
-        let mut options = ConnectOptions::new(settings.url.clone());
+        let mut options = ConnectOptions::new(settings.url.expose().to_owned());
         let busy = settings.sqlite_busy_timeout;
         options
             .max_connections(settings.max_connections)
@@ -636,7 +645,7 @@ impl Store {
         let db = Database::connect(options).await?;
         let sqlite_readers = sqlite_reader::readers_for(
             &db,
-            &settings.url,
+            settings.url.expose(),
             settings.max_connections,
             settings.acquire_timeout,
             busy,
@@ -658,8 +667,40 @@ impl Store {
     }
 
     /// Applies every pending migration; the store serves requests only after this.
+    ///
+    /// Any number of processes may run this at once on one database: the `migrate` Job and
+    /// every `serve` replica of a first `kubectl apply`. Unguarded they race. On PostgreSQL
+    /// two `CREATE TABLE`s of one name, neither seeing the other's uncommitted table, collide
+    /// on the catalog (`duplicate key value violates unique constraint
+    /// "pg_type_typname_nsp_index"`); on SQLite, where sea-orm-migration runs migrations
+    /// outside a transaction, one process finds a table or column another has just added.
+    /// So the whole run is one transaction that first takes the migration lock: on PostgreSQL
+    /// the transaction-level advisory lock [`MIGRATION_LOCK_KEY`], on SQLite the write lock
+    /// (`BEGIN IMMEDIATE`, waiting up to the busy timeout). The others wait, then find nothing
+    /// pending. The lock ends with the transaction (commit, rollback on an error or a dropped
+    /// future, or the connection's death), so no pooled connection keeps it; and a run
+    /// applies every pending migration or none (on PostgreSQL each is a savepoint in it).
+    ///
+    /// A future migration that cannot run in a transaction (`CREATE INDEX CONCURRENTLY`)
+    /// would need a session-level `pg_advisory_lock` on a dedicated connection instead.
     pub async fn migrate(&self) -> Result<(), DbErr> {
-        Migrator::up(&self.db, None).await?;
+        let run = self
+            .db
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..TransactionOptions::default()
+            })
+            .await?;
+        if run.get_database_backend() == DbBackend::Postgres {
+            run.execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT pg_advisory_xact_lock($1)",
+                [MIGRATION_LOCK_KEY.into()],
+            ))
+            .await?;
+        }
+        Migrator::up(&run, None).await?;
+        run.commit().await?;
         self.state.migrated.store(true, Ordering::Release);
         Ok(())
     }

@@ -154,7 +154,7 @@ impl TestApp {
             }
         };
         let mut config = Config::defaults();
-        config.database_url = url;
+        config.database_url = url.into();
         config.listen_addr = "127.0.0.1:0".parse().expect("address");
         config.jwt_hs256_secret = Some(Secret::new(JWT_SECRET));
         config.jwt_issuer = ISSUER.into();

@@ -178,7 +178,7 @@ async fn an_unreachable_database_is_unavailable_and_the_service_recovers() {
     };
     let url = postgres.url();
     let app = TestApp::spawn_configured(Backend::Sqlite, |config| {
-        config.database_url = url;
+        config.database_url = url.into();
         config.db_acquire_timeout_ms = 500;
         config.health_interval_ms = 100;
         config.health_failure_threshold = 2;
@@ -291,7 +291,7 @@ async fn readiness_waits_for_migrations_and_the_database() {
     postgres.stop();
     let url = postgres.url();
     let app = TestApp::spawn_unmigrated(Backend::Sqlite, |config| {
-        config.database_url = url;
+        config.database_url = url.into();
         config.db_acquire_timeout_ms = 300;
         config.health_interval_ms = 100;
     })

@@ -196,3 +196,59 @@ async fn hostile_requests_get_documented_answers_while_others_are_served(app: &T
 }
 
 on_both_stores!(hostile_requests_get_documented_answers_while_others_are_served);
+
+/// A scope with `.`, `..` or empty segments is refused naming the field, on create and on
+/// list, so no consumer that normalizes paths can read it as another enterprise's.
+async fn scopes_that_walk_out_of_their_enterprise_are_refused(app: &TestApp) {
+    let own = format!("enterprises/{}", app.enterprise.as_uuid());
+    let other = format!("enterprises/{}", uuid::Uuid::new_v4());
+    for scope in [
+        format!("{own}/teams/../../../{other}"),
+        format!("{own}/../.."),
+        format!("{own}/teams/./blue"),
+    ] {
+        let status = app
+            .client()
+            .create_invitation(app.request(CreateInvitationRequest {
+                email_constraint: "dots@acme.example".into(),
+                role: format!("roles/{}", uuid::Uuid::new_v4()),
+                scope: scope.clone(),
+                ..Default::default()
+            }))
+            .await
+            .expect_err("refused");
+        assert_error(
+            &status,
+            Code::InvalidArgument,
+            "INVALID_FORMAT",
+            "invalid_request",
+            400,
+        );
+        assert_eq!(
+            violations(&status),
+            vec![("scope".to_owned(), "INVALID_FORMAT".to_owned())],
+            "{scope}"
+        );
+        let status = app
+            .client()
+            .list_invitations(app.request(ListInvitationsRequest {
+                scope: scope.clone(),
+                ..Default::default()
+            }))
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            violations(&status),
+            vec![("scope".to_owned(), "INVALID_FORMAT".to_owned())],
+            "{scope}"
+        );
+    }
+    let listed = app
+        .client()
+        .list_invitations(app.request(ListInvitationsRequest::default()))
+        .await
+        .expect("list");
+    assert!(listed.into_inner().items.is_empty(), "nothing was stored");
+}
+
+on_both_stores!(scopes_that_walk_out_of_their_enterprise_are_refused);

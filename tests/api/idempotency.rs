@@ -36,7 +36,7 @@ async fn a_retry_returns_the_original_response_without_a_second_write(app: &Test
     let first = first.into_inner();
     assert_eq!(first.status, WireStatus::Cancelled as i32);
     // The invitation changes after the first answer (here behind the API's back).
-    let admin = Database::connect(app.settings.store.url.as_str())
+    let admin = Database::connect(app.settings.store.url.expose())
         .await
         .expect("connect");
     admin

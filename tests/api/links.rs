@@ -93,7 +93,7 @@ async fn issue_rotate_and_accept(app: &TestApp) {
     assert!(!shown.contains(&first) && !shown.contains(&second));
 
     // The database holds the SHA-256 of the current token, and never a token.
-    let db = sea_orm::Database::connect(app.settings.store.url.as_str())
+    let db = sea_orm::Database::connect(app.settings.store.url.expose())
         .await
         .expect("connect");
     let backend = sea_orm::ConnectionTrait::get_database_backend(&db);

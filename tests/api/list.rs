@@ -458,7 +458,7 @@ async fn corrupt_rows_are_internal_errors(app: &TestApp) {
     let invitation = app
         .insert(Fixture::pending("damaged@acme.example").created_at(at(3)))
         .await;
-    let admin = Database::connect(app.settings.store.url.as_str())
+    let admin = Database::connect(app.settings.store.url.expose())
         .await
         .expect("connect");
     let good_user = invitation.invited_by.to_string();
@@ -561,7 +561,7 @@ async fn lists_survive_postgres_closing_the_kept_connections() {
         }
     }
 
-    let database = Database::connect(&app.settings.store.url)
+    let database = Database::connect(app.settings.store.url.expose())
         .await
         .expect("connect to the test database");
     let terminated = database

@@ -12,6 +12,7 @@ mod hostile;
 mod idempotency;
 mod links;
 mod list;
+mod migrations;
 mod operability;
 mod process;
 mod replicas;

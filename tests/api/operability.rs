@@ -168,7 +168,7 @@ async fn overload_is_shed_fast_and_health_is_never_shed() {
     .await;
     let invitation = app.insert(Fixture::pending("slow@acme.example")).await;
     // Hold the write lock from a second connection to the same file.
-    let blocker = Database::connect(app.settings.store.url.as_str())
+    let blocker = Database::connect(app.settings.store.url.expose())
         .await
         .expect("second connection");
     let lock = blocker.begin().await.expect("begin");
@@ -325,7 +325,7 @@ async fn client_deadlines_are_honoured_and_leave_no_half_write(backend: Backend)
     .await;
     let invitation = app.insert(Fixture::pending("deadline@acme.example")).await;
     // Block writes to the row from a second connection.
-    let blocker = Database::connect(app.settings.store.url.as_str())
+    let blocker = Database::connect(app.settings.store.url.expose())
         .await
         .expect("second connection");
     let lock = blocker.begin().await.expect("begin");
@@ -439,7 +439,7 @@ async fn client_deadlines_postgres() {
 /// An unexpected answer from the database (here: its table is gone) is the 502 row, with a
 /// generic message: no SQL, no driver text.
 async fn unexpected_database_answers_are_upstream_errors(app: &TestApp) {
-    let admin = Database::connect(app.settings.store.url.as_str())
+    let admin = Database::connect(app.settings.store.url.expose())
         .await
         .expect("second connection");
     admin

@@ -409,6 +409,27 @@ fn bad_configuration_fails_at_start_with_one_line() {
             "short",
             "INVITATIONS_PAGE_TOKEN_SECRET must be at least 32 bytes",
         ),
+        // The example Secret's placeholders (deploy/kubernetes/secret.example.yaml).
+        (
+            "INVITATIONS_JWT_HS256_SECRET",
+            "EXAMPLE-ONLY-jwt-secret-replace-with-32-or-more-random-bytes",
+            "INVITATIONS_JWT_HS256_SECRET is the example placeholder",
+        ),
+        (
+            "INVITATIONS_PAGE_TOKEN_SECRET",
+            "EXAMPLE-ONLY-page-token-secret-replace-with-32-or-more-random-bytes",
+            "INVITATIONS_PAGE_TOKEN_SECRET is the example placeholder",
+        ),
+        (
+            "DATABASE_URL",
+            "postgres://invitations:EXAMPLE-PASSWORD-CHANGE-ME@postgres:5432/invitations",
+            "DATABASE_URL holds the example password",
+        ),
+        (
+            "INVITATIONS_PAGE_TOKEN_SECRET",
+            JWT_SECRET,
+            "INVITATIONS_PAGE_TOKEN_SECRET must differ from INVITATIONS_JWT_HS256_SECRET",
+        ),
     ] {
         let output = command(&dir).env(key, value).output().expect("run");
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -443,4 +464,63 @@ fn migrate_applies_the_schema_and_exits() {
             .status
             .success()
     );
+}
+
+/// A DATABASE_URL whose password holds `/`, `#`, `@`, `%` or `:` (common in generated
+/// passwords) never has that password printed: not by `serve`, `migrate`, `dev` or
+/// `health-check`, in their errors or their logs, whether the URL parses or not.
+#[test]
+fn database_passwords_are_never_printed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for password in ["pa/ss#w@rd", "p@ss:w%rd", "Zm9v/YmFy#cXV4@", "x:y%2Fz%23w"] {
+        // Port 1: nothing listens, so a URL that parses fails to connect.
+        let url = format!("postgres://invitations:{password}@127.0.0.1:1/invitations");
+        for subcommand in ["serve", "migrate", "dev", "health-check"] {
+            let mut child = command(&dir)
+                .arg(subcommand)
+                .env("DATABASE_URL", &url)
+                .env("INVITATIONS_DB_ACQUIRE_TIMEOUT_MS", "200")
+                .env("INVITATIONS_SHUTDOWN_GRACE_MS", "0")
+                .env("INVITATIONS_LOG_FORMAT", "pretty")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start");
+            // `serve` with a URL that parses keeps running, not ready: stop it after a
+            // few failed attempts to reach the database.
+            let deadline = Instant::now() + Duration::from_millis(1500);
+            while child.try_wait().expect("try_wait").is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let output = child.wait_with_output().expect("output");
+            let printed = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            assert!(
+                !printed.contains(password),
+                "{subcommand} printed the password {password:?}:\n{printed}"
+            );
+        }
+        // A URL that does not parse gets its reason, naming the setting and what to do.
+        let output = command(&dir)
+            .arg("migrate")
+            .env("DATABASE_URL", &url)
+            .env("INVITATIONS_DB_ACQUIRE_TIMEOUT_MS", "200")
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        if password.contains(['/', '#']) {
+            assert!(
+                stderr.contains("DATABASE_URL is not a valid URL")
+                    && stderr.contains("percent-encode"),
+                "{stderr}"
+            );
+        }
+    }
 }
