@@ -1331,6 +1331,7 @@ fn service_settings(
     config.listen_addr = listen;
     config.jwt_hs256_secret = Some(Secret::new(JWT_SECRET));
     config.rate_limit_per_second = 0;
+    config.max_concurrent_requests_per_caller = 4096;
     config.max_concurrent_requests = 4096;
     if let Some(pool) = pool {
         config.db_max_connections = pool;
@@ -1517,6 +1518,7 @@ async fn start_service(plan: &Plan, database_url: &str) -> Server {
         .env("INVITATIONS_JWT_HS256_SECRET", JWT_SECRET)
         .env("INVITATIONS_RATE_LIMIT_PER_SECOND", "0")
         .env("INVITATIONS_MAX_CONCURRENT_REQUESTS", "4096")
+        .env("INVITATIONS_MAX_CONCURRENT_REQUESTS_PER_CALLER", "4096")
         .env("INVITATIONS_SHUTDOWN_GRACE_MS", "0")
         .env("INVITATIONS_LOG_FORMAT", "json")
         .env("RUST_LOG", "warn")
