@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataMap;
 
+use crate::domain::{AuthFailure, Error, Forbidden};
 use crate::domain::{EmailAddress, EnterpriseId, UserRef};
-use crate::error::{AuthFailure, Error, Forbidden};
 use crate::rate_limit::RateLimiter;
 
 /// The capability every management RPC requires.
@@ -531,7 +531,7 @@ impl tonic::service::Interceptor for AuthInterceptor {
         let caller = self.authenticator.authenticate(request.metadata())?;
         tracing::Span::current().record("subject", tracing::field::display(caller.subject));
         self.limiter
-            .check(&caller)
+            .check(caller.enterprise, caller.subject)
             .map_err(|retry_after| Error::RateLimited { retry_after })?;
         request.extensions_mut().insert(caller);
         Ok(request)

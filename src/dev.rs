@@ -9,7 +9,7 @@ use crate::domain::{
     CancelReason, EmailAddress, EnterpriseId, Invitation, InvitationId, InvitationStatus,
     LinkToken, RoleRef, Scope, Timestamp, UserRef, Version,
 };
-use crate::error::Error;
+use crate::domain::{Error, InvitationRepository};
 use crate::startup::{Application, shutdown_signal};
 use crate::store::Store;
 

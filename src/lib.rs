@@ -4,7 +4,6 @@ pub mod auth;
 pub mod config;
 pub mod dev;
 pub mod domain;
-pub mod error;
 pub mod grpc;
 pub mod health;
 pub mod limits;

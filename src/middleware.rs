@@ -10,7 +10,7 @@ use tonic::body::Body;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
-use crate::error::Error;
+use crate::domain::Error;
 
 /// Metadata that carries the request id, in and out.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -54,7 +54,7 @@ fn documented(response: Response<Body>, max_request_bytes: usize) -> Response<Bo
         {
             Error::invalid(
                 "",
-                crate::error::ViolationReason::InvalidEncoding,
+                crate::domain::ViolationReason::InvalidEncoding,
                 "the request is not a valid protobuf message of its type (every string must be UTF-8)",
             )
         }

@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::auth::Caller;
 use crate::domain::{EnterpriseId, UserRef};
 
 /// Buckets kept before idle, full ones are forgotten (they carry no information).
@@ -33,8 +32,13 @@ impl RateLimiter {
         }
     }
 
-    /// Takes a token for `caller`, or says how long until one is there.
-    pub fn check(&self, caller: &Caller) -> Result<(), Duration> {
+    /// Takes a token for the caller `subject` of `enterprise`, or says how long until one
+    /// is there.
+    pub fn check(
+        &self,
+        enterprise: Option<EnterpriseId>,
+        subject: UserRef,
+    ) -> Result<(), Duration> {
         if self.per_second <= 0.0 {
             return Ok(());
         }
@@ -50,12 +54,10 @@ impl RateLimiter {
                 b.tokens + now.duration_since(b.refilled_at).as_secs_f64() * per_second < burst
             });
         }
-        let bucket = buckets
-            .entry((caller.enterprise, caller.subject))
-            .or_insert(Bucket {
-                tokens: self.burst,
-                refilled_at: now,
-            });
+        let bucket = buckets.entry((enterprise, subject)).or_insert(Bucket {
+            tokens: self.burst,
+            refilled_at: now,
+        });
         let refill = now.duration_since(bucket.refilled_at).as_secs_f64() * self.per_second;
         bucket.tokens = (bucket.tokens + refill).min(self.burst);
         bucket.refilled_at = now;
@@ -74,13 +76,18 @@ impl RateLimiter {
 mod tests {
     use super::*;
 
-    fn caller(enterprise: u128, subject: u128) -> Caller {
-        Caller {
-            subject: UserRef::from_uuid(uuid::Uuid::from_u128(subject)),
-            enterprise: Some(EnterpriseId::from_uuid(uuid::Uuid::from_u128(enterprise))),
-            capabilities: Default::default(),
-            verified_email: None,
-        }
+    fn check(
+        limiter: &RateLimiter,
+        (enterprise, subject): (Option<EnterpriseId>, UserRef),
+    ) -> Result<(), Duration> {
+        limiter.check(enterprise, subject)
+    }
+
+    fn caller(enterprise: u128, subject: u128) -> (Option<EnterpriseId>, UserRef) {
+        (
+            Some(EnterpriseId::from_uuid(uuid::Uuid::from_u128(enterprise))),
+            UserRef::from_uuid(uuid::Uuid::from_u128(subject)),
+        )
     }
 
     #[test]
@@ -88,23 +95,23 @@ mod tests {
         let limiter = RateLimiter::new(2, 3);
         let alice = caller(1, 1);
         for _ in 0..3 {
-            assert_eq!(limiter.check(&alice), Ok(()));
+            assert_eq!(check(&limiter, alice), Ok(()));
         }
-        let delay = limiter.check(&alice).expect_err("over the burst");
+        let delay = check(&limiter, alice).expect_err("over the burst");
         assert!(
             delay > Duration::from_millis(400) && delay <= Duration::from_millis(500),
             "{delay:?}"
         );
         // The same subject in another enterprise, and another subject, are other callers.
-        assert_eq!(limiter.check(&caller(2, 1)), Ok(()));
-        assert_eq!(limiter.check(&caller(1, 2)), Ok(()));
+        assert_eq!(check(&limiter, caller(2, 1)), Ok(()));
+        assert_eq!(check(&limiter, caller(1, 2)), Ok(()));
     }
 
     #[test]
     fn zero_rate_disables_limiting() {
         let limiter = RateLimiter::new(0, 1);
         for _ in 0..100 {
-            assert_eq!(limiter.check(&caller(1, 1)), Ok(()));
+            assert_eq!(check(&limiter, caller(1, 1)), Ok(()));
         }
     }
 }

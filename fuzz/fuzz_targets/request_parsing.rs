@@ -4,7 +4,7 @@
 
 use invitations::auth::{Authenticator, EnterpriseAdmin};
 use invitations::domain::{EnterpriseId, LinkToken, UserRef};
-use invitations::error::Error;
+use invitations::domain::Error;
 use invitations::grpc::convert;
 use invitations::proto::invitations::v1 as pb;
 use libfuzzer_sys::fuzz_target;

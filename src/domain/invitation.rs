@@ -1,4 +1,5 @@
 //! The invitation resource, its lifecycle status and its entity tag.
+use std::collections::BTreeSet;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -186,6 +187,9 @@ pub enum InvitationStatus {
     Cancelled,
     Expired,
 }
+
+/// The effective statuses a list asks for; empty means every status.
+pub type StatusFilter = BTreeSet<InvitationStatus>;
 
 impl InvitationStatus {
     pub const ALL: [InvitationStatus; 4] = [

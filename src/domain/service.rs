@@ -1,19 +1,20 @@
 //! The rules of each operation, over the store. Callers arrive already authenticated and
 //! authorized for one enterprise; every store call is scoped to it.
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::invitation::{Etag, Invitation, InvitationStatus, Timestamp, Version};
+use super::error::{Error, Forbidden, ViolationReason};
+use super::invitation::{Etag, Invitation, InvitationStatus, StatusFilter, Timestamp, Version};
 use super::link_token::LinkToken;
 use super::page_token::{PageCursor, PageTokenCodec};
+use super::repository::{
+    CancelChange, CancelOutcome, IdempotencyKey, InsertOutcome, InvitationRepository, ListFilter,
+};
 use super::values::RequestId;
 use super::values::{
     CancelReason, EmailAddress, EnterpriseId, InvitationId, RoleRef, Scope, UserRef,
 };
-use crate::error::{Error, Forbidden, ViolationReason};
-use crate::store::{CancelChange, CancelOutcome, IdempotencyKey, InsertOutcome, ListFilter, Store};
 
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 1000;
@@ -21,9 +22,6 @@ pub const MAX_PAGE_SIZE: u32 = 1000;
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The furthest `expires_at` a new invitation may have.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
-
-/// The effective statuses a list asks for; empty means every status.
-pub type StatusFilter = BTreeSet<InvitationStatus>;
 
 /// A validated ListInvitations request.
 #[derive(Debug, Clone)]
@@ -139,9 +137,10 @@ pub struct AcceptCommand {
     pub email: EmailAddress,
 }
 
+/// The operations, over any repository: the store in the service, a fake in a unit test.
 #[derive(Clone)]
-pub struct InvitationService {
-    store: Store,
+pub struct InvitationService<R> {
+    store: R,
     page_tokens: PageTokenCodec,
 }
 
@@ -173,13 +172,9 @@ fn check_scope(enterprise: EnterpriseId, scope: Option<&Scope>) -> Result<(), Er
     }
 }
 
-impl InvitationService {
-    pub fn new(store: Store, page_tokens: PageTokenCodec) -> Self {
+impl<R: InvitationRepository> InvitationService<R> {
+    pub fn new(store: R, page_tokens: PageTokenCodec) -> Self {
         Self { store, page_tokens }
-    }
-
-    pub fn store(&self) -> &Store {
-        &self.store
     }
 
     pub async fn list(&self, query: ListQuery) -> Result<ListPage, Error> {

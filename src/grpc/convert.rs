@@ -11,7 +11,7 @@ use crate::domain::{
     Invitation, InvitationId, InvitationStatus, IssueTokenCommand, LinkToken, ListQuery,
     MAX_PAGE_SIZE, RoleRef, Scope, StatusFilter, Timestamp, UserRef, ValueError,
 };
-use crate::error::{Error, FieldViolation, ViolationReason};
+use crate::domain::{Error, FieldViolation, ViolationReason};
 use crate::proto::invitations::v1 as pb;
 
 /// More entries than there are statuses can only be duplicates; far more is an attack.

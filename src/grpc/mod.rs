@@ -1,6 +1,7 @@
 //! The tonic adapter: parse the request into a domain command, call the domain, convert the
 //! result. No rules live here. Telemetry per RPC is the `middleware::ObserveLayer`'s.
 pub mod convert;
+pub mod status;
 pub mod wire;
 
 use std::sync::Arc;
@@ -8,8 +9,8 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::auth::{Caller, EnterpriseAdmin};
-use crate::domain::{InvitationService, Timestamp};
-use crate::error::{Error, Forbidden};
+use crate::domain::{Error, Forbidden};
+use crate::domain::{InvitationRepository, InvitationService, Timestamp};
 use crate::limits::{Admission, ResponseSize, Slot};
 use crate::proto::invitations::v1 as pb;
 use crate::proto::server::invitation_service_server::InvitationService as InvitationRpc;
@@ -20,13 +21,13 @@ use wire::{IssueInvitationTokenResponse, ListInvitationsResponse};
 
 /// Implements `invitations.v1.InvitationService`.
 #[derive(Clone)]
-pub struct InvitationApi {
-    service: InvitationService,
+pub struct InvitationApi<R> {
+    service: InvitationService<R>,
     admission: Arc<Admission>,
 }
 
-impl InvitationApi {
-    pub fn new(service: InvitationService, admission: Arc<Admission>) -> Self {
+impl<R: InvitationRepository> InvitationApi<R> {
+    pub fn new(service: InvitationService<R>, admission: Arc<Admission>) -> Self {
         Self { service, admission }
     }
 
@@ -51,7 +52,8 @@ fn enterprise_admin<T>(request: &Request<T>) -> Result<EnterpriseAdmin, Error> {
 }
 
 /// The answer to send: the message, with its size for the unread-bytes limit
-/// (`limits::stream`), or the error through THE mapping table.
+/// (`limits::stream`), or the error through THE table (`status.rs`), logged here when it is
+/// the server's failure.
 fn answer<T: prost::Message>(outcome: Result<T, Error>) -> Result<Response<T>, Status> {
     outcome
         .map(|message| {
@@ -60,11 +62,14 @@ fn answer<T: prost::Message>(outcome: Result<T, Error>) -> Result<Response<T>, S
             response.extensions_mut().insert(size);
             response
         })
-        .map_err(Status::from)
+        .map_err(|error| {
+            status::log_server_side(&error);
+            Status::from(error)
+        })
 }
 
 #[tonic::async_trait]
-impl InvitationRpc for InvitationApi {
+impl<R: InvitationRepository> InvitationRpc for InvitationApi<R> {
     async fn list_invitations(
         &self,
         request: Request<pb::ListInvitationsRequest>,

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::Caller;
+use crate::domain::Error;
 use crate::domain::{EnterpriseId, UserRef};
-use crate::error::Error;
 
 type CallerKey = (Option<EnterpriseId>, UserRef);
 

@@ -20,7 +20,7 @@ use tower::{Layer, Service};
 use super::connection::{ConnectionInfo, ConnectionState};
 use super::{ResponseSize, StreamKind};
 use crate::config::ServerSettings;
-use crate::error::{Error, StreamLimitScope};
+use crate::domain::{Error, StreamLimitScope};
 
 /// The limits, shared by every connection of the replica.
 #[derive(Debug)]

@@ -36,7 +36,7 @@ use sea_orm::sqlx::pool::PoolConnection;
 use sea_orm::sqlx::{PgPool, Postgres};
 use tokio::sync::oneshot;
 
-use crate::error::Error;
+use crate::domain::Error;
 
 pub(super) struct HotConnections {
     state: Mutex<State>,

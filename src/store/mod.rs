@@ -27,12 +27,13 @@ use sea_orm::{
 use sea_query_sqlx::SqlxValues;
 use uuid::Uuid;
 
+use crate::domain::Error;
 use crate::domain::{
-    CancelReason, EmailAddress, EnterpriseId, Invitation, InvitationId, InvitationStatus,
-    LinkTokenHash, PageCursor, RequestId, RoleRef, Scope, StatusFilter, Timestamp, UserRef,
-    Version,
+    CancelChange, CancelOutcome, CancelReason, EmailAddress, EnterpriseId, IDEMPOTENCY_RETENTION,
+    IdempotencyKey, InsertOutcome, Invitation, InvitationId, InvitationRepository,
+    InvitationStatus, LinkTokenHash, ListFilter, PriorResponse, RequestId, RoleRef, Scope,
+    Timestamp, UserRef, Version,
 };
-use crate::error::Error;
 use crate::secret::DatabaseUrl;
 use entity::{ActiveModel, Column, Entity, Model};
 use hot_connections::{HotConnection, HotConnections};
@@ -64,64 +65,6 @@ pub struct StoreSettings {
     pub acquire_timeout: Duration,
     /// How long a SQLite writer waits for the write lock.
     pub sqlite_busy_timeout: Duration,
-}
-
-/// Which rows a list wants; see [`Store::list`].
-#[derive(Debug)]
-pub struct ListFilter<'a> {
-    pub enterprise: EnterpriseId,
-    /// A sub-scope to match exactly; `None` for the whole enterprise.
-    pub scope: Option<&'a Scope>,
-    pub statuses: &'a StatusFilter,
-    pub email: Option<&'a EmailAddress>,
-    pub after: Option<PageCursor>,
-    pub limit: u64,
-    /// The instant effective statuses are evaluated at.
-    pub now: Timestamp,
-}
-
-/// What a cancel writes.
-#[derive(Debug, Clone)]
-pub struct CancelChange {
-    pub at: Timestamp,
-    pub by: UserRef,
-    pub reason: Option<CancelReason>,
-}
-
-/// How long the response of a request made with a `request_id` is kept for replay.
-pub const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 3600);
-
-/// A write made with a client `request_id`: what to store it under.
-#[derive(Debug, Clone, Copy)]
-pub struct IdempotencyKey {
-    pub request_id: RequestId,
-    pub operation: &'static str,
-    /// SHA-256 of everything that makes the request what it is.
-    pub fingerprint: [u8; 32],
-}
-
-/// The stored response of an earlier request with the same `request_id`.
-#[derive(Debug, Clone)]
-pub struct PriorResponse {
-    pub operation: String,
-    pub fingerprint: Vec<u8>,
-    pub invitation: Invitation,
-}
-
-#[derive(Debug, Clone)]
-pub enum CancelOutcome {
-    Cancelled(Box<Invitation>),
-    /// The conditional write matched no row.
-    NoMatch,
-    /// Another request already stored a response under this `request_id`; nothing was written.
-    RequestIdTaken,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InsertOutcome {
-    Created,
-    /// Another pending invitation for the same address and enterprise exists.
-    DuplicatePending(InvitationId),
 }
 
 #[derive(Clone)]
@@ -765,19 +708,6 @@ impl Store {
         self.db.ping().await.map_err(classify)
     }
 
-    /// One page in (created_at desc, id desc) order, strictly after `filter.after`.
-    pub async fn list(&self, filter: &ListFilter<'_>) -> Result<Vec<Invitation>, Error> {
-        let backend = self.db.get_database_backend();
-        let statement = self
-            .statements
-            .list(filter, || Self::page_statement(filter, backend));
-        // The limit is a validated page size plus one.
-        let expected_rows = usize::try_from(filter.limit)
-            .unwrap_or(usize::MAX)
-            .min(MAX_EXPECTED_ROWS);
-        self.read_statement(statement, expected_rows).await
-    }
-
     /// The page's statement as SeaORM builds it (rendered once per shape; see `statements`).
     fn page_statement(filter: &ListFilter<'_>, backend: DbBackend) -> Statement {
         let mut query = Entity::find().filter(Column::EnterpriseId.eq(filter.enterprise.as_uuid()));
@@ -865,7 +795,73 @@ impl Store {
         Ok(rows.into_iter().next())
     }
 
-    pub async fn get(
+    /// The cancel's conditional write: on (id, enterprise, version, effective pending).
+    fn cancel_update(
+        enterprise: EnterpriseId,
+        id: InvitationId,
+        expected: Version,
+        change: &CancelChange,
+        now: Timestamp,
+    ) -> UpdateMany<Entity> {
+        Entity::update_many()
+            .col_expr(
+                Column::Status,
+                Expr::value(InvitationStatus::Cancelled.as_str()),
+            )
+            .col_expr(Column::CancelledAt, Expr::value(change.at.unix_micros()))
+            .col_expr(Column::CancelledBy, Expr::value(change.by.to_string()))
+            .col_expr(
+                Column::CancelReason,
+                Expr::value(change.reason.as_ref().map(|r| r.as_str().to_owned())),
+            )
+            .col_expr(Column::UpdatedAt, Expr::value(change.at.unix_micros()))
+            .col_expr(Column::Version, Expr::value(expected.next().get()))
+            // Cancelling revokes the link in the same write.
+            .col_expr(Column::LinkTokenHash, Expr::value(Option::<Vec<u8>>::None))
+            .filter(Column::Id.eq(id.as_uuid()))
+            .filter(Column::EnterpriseId.eq(enterprise.as_uuid()))
+            .filter(Column::Version.eq(expected.get()))
+            .filter(effective_status_is(InvitationStatus::Pending, now))
+    }
+
+    /// Deletes responses older than the retention period; returns how many.
+    pub async fn purge_expired_responses(&self, now: Timestamp) -> Result<u64, Error> {
+        let cutoff = now.saturating_sub(IDEMPOTENCY_RETENTION).unix_micros();
+        let deleted = idempotency::Entity::delete_many()
+            .filter(idempotency::Column::CreatedAt.lt(cutoff))
+            .exec(self.usable()?)
+            .await
+            .map_err(classify)?;
+        Ok(deleted.rows_affected)
+    }
+
+    /// Writes a whole invitation as given, whatever its status. For seeding demo data and
+    /// test fixtures (accepted or lapsed invitations have no RPC that makes them yet).
+    pub async fn insert_raw(&self, invitation: &Invitation) -> Result<(), Error> {
+        Entity::insert(into_active_model(invitation))
+            .exec_without_returning(&self.db)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+}
+
+/// The domain's port (`domain::InvitationRepository`), on SeaORM.
+impl InvitationRepository for Store {
+    /// One page in (created_at desc, id desc) order, strictly after `filter.after`.
+    async fn list(&self, filter: &ListFilter<'_>) -> Result<Vec<Invitation>, Error> {
+        let backend = self.db.get_database_backend();
+        let statement = self
+            .statements
+            .list(filter, || Self::page_statement(filter, backend));
+        // The limit is a validated page size plus one.
+        let expected_rows = usize::try_from(filter.limit)
+            .unwrap_or(usize::MAX)
+            .min(MAX_EXPECTED_ROWS);
+        self.read_statement(statement, expected_rows).await
+    }
+
+    async fn get(
         &self,
         enterprise: EnterpriseId,
         id: InvitationId,
@@ -885,7 +881,7 @@ impl Store {
     /// A pending row past its `expires_at` no longer counts: in the same transaction it is
     /// first stored as expired (its version moves, as for every change), then the unique
     /// index on pending rows decides between concurrent creators.
-    pub async fn insert_pending(
+    async fn insert_pending(
         &self,
         invitation: &Invitation,
         now: Timestamp,
@@ -946,7 +942,7 @@ impl Store {
 
     /// The cancel: one conditional write on (id, enterprise, version, effective pending).
     /// With an idempotency key, the response is stored in the same transaction.
-    pub async fn cancel_pending(
+    async fn cancel_pending(
         &self,
         enterprise: EnterpriseId,
         id: InvitationId,
@@ -988,37 +984,8 @@ impl Store {
         Ok(CancelOutcome::Cancelled(Box::new(model_into_domain(&row)?)))
     }
 
-    /// The cancel's conditional write: on (id, enterprise, version, effective pending).
-    fn cancel_update(
-        enterprise: EnterpriseId,
-        id: InvitationId,
-        expected: Version,
-        change: &CancelChange,
-        now: Timestamp,
-    ) -> UpdateMany<Entity> {
-        Entity::update_many()
-            .col_expr(
-                Column::Status,
-                Expr::value(InvitationStatus::Cancelled.as_str()),
-            )
-            .col_expr(Column::CancelledAt, Expr::value(change.at.unix_micros()))
-            .col_expr(Column::CancelledBy, Expr::value(change.by.to_string()))
-            .col_expr(
-                Column::CancelReason,
-                Expr::value(change.reason.as_ref().map(|r| r.as_str().to_owned())),
-            )
-            .col_expr(Column::UpdatedAt, Expr::value(change.at.unix_micros()))
-            .col_expr(Column::Version, Expr::value(expected.next().get()))
-            // Cancelling revokes the link in the same write.
-            .col_expr(Column::LinkTokenHash, Expr::value(Option::<Vec<u8>>::None))
-            .filter(Column::Id.eq(id.as_uuid()))
-            .filter(Column::EnterpriseId.eq(enterprise.as_uuid()))
-            .filter(Column::Version.eq(expected.get()))
-            .filter(effective_status_is(InvitationStatus::Pending, now))
-    }
-
     /// The response stored under `request_id` within the retention period, if any.
-    pub async fn prior_response(
+    async fn prior_response(
         &self,
         enterprise: EnterpriseId,
         request_id: RequestId,
@@ -1048,21 +1015,10 @@ impl Store {
         }))
     }
 
-    /// Deletes responses older than the retention period; returns how many.
-    pub async fn purge_expired_responses(&self, now: Timestamp) -> Result<u64, Error> {
-        let cutoff = now.saturating_sub(IDEMPOTENCY_RETENTION).unix_micros();
-        let deleted = idempotency::Entity::delete_many()
-            .filter(idempotency::Column::CreatedAt.lt(cutoff))
-            .exec(self.usable()?)
-            .await
-            .map_err(classify)?;
-        Ok(deleted.rows_affected)
-    }
-
     /// Gives a pending invitation a new link (replacing any previous one in the same
     /// write) and optionally a new expiry: one conditional write on (id, enterprise,
     /// effective pending[, version]). `None` when it matched no row.
-    pub async fn issue_link(
+    async fn issue_link(
         &self,
         enterprise: EnterpriseId,
         id: InvitationId,
@@ -1089,7 +1045,7 @@ impl Store {
 
     /// The accept: one conditional write on (link, effective pending, e-mail). The link
     /// stays, so the same invitee repeating the accept finds it accepted by them.
-    pub async fn accept_by_link(
+    async fn accept_by_link(
         &self,
         link: LinkTokenHash,
         invitee_email: &EmailAddress,
@@ -1113,21 +1069,11 @@ impl Store {
 
     /// The invitation whose current link this is, whatever its enterprise: the token itself
     /// is the invitee's authority.
-    pub async fn find_by_link(&self, link: LinkTokenHash) -> Result<Option<Invitation>, Error> {
+    async fn find_by_link(&self, link: LinkTokenHash) -> Result<Option<Invitation>, Error> {
         let rows = self
             .read(Entity::find().filter(Column::LinkTokenHash.eq(link.0.to_vec())))
             .await?;
         Ok(rows.into_iter().next())
-    }
-
-    /// Writes a whole invitation as given, whatever its status. For seeding demo data and
-    /// test fixtures (accepted or lapsed invitations have no RPC that makes them yet).
-    pub async fn insert_raw(&self, invitation: &Invitation) -> Result<(), Error> {
-        Entity::insert(into_active_model(invitation))
-            .exec_without_returning(&self.db)
-            .await
-            .map_err(classify)?;
-        Ok(())
     }
 }
 

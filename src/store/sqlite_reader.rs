@@ -32,8 +32,8 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use super::{StoredRow, into_domain};
+use crate::domain::Error;
 use crate::domain::Invitation;
-use crate::error::Error;
 
 /// The name of the threads SQLite reads run on.
 pub const READER_THREAD_NAME: &str = "sqlite-reader";

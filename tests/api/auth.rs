@@ -1,4 +1,5 @@
 //! Authentication (401), capabilities and scope (403), and the cross-enterprise matrix (404).
+use invitations::domain::InvitationRepository as _;
 use std::collections::HashMap;
 use std::time::Duration;
 

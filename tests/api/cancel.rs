@@ -1,4 +1,5 @@
 //! CancelInvitation: the soft cancel, etags, state rules, dry runs and concurrency.
+use invitations::domain::InvitationRepository as _;
 use invitations::domain::{Invitation, InvitationStatus};
 use invitations::proto::invitations::v1::{
     CancelInvitationRequest, InvitationStatus as WireStatus, ListInvitationsRequest,

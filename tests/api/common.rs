@@ -421,7 +421,7 @@ pub fn assert_error(
         .get_details_error_info()
         .unwrap_or_else(|| panic!("ErrorInfo in {status:?}"));
     assert_eq!(info.reason, reason, "reason of {status:?}");
-    assert_eq!(info.domain, invitations::error::ERROR_DOMAIN);
+    assert_eq!(info.domain, invitations::grpc::status::ERROR_DOMAIN);
     assert_eq!(
         info.metadata.get("code").map(String::as_str),
         Some(documented_code),

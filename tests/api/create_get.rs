@@ -1,4 +1,5 @@
 //! CreateInvitation and GetInvitation.
+use invitations::domain::InvitationRepository as _;
 use std::time::Duration;
 
 use invitations::domain::{InvitationStatus, Timestamp};

@@ -1,4 +1,5 @@
 //! Idempotent retries of CancelInvitation (AIP-155).
+use invitations::domain::InvitationRepository as _;
 use std::time::Duration;
 
 use invitations::domain::{InvitationStatus, RequestId, Timestamp};

@@ -1,4 +1,5 @@
 //! Invitation links: issue, rotate, accept, revoke, and the accept-versus-cancel race.
+use invitations::domain::InvitationRepository as _;
 use std::collections::HashSet;
 use std::time::Duration;
 

@@ -1,4 +1,5 @@
 //! Health, rate limits, load shedding, request ids and limits, through the real server.
+use invitations::domain::InvitationRepository as _;
 use std::time::Duration;
 
 use invitations::proto::invitations::v1::{

@@ -1,4 +1,5 @@
 //! Token attacks, and asymmetric keys from a JWKS file with rotation.
+use invitations::domain::InvitationRepository as _;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -1,0 +1,141 @@
+//! The port the domain needs from a store: the repository trait and the outcomes it answers
+//! with. `store/` implements it for SQLite and PostgreSQL; nothing here knows SQL.
+use std::future::Future;
+use std::time::Duration;
+
+use super::error::Error;
+use super::invitation::{Invitation, StatusFilter, Timestamp, Version};
+use super::link_token::LinkTokenHash;
+use super::page_token::PageCursor;
+use super::values::{
+    CancelReason, EmailAddress, EnterpriseId, InvitationId, RequestId, Scope, UserRef,
+};
+
+/// Invitations, always within one enterprise (or found by a link token's hash, which is
+/// unique). Every write is one conditional statement whose outcome says what happened.
+pub trait InvitationRepository: Clone + Send + Sync + 'static {
+    /// A page of `filter.enterprise`'s invitations, newest first (ties by id), after the
+    /// cursor.
+    fn list(
+        &self,
+        filter: &ListFilter<'_>,
+    ) -> impl Future<Output = Result<Vec<Invitation>, Error>> + Send;
+
+    fn get(
+        &self,
+        enterprise: EnterpriseId,
+        id: InvitationId,
+    ) -> impl Future<Output = Result<Option<Invitation>, Error>> + Send;
+
+    /// Inserts a pending invitation unless the enterprise has one for the same address.
+    fn insert_pending(
+        &self,
+        invitation: &Invitation,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<InsertOutcome, Error>> + Send;
+
+    /// Cancels the invitation if it is pending at `now` and still at `expected`; with a key,
+    /// stores the response under it in the same transaction.
+    fn cancel_pending(
+        &self,
+        enterprise: EnterpriseId,
+        id: InvitationId,
+        expected: Version,
+        change: &CancelChange,
+        now: Timestamp,
+        key: Option<&IdempotencyKey>,
+    ) -> impl Future<Output = Result<CancelOutcome, Error>> + Send;
+
+    /// The response stored under `request_id`, if it is younger than the retention.
+    fn prior_response(
+        &self,
+        enterprise: EnterpriseId,
+        request_id: RequestId,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Option<PriorResponse>, Error>> + Send;
+
+    /// Gives a pending invitation a new link (replacing any previous one), if it is pending
+    /// at `now` and, when given, still at `expected`; `None` when nothing matched.
+    fn issue_link(
+        &self,
+        enterprise: EnterpriseId,
+        id: InvitationId,
+        expected: Option<Version>,
+        link: LinkTokenHash,
+        expires_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Option<Invitation>, Error>> + Send;
+
+    /// Accepts the pending invitation of `link` for the invitee whose address it is for;
+    /// `None` when nothing matched.
+    fn accept_by_link(
+        &self,
+        link: LinkTokenHash,
+        invitee_email: &EmailAddress,
+        invitee: UserRef,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Option<Invitation>, Error>> + Send;
+
+    fn find_by_link(
+        &self,
+        link: LinkTokenHash,
+    ) -> impl Future<Output = Result<Option<Invitation>, Error>> + Send;
+}
+
+/// Which rows a list wants; see [`InvitationRepository::list`].
+#[derive(Debug)]
+pub struct ListFilter<'a> {
+    pub enterprise: EnterpriseId,
+    /// A sub-scope to match exactly; `None` for the whole enterprise.
+    pub scope: Option<&'a Scope>,
+    pub statuses: &'a StatusFilter,
+    pub email: Option<&'a EmailAddress>,
+    pub after: Option<PageCursor>,
+    pub limit: u64,
+    /// The instant effective statuses are evaluated at.
+    pub now: Timestamp,
+}
+
+/// What a cancel writes.
+#[derive(Debug, Clone)]
+pub struct CancelChange {
+    pub at: Timestamp,
+    pub by: UserRef,
+    pub reason: Option<CancelReason>,
+}
+
+/// How long the response of a request made with a `request_id` is kept for replay.
+pub const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// A write made with a client `request_id`: what to store it under.
+#[derive(Debug, Clone, Copy)]
+pub struct IdempotencyKey {
+    pub request_id: RequestId,
+    pub operation: &'static str,
+    /// SHA-256 of everything that makes the request what it is.
+    pub fingerprint: [u8; 32],
+}
+
+/// The stored response of an earlier request with the same `request_id`.
+#[derive(Debug, Clone)]
+pub struct PriorResponse {
+    pub operation: String,
+    pub fingerprint: Vec<u8>,
+    pub invitation: Invitation,
+}
+
+#[derive(Debug, Clone)]
+pub enum CancelOutcome {
+    Cancelled(Box<Invitation>),
+    /// The conditional write matched no row.
+    NoMatch,
+    /// Another request already stored a response under this `request_id`; nothing was written.
+    RequestIdTaken,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertOutcome {
+    Created,
+    /// Another pending invitation for the same address and enterprise exists.
+    DuplicatePending(InvitationId),
+}
