@@ -10,18 +10,23 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use invitations::auth::{Authenticator, ENTERPRISE_ADMIN};
 use invitations::domain::{EnterpriseId, UserRef};
+use invitations::proto::invitations::v1::ListInvitationsRequest;
 use invitations::proto::invitations::v1::invitation_service_client::InvitationServiceClient;
-use invitations::proto::invitations::v1::{CreateInvitationRequest, ListInvitationsRequest};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
-use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use uuid::Uuid;
 
-use crate::common::{AUDIENCE, ISSUER, JWT_SECRET, assert_error, authorized};
-use crate::operability::await_health;
+use crate::common::{
+    AUDIENCE, Backend, Caller, Fixture, ISSUER, JWT_SECRET, Row, SQLITE_WRITE_LOCK, TestApp,
+    assert_row, authorized, cancel_stuck_in_the_only_slot, create_request,
+};
+use crate::operability::READINESS;
 use crate::process::Served;
+
+/// How long the binary may take to turn ready.
+const START: Duration = Duration::from_secs(10);
 
 /// The Deployment's memory limit is 128 MiB; the service must stay well inside it.
 const RSS_BUDGET_BYTES: u64 = 96 * 1024 * 1024;
@@ -244,13 +249,7 @@ async fn watch_flood(
                 let response = response.await.expect("answer");
                 match refusal(&response) {
                     Some(status) => {
-                        let metadata = assert_error(
-                            &status,
-                            Code::ResourceExhausted,
-                            "STREAM_LIMIT_REACHED",
-                            "rate_limited",
-                            429,
-                        );
+                        let metadata = assert_row(&status, Row::StreamLimitReached);
                         scopes.push(metadata["scope"].clone());
                     }
                     None => held.push(response),
@@ -275,17 +274,11 @@ async fn watch_flood(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flood_of_watch_streams_without_a_token_is_capped() {
     const STREAMS_PER_CONNECTION: usize = 100;
-    let served = Served::start(&[
+    let env = [
         ("INVITATIONS_RATE_LIMIT_PER_SECOND", "0"),
         ("INVITATIONS_MAX_WATCH_STREAMS", "500"),
-    ]);
-    await_health(
-        served.addr,
-        "invitations.v1.InvitationService",
-        ServingStatus::Serving,
-        Duration::from_secs(10),
-    )
-    .await;
+    ];
+    let served = Served::start_ready(&env, START).await;
     let rss = RssWatch::start(served.pid());
     let bystander = Bystander::start(served.addr, admin_token()).await;
 
@@ -303,7 +296,7 @@ async fn a_flood_of_watch_streams_without_a_token_is_capped() {
 
     // Health checks still answer, on a fresh connection, while every watch slot is taken.
     assert_eq!(
-        crate::operability::check(served.addr, "invitations.v1.InvitationService")
+        crate::operability::check(served.addr, READINESS)
             .await
             .expect("health check"),
         ServingStatus::Serving as i32
@@ -317,17 +310,11 @@ async fn a_flood_of_watch_streams_without_a_token_is_capped() {
 /// connections already held (the bystander's) keep working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn connections_over_the_limit_are_closed_at_once() {
-    let served = Served::start(&[
+    let env = [
         ("INVITATIONS_RATE_LIMIT_PER_SECOND", "0"),
         ("INVITATIONS_MAX_CONNECTIONS", "20"),
-    ]);
-    await_health(
-        served.addr,
-        "invitations.v1.InvitationService",
-        ServingStatus::Serving,
-        Duration::from_secs(10),
-    )
-    .await;
+    ];
+    let served = Served::start_ready(&env, START).await;
     let bystander = Bystander::start(served.addr, admin_token()).await;
     let mut held = Vec::new();
     let mut closed = 0;
@@ -365,18 +352,12 @@ async fn connections_over_the_limit_are_closed_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn headers_without_a_message_hold_no_call_slot() {
     const STREAMS: usize = 300;
-    let served = Served::start(&[
+    let env = [
         ("INVITATIONS_RATE_LIMIT_PER_SECOND", "0"),
         ("INVITATIONS_MAX_CONCURRENT_REQUESTS", "32"),
         ("INVITATIONS_REQUEST_READ_TIMEOUT_MS", "1500"),
-    ]);
-    await_health(
-        served.addr,
-        "invitations.v1.InvitationService",
-        ServingStatus::Serving,
-        Duration::from_secs(10),
-    )
-    .await;
+    ];
+    let served = Served::start_ready(&env, START).await;
     let rss = RssWatch::start(served.pid());
     let bystander = Bystander::start(served.addr, admin_token()).await;
     let invitee = token(&[], None);
@@ -406,13 +387,7 @@ async fn headers_without_a_message_hold_no_call_slot() {
         let (response, at) = answer.await.expect("task");
         let response = response.expect("an answer for every stream");
         let status = refusal(&response).expect("a trailers-only refusal");
-        let metadata = assert_error(
-            &status,
-            Code::DeadlineExceeded,
-            "REQUEST_READ_TIMEOUT",
-            "request_timeout",
-            408,
-        );
+        let metadata = assert_row(&status, Row::RequestReadTimeout);
         assert_eq!(metadata["readTimeoutMs"], "1500");
         let waited = at.duration_since(started);
         assert!(
@@ -432,38 +407,25 @@ async fn headers_without_a_message_hold_no_call_slot() {
 async fn a_client_that_never_reads_cannot_make_the_server_hoard_answers() {
     const INVITATIONS: usize = 1000;
     const ATTACKERS: usize = 3;
-    let served = Served::start(&[
+    let env = [
         ("INVITATIONS_RATE_LIMIT_PER_SECOND", "0"),
         ("INVITATIONS_REQUEST_TIMEOUT_MS", "3000"),
-    ]);
-    await_health(
-        served.addr,
-        "invitations.v1.InvitationService",
-        ServingStatus::Serving,
-        Duration::from_secs(10),
-    )
-    .await;
+    ];
+    let served = Served::start_ready(&env, START).await;
     // A thousand invitations, so a page of 1000 is about 440 KB.
     let admin = admin_token();
     let client = InvitationServiceClient::connect(format!("http://{}", served.addr))
         .await
         .expect("connect");
+    let reader = Caller::new(client, admin.clone());
     let mut creating = tokio::task::JoinSet::new();
     for worker in 0..8 {
-        let (mut client, admin) = (client.clone(), admin.clone());
+        let creator = reader.clone();
         creating.spawn(async move {
             for i in (worker..INVITATIONS).step_by(8) {
-                client
-                    .create_invitation(authorized(
-                        &admin,
-                        CreateInvitationRequest {
-                            email_constraint: format!("invitee-{i:04}@acme.example"),
-                            role: format!("roles/{}", Uuid::new_v4()),
-                            ..Default::default()
-                        },
-                    ))
-                    .await
-                    .map_err(|status| format!("create {i}: {status:?}"))?;
+                let request = create_request(format!("invitee-{i:04}@acme.example"));
+                let created = creator.create(request).await;
+                created.map_err(|status| format!("create {i}: {status:?}"))?;
             }
             Ok::<_, String>(())
         });
@@ -471,19 +433,15 @@ async fn a_client_that_never_reads_cannot_make_the_server_hoard_answers() {
     while let Some(created) = creating.join_next().await {
         created.expect("task").expect("created");
     }
+    let page = ListInvitationsRequest {
+        page_size: 1000,
+        ..Default::default()
+    };
     // The size of the page the attackers ask for, as the server counts it.
-    let page_bytes = client
-        .clone()
-        .list_invitations(authorized(
-            &admin,
-            ListInvitationsRequest {
-                page_size: 1000,
-                ..Default::default()
-            },
-        ))
+    let page_bytes = reader
+        .list(page.clone())
         .await
-        .expect("a reader gets its page")
-        .into_inner();
+        .expect("a reader gets its page");
     assert_eq!(page_bytes.items.len(), INVITATIONS);
     let page_bytes = prost::Message::encoded_len(&page_bytes);
     // Each attacker waits for an answer's headers before its next call, and a call is
@@ -499,7 +457,7 @@ async fn a_client_that_never_reads_cannot_make_the_server_hoard_answers() {
         })
         .await
         .expect("handshake");
-        let admin = admin.clone();
+        let (admin, page) = (admin.clone(), page.clone());
         let addr = served.addr;
         attackers.push(tokio::spawn(async move {
             let started = Instant::now();
@@ -515,23 +473,13 @@ async fn a_client_that_never_reads_cannot_make_the_server_hoard_answers() {
                 else {
                     break;
                 };
-                let page = ListInvitationsRequest {
-                    page_size: 1000,
-                    ..Default::default()
-                };
                 if body.send_data(grpc_frame(&page), true).is_err() {
                     break;
                 }
                 match response.await {
                     Ok(response) => match refusal(&response) {
                         Some(status) => {
-                            assert_error(
-                                &status,
-                                Code::ResourceExhausted,
-                                "RESPONSES_UNREAD",
-                                "rate_limited",
-                                429,
-                            );
+                            assert_row(&status, Row::ResponsesUnread);
                             unread_refusals += 1;
                         }
                         None => stalled.push(response),
@@ -560,18 +508,8 @@ async fn a_client_that_never_reads_cannot_make_the_server_hoard_answers() {
     }
     bystander.assert_always_served().await;
     // A client that reads still gets the big page.
-    let page = client
-        .clone()
-        .list_invitations(authorized(
-            &admin,
-            ListInvitationsRequest {
-                page_size: 1000,
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("a reader gets its page");
-    assert_eq!(page.get_ref().items.len(), INVITATIONS);
+    let page = reader.list(page).await.expect("a reader gets its page");
+    assert_eq!(page.items.len(), INVITATIONS);
     assert_rss_within_budget(rss.peak().await, "clients that never read");
     assert!(
         served
@@ -588,11 +526,6 @@ async fn a_client_that_never_reads_cannot_make_the_server_hoard_answers() {
 /// served meanwhile, and the stuck cancel completes once the lock is released.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_caller_cannot_take_the_replicas_call_slots() {
-    use invitations::proto::invitations::v1::CancelInvitationRequest;
-    use sea_orm::{ConnectionTrait, Database, TransactionTrait};
-
-    use crate::common::{Backend, Fixture, TestApp};
-
     let app = TestApp::spawn_configured(Backend::Sqlite, |config| {
         config.max_concurrent_requests_per_caller = 1;
         config.sqlite_busy_timeout_ms = 10_000;
@@ -600,77 +533,20 @@ async fn one_caller_cannot_take_the_replicas_call_slots() {
     })
     .await;
     let invitation = app.insert(Fixture::pending("slow@acme.example")).await;
-    let blocker = Database::connect(app.settings.store.url.expose())
-        .await
-        .expect("second connection");
-    let lock = blocker.begin().await.expect("begin");
-    lock.execute_unprepared("UPDATE invitations SET updated_at = updated_at")
-        .await
-        .expect("take the write lock");
-    let cancel = || {
-        let mut client = app.client();
-        let request = app.request(CancelInvitationRequest {
-            invitation_id: invitation.id.to_string(),
-            etag: invitation.etag().as_str().to_owned(),
-            ..Default::default()
-        });
-        tokio::spawn(async move { client.cancel_invitation(request).await })
-    };
-    // The cancel holds the caller's one slot once a list of the same caller is refused. A
-    // list can take the slot first and get the cancel refused: then the cancel goes again.
-    let mut stuck = cancel();
-    let mut refused = None;
-    for _ in 0..500 {
-        if stuck.is_finished() {
-            let shed = stuck
-                .await
-                .expect("task")
-                .expect_err("the lock is held: the cancel cannot finish");
-            assert_eq!(shed.code(), Code::ResourceExhausted, "{shed:?}");
-            stuck = cancel();
-        }
-        match app
-            .client()
-            .list_invitations(app.request(ListInvitationsRequest::default()))
-            .await
-        {
-            Err(status) if status.code() == Code::ResourceExhausted && !stuck.is_finished() => {
-                refused = Some(status);
-                break;
-            }
-            _ => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    }
-    let refused = refused.expect("the caller's second call is refused");
-    let metadata = assert_error(
-        &refused,
-        Code::ResourceExhausted,
-        "CALLER_CONCURRENCY_LIMIT",
-        "rate_limited",
-        429,
-    );
+    let lock = app.hold_lock(SQLITE_WRITE_LOCK).await;
+    // The cancel holds the caller's one slot once a list of the same caller is refused.
+    let (stuck, refused) = cancel_stuck_in_the_only_slot(&app, &invitation).await;
+    let metadata = assert_row(&refused, Row::CallerConcurrencyLimit);
     assert_eq!(metadata["maxConcurrentRequestsPerCaller"], "1");
     // Another caller (the same enterprise's other admin) is served meanwhile.
-    let colleague = app.authenticator.mint(
-        UserRef::from_uuid(Uuid::new_v4()),
-        Some(app.enterprise),
-        &[ENTERPRISE_ADMIN.to_owned()],
-        Duration::from_secs(600),
-    );
-    app.client()
-        .list_invitations(authorized(&colleague, ListInvitationsRequest::default()))
+    let colleague = app.caller(&app.colleague());
+    colleague
+        .list(Default::default())
         .await
         .expect("another caller is served");
-    lock.rollback().await.expect("release the lock");
-    let cancelled = stuck
-        .await
-        .expect("task")
-        .expect("the stuck cancel completes");
-    assert_eq!(cancelled.into_inner().id, invitation.id.to_string());
-    app.client()
-        .list_invitations(app.request(ListInvitationsRequest::default()))
+    stuck.completes_once(lock).await;
+    app.list(Default::default())
         .await
         .expect("the slot is given back");
-    blocker.close().await.expect("close");
     app.finish().await;
 }

@@ -5,15 +5,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use invitations::domain::{EnterpriseId, Invitation, UserRef};
-use invitations::proto::invitations::v1::{
-    AcceptInvitationRequest, CancelInvitationRequest, CreateInvitationRequest,
-    GetInvitationRequest, IssueInvitationTokenRequest, ListInvitationsRequest,
-};
+use invitations::proto::invitations::v1::{CreateInvitationRequest, ListInvitationsRequest};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 use uuid::Uuid;
 
-use crate::common::{Fixture, TestApp, authorized};
+use crate::common::{Fixture, Row, TestApp, cancel_request, create_request, issue_request};
 use crate::on_both_stores;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,81 +67,27 @@ async fn call(
         || "W/\"1.00000000\"".to_owned(),
         |i| i.etag().as_str().to_owned(),
     );
-    let mut client = app.client();
+    let caller = app.caller(token);
+    let scope = scope_of.to_string();
     match rpc {
-        "List" => answer(
-            client
-                .list_invitations(authorized(
-                    token,
-                    ListInvitationsRequest {
-                        scope: scope_of.to_string(),
-                        ..Default::default()
-                    },
-                ))
-                .await,
-            &id,
-        ),
-        "Get" => answer(
-            client
-                .get_invitation(authorized(
-                    token,
-                    GetInvitationRequest {
-                        invitation_id: id.clone(),
-                    },
-                ))
-                .await,
-            &id,
-        ),
-        "Create" => answer(
-            client
-                .create_invitation(authorized(
-                    token,
-                    CreateInvitationRequest {
-                        email_constraint: format!("{}@acme.example", Uuid::new_v4()),
-                        role: format!("roles/{}", Uuid::new_v4()),
-                        scope: scope_of.to_string(),
-                        ..Default::default()
-                    },
-                ))
-                .await,
-            &id,
-        ),
-        "Cancel" => answer(
-            client
-                .cancel_invitation(authorized(
-                    token,
-                    CancelInvitationRequest {
-                        invitation_id: id.clone(),
-                        etag,
-                        ..Default::default()
-                    },
-                ))
-                .await,
-            &id,
-        ),
-        "IssueToken" => answer(
-            client
-                .issue_invitation_token(authorized(
-                    token,
-                    IssueInvitationTokenRequest {
-                        invitation_id: id.clone(),
-                        ..Default::default()
-                    },
-                ))
-                .await,
-            &id,
-        ),
-        "Accept" => answer(
-            client
-                .accept_invitation(authorized(
-                    token,
-                    AcceptInvitationRequest {
-                        token: format!("inv_{}", "A".repeat(43)),
-                    },
-                ))
-                .await,
-            &id,
-        ),
+        "List" => {
+            let request = ListInvitationsRequest {
+                scope,
+                ..Default::default()
+            };
+            answer(caller.list(request).await, &id)
+        }
+        "Get" => answer(caller.get(&id).await, &id),
+        "Create" => {
+            let request = CreateInvitationRequest {
+                scope,
+                ..create_request(format!("{}@acme.example", Uuid::new_v4()))
+            };
+            answer(caller.create(request).await, &id)
+        }
+        "Cancel" => answer(caller.cancel(cancel_request(&id, etag)).await, &id),
+        "IssueToken" => answer(caller.issue(issue_request(&id)).await, &id),
+        "Accept" => answer(caller.accept(&format!("inv_{}", "A".repeat(43))).await, &id),
         other => unreachable!("{other}"),
     }
 }
@@ -202,15 +145,15 @@ async fn every_rpc_caller_and_target_has_its_exact_code(app: &TestApp) {
                 assert_eq!(got.0, expected, "{rpc} by {who:?} on {target:?}: {got:?}");
                 if let Some((_, reason, _, _)) = &got.1 {
                     let wanted = match got.0 {
-                        Code::PermissionDenied if rpc == "Accept" => "EMAIL_NOT_VERIFIED",
+                        Code::PermissionDenied if rpc == "Accept" => Row::EmailNotVerified,
                         Code::PermissionDenied if who == Who::NoCapability => {
-                            "ENTERPRISE_ADMIN_REQUIRED"
+                            Row::EnterpriseAdminRequired
                         }
-                        Code::PermissionDenied => "SCOPE_NOT_PERMITTED",
-                        Code::NotFound => "INVITATION_NOT_FOUND",
+                        Code::PermissionDenied => Row::ScopeNotPermitted,
+                        Code::NotFound => Row::InvitationNotFound,
                         other => panic!("{rpc} by {who:?} on {target:?}: unexpected {other:?}"),
                     };
-                    assert_eq!(reason, wanted, "{rpc} by {who:?} on {target:?}");
+                    assert_eq!(reason, wanted.reason(), "{rpc} by {who:?} on {target:?}");
                 }
                 // An invitation of the other enterprise is indistinguishable from none.
                 match target {

@@ -1,21 +1,21 @@
 //! CancelInvitation: the soft cancel, etags, state rules, dry runs and concurrency.
-use invitations::domain::InvitationRepository as _;
 use invitations::domain::{Invitation, InvitationStatus};
 use invitations::proto::invitations::v1::{
-    CancelInvitationRequest, InvitationStatus as WireStatus, ListInvitationsRequest,
+    CancelInvitationRequest, InvitationStatus as WireStatus,
 };
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::common::{Fixture, TestApp, assert_error, violations};
+use crate::common::{
+    Fixture, Row, TestApp, assert_invalid, assert_row, create_request, list_request,
+};
 use crate::on_both_stores;
 
+/// A cancel of `invitation` with `etag`, and a reason.
 fn cancel_request(invitation: &Invitation, etag: &str) -> CancelInvitationRequest {
     CancelInvitationRequest {
-        invitation_id: invitation.id.to_string(),
-        etag: etag.to_owned(),
         reason: "User withdrew their request".into(),
-        ..Default::default()
+        ..crate::common::cancel_request(invitation.id, etag)
     }
 }
 
@@ -25,11 +25,9 @@ async fn cancel_is_soft_and_persisted(app: &TestApp) {
     let etag = invitation.etag();
     // Act
     let cancelled = app
-        .client()
-        .cancel_invitation(app.request(cancel_request(&invitation, etag.as_str())))
+        .cancel(cancel_request(&invitation, etag.as_str()))
         .await
-        .expect("cancelled")
-        .into_inner();
+        .expect("cancelled");
     // Assert: the whole invitation comes back, cancelled, with a new etag.
     assert_eq!(cancelled.id, invitation.id.to_string());
     assert_eq!(cancelled.status, WireStatus::Cancelled as i32);
@@ -49,37 +47,18 @@ async fn cancel_is_soft_and_persisted(app: &TestApp) {
     let fetched = app.fetch(invitation.id.to_string()).await;
     assert_eq!(fetched, cancelled);
     let listed = app
-        .client()
-        .list_invitations(app.request(ListInvitationsRequest {
-            statuses: vec![WireStatus::Cancelled as i32],
-            ..Default::default()
-        }))
+        .list(list_request(&[WireStatus::Cancelled]))
         .await
-        .expect("list")
-        .into_inner();
+        .expect("list");
     assert_eq!(listed.items, vec![cancelled.clone()]);
     // The record stays: a cancel of it again is a state conflict, not a 404.
     let again = app
-        .client()
-        .cancel_invitation(app.request(cancel_request(&invitation, &cancelled.etag)))
+        .cancel(cancel_request(&invitation, &cancelled.etag))
         .await
         .expect_err("already cancelled");
-    let metadata = assert_error(
-        &again,
-        Code::FailedPrecondition,
-        "STATE_CONFLICT",
-        "state_conflict",
-        409,
-    );
-    assert_eq!(
-        metadata.get("currentStatus").map(String::as_str),
-        Some("CANCELLED")
-    );
-    assert_eq!(metadata.get("etag"), Some(&cancelled.etag));
-    assert_eq!(
-        again.message(),
-        "The request cannot be applied to the current resource state."
-    );
+    let metadata = assert_row(&again, Row::StateConflict);
+    assert_eq!(metadata["currentStatus"], "CANCELLED");
+    assert_eq!(metadata["etag"], cancelled.etag);
     let failure = again
         .get_details_precondition_failure()
         .expect("PreconditionFailure");
@@ -95,26 +74,12 @@ async fn a_stale_etag_is_aborted_with_the_current_one(app: &TestApp) {
     let invitation = app.insert(Fixture::pending("stale@acme.example")).await;
     let stale = "W/\"0.deadbeef\"";
     let status = app
-        .client()
-        .cancel_invitation(app.request(cancel_request(&invitation, stale)))
+        .cancel(cancel_request(&invitation, stale))
         .await
         .expect_err("etag mismatch");
-    let metadata = assert_error(
-        &status,
-        Code::Aborted,
-        "ETAG_MISMATCH",
-        "precondition_failed",
-        412,
-    );
-    assert_eq!(
-        metadata.get("etag").map(String::as_str),
-        Some(invitation.etag().as_str())
-    );
-    assert_eq!(metadata.get("requestEtag").map(String::as_str), Some(stale));
-    assert_eq!(
-        status.message(),
-        "The If-Match value does not match the current ETag"
-    );
+    let metadata = assert_row(&status, Row::EtagMismatch);
+    assert_eq!(metadata["etag"], invitation.etag().as_str());
+    assert_eq!(metadata["requestEtag"], stale);
     let failure = status
         .get_details_precondition_failure()
         .expect("PreconditionFailure");
@@ -129,37 +94,18 @@ async fn a_stale_etag_is_aborted_with_the_current_one(app: &TestApp) {
     assert_eq!(fetched.etag, invitation.etag().as_str());
     // The etag check comes before the state check: a cancelled invitation with a stale
     // etag is a 412, not a 409.
-    let cancelled = app
-        .insert(Fixture::new(
-            "gone@acme.example",
-            InvitationStatus::Cancelled,
-        ))
-        .await;
+    let cancelled = app.insert(Fixture::cancelled("gone@acme.example")).await;
     let status = app
-        .client()
-        .cancel_invitation(app.request(cancel_request(&cancelled, stale)))
+        .cancel(cancel_request(&cancelled, stale))
         .await
         .expect_err("etag mismatch first");
-    assert_error(
-        &status,
-        Code::Aborted,
-        "ETAG_MISMATCH",
-        "precondition_failed",
-        412,
-    );
+    assert_row(&status, Row::EtagMismatch);
     // Another invitation's etag never matches.
     let status = app
-        .client()
-        .cancel_invitation(app.request(cancel_request(&invitation, cancelled.etag().as_str())))
+        .cancel(cancel_request(&invitation, cancelled.etag().as_str()))
         .await
         .expect_err("someone else's etag");
-    assert_error(
-        &status,
-        Code::Aborted,
-        "ETAG_MISMATCH",
-        "precondition_failed",
-        412,
-    );
+    assert_row(&status, Row::EtagMismatch);
 }
 
 async fn accepted_and_expired_are_not_admissible(app: &TestApp) {
@@ -176,29 +122,12 @@ async fn accepted_and_expired_are_not_admissible(app: &TestApp) {
     ] {
         let invitation = app.insert(fixture).await;
         let status = app
-            .client()
-            .cancel_invitation(app.request(cancel_request(&invitation, invitation.etag().as_str())))
+            .cancel(cancel_request(&invitation, invitation.etag().as_str()))
             .await
             .expect_err("not admissible");
-        let metadata = assert_error(
-            &status,
-            Code::FailedPrecondition,
-            "NOT_ADMISSIBLE",
-            "not_admissible",
-            422,
-        );
-        assert_eq!(
-            metadata.get("currentStatus").map(String::as_str),
-            Some(name)
-        );
-        assert_eq!(
-            metadata.get("etag").map(String::as_str),
-            Some(invitation.etag().as_str())
-        );
-        assert_eq!(
-            status.message(),
-            "The operation is not admissible in the current state."
-        );
+        let metadata = assert_row(&status, Row::NotAdmissible);
+        assert_eq!(metadata["currentStatus"], name);
+        assert_eq!(metadata["etag"], invitation.etag().as_str());
         let failure = status
             .get_details_precondition_failure()
             .expect("PreconditionFailure");
@@ -212,12 +141,7 @@ async fn validate_only_checks_everything_and_writes_nothing(app: &TestApp) {
         validate_only: true,
         ..cancel_request(&invitation, invitation.etag().as_str())
     };
-    let answer = app
-        .client()
-        .cancel_invitation(app.request(dry.clone()))
-        .await
-        .expect("dry run")
-        .into_inner();
+    let answer = app.cancel(dry.clone()).await.expect("dry run");
     assert_eq!(
         answer.status,
         WireStatus::Pending as i32,
@@ -231,42 +155,19 @@ async fn validate_only_checks_everything_and_writes_nothing(app: &TestApp) {
         etag: "W/\"9.00000000\"".into(),
         ..dry.clone()
     };
+    let status = app.cancel(stale).await.expect_err("stale");
+    assert_row(&status, Row::EtagMismatch);
+    let cancelled = app.insert(Fixture::cancelled("dry2@acme.example")).await;
     let status = app
-        .client()
-        .cancel_invitation(app.request(stale))
-        .await
-        .expect_err("stale");
-    assert_error(
-        &status,
-        Code::Aborted,
-        "ETAG_MISMATCH",
-        "precondition_failed",
-        412,
-    );
-    let cancelled = app
-        .insert(Fixture::new(
-            "dry2@acme.example",
-            InvitationStatus::Cancelled,
-        ))
-        .await;
-    let status = app
-        .client()
-        .cancel_invitation(app.request(CancelInvitationRequest {
+        .cancel(CancelInvitationRequest {
             validate_only: true,
             ..cancel_request(&cancelled, cancelled.etag().as_str())
-        }))
+        })
         .await
         .expect_err("cancelled");
-    assert_error(
-        &status,
-        Code::FailedPrecondition,
-        "STATE_CONFLICT",
-        "state_conflict",
-        409,
-    );
+    assert_row(&status, Row::StateConflict);
     // The real cancel still works with the same etag.
-    app.client()
-        .cancel_invitation(app.request(cancel_request(&invitation, invitation.etag().as_str())))
+    app.cancel(cancel_request(&invitation, invitation.etag().as_str()))
         .await
         .expect("real cancel");
 }
@@ -286,17 +187,7 @@ async fn if_match_metadata_works_alone_and_must_agree(app: &TestApp) {
         .cancel_invitation(with_header("W/\"1.00000000\"", etag.as_str()))
         .await
         .expect_err("field and header differ");
-    assert_error(
-        &status,
-        Code::InvalidArgument,
-        "ETAG_CONFLICT",
-        "invalid_request",
-        400,
-    );
-    assert_eq!(
-        violations(&status),
-        vec![("etag".to_owned(), "ETAG_CONFLICT".to_owned())]
-    );
+    assert_invalid(&status, &[("etag", Row::EtagConflict)]);
     let cancelled = app
         .client()
         .cancel_invitation(with_header("", etag.as_str()))
@@ -307,51 +198,29 @@ async fn if_match_metadata_works_alone_and_must_agree(app: &TestApp) {
 
 async fn bad_cancel_requests_name_each_field(app: &TestApp) {
     let status = app
-        .client()
-        .cancel_invitation(app.request(CancelInvitationRequest::default()))
+        .cancel(CancelInvitationRequest::default())
         .await
         .expect_err("empty request");
-    assert_error(
+    assert_invalid(
         &status,
-        Code::InvalidArgument,
-        "MISSING_REQUIRED_FIELD",
-        "invalid_request",
-        400,
-    );
-    assert_eq!(status.message(), "A required field is missing or invalid");
-    assert_eq!(
-        violations(&status),
-        vec![
-            (
-                "invitation_id".to_owned(),
-                "MISSING_REQUIRED_FIELD".to_owned()
-            ),
-            ("etag".to_owned(), "MISSING_REQUIRED_FIELD".to_owned())
-        ]
+        &[
+            ("invitation_id", Row::MissingRequiredField),
+            ("etag", Row::MissingRequiredField),
+        ],
     );
     let status = app
-        .client()
-        .cancel_invitation(app.request(CancelInvitationRequest {
-            invitation_id: "b8e2f1a0".into(),
-            etag: "W/\"1.00000000\"".into(),
+        .cancel(CancelInvitationRequest {
             reason: "x".repeat(501),
-            ..Default::default()
-        }))
+            ..crate::common::cancel_request("b8e2f1a0", "W/\"1.00000000\"")
+        })
         .await
         .expect_err("malformed");
-    assert_error(
+    assert_invalid(
         &status,
-        Code::InvalidArgument,
-        "INVALID_FORMAT",
-        "invalid_request",
-        400,
-    );
-    assert_eq!(
-        violations(&status),
-        vec![
-            ("invitation_id".to_owned(), "INVALID_FORMAT".to_owned()),
-            ("reason".to_owned(), "VALUE_TOO_LONG".to_owned())
-        ]
+        &[
+            ("invitation_id", Row::InvalidFormat),
+            ("reason", Row::ValueTooLong),
+        ],
     );
 }
 
@@ -359,17 +228,13 @@ async fn concurrent_cancels_with_one_etag_have_one_winner(app: &TestApp) {
     let invitation = app.insert(Fixture::pending("race@acme.example")).await;
     let etag = invitation.etag();
     let attempts: Vec<_> = (0..20)
-        .map(|_| {
-            let mut client = app.client();
-            let request = app.request(cancel_request(&invitation, etag.as_str()));
-            tokio::spawn(async move { client.cancel_invitation(request).await })
-        })
+        .map(|_| app.spawn_cancel(cancel_request(&invitation, etag.as_str())))
         .collect();
     let mut winners = Vec::new();
     let mut aborted = Vec::new();
     for attempt in attempts {
         match attempt.await.expect("task") {
-            Ok(response) => winners.push(response.into_inner()),
+            Ok(cancelled) => winners.push(cancelled),
             Err(status) => aborted.push(status),
         }
     }
@@ -377,26 +242,14 @@ async fn concurrent_cancels_with_one_etag_have_one_winner(app: &TestApp) {
     assert_eq!(aborted.len(), 19);
     let winner = &winners[0];
     for status in &aborted {
-        let metadata = assert_error(
-            status,
-            Code::Aborted,
-            "ETAG_MISMATCH",
-            "precondition_failed",
-            412,
-        );
+        let metadata = assert_row(status, Row::EtagMismatch);
         assert_eq!(
-            metadata.get("etag"),
-            Some(&winner.etag),
+            metadata["etag"], winner.etag,
             "the loser learns the current etag"
         );
     }
     // The version moved by exactly one.
-    let stored = app
-        .store
-        .get(app.enterprise, invitation.id)
-        .await
-        .expect("read")
-        .expect("row");
+    let stored = app.stored(invitation.id).await;
     assert_eq!(stored.version, invitation.version.next());
     assert_eq!(stored.stored_status, InvitationStatus::Cancelled);
 }
@@ -428,58 +281,39 @@ async fn sqlite_under_contention_never_says_database_is_locked() {
                 .await,
         );
     }
+    let with_its_etag =
+        |invitation: &Invitation| cancel_request(invitation, invitation.etag().as_str());
     let mut tasks = Vec::new();
     for round in 0..3 {
         for n in 0..20 {
-            let mut client = app.client();
+            let caller = app.caller(&app.token);
             let request = match n % 3 {
-                0 => Err(app.request(
-                    invitations::proto::invitations::v1::CreateInvitationRequest {
-                        email_constraint: format!("new{round}-{n}@acme.example"),
-                        role: format!("roles/{}", uuid::Uuid::new_v4()),
-                        ..Default::default()
-                    },
-                )),
-                1 if round == 0 => Ok(app.request(cancel_request(
-                    &others[n / 2 % 10],
-                    others[n / 2 % 10].etag().as_str(),
-                ))),
-                _ => Ok(app.request(cancel_request(&contested, contested.etag().as_str()))),
+                0 => Err(create_request(format!("new{round}-{n}@acme.example"))),
+                1 if round == 0 => Ok(with_its_etag(&others[n / 2 % 10])),
+                _ => Ok(with_its_etag(&contested)),
             };
             tasks.push(tokio::spawn(async move {
                 match request {
-                    Ok(cancel) => client.cancel_invitation(cancel).await.map(|_| "cancel"),
-                    Err(create) => client.create_invitation(create).await.map(|_| "create"),
+                    Ok(cancel) => caller.cancel(cancel).await.map(|_| "cancel"),
+                    Err(create) => caller.create(create).await.map(|_| "create"),
                 }
             }));
         }
     }
-    let mut contested_wins = 0;
     for task in tasks {
-        match task.await.expect("task") {
-            Ok(_) => {}
-            Err(status) => {
-                assert!(
-                    !status.message().to_lowercase().contains("locked"),
-                    "{status:?}"
-                );
-                assert!(
-                    matches!(status.code(), Code::Aborted | Code::FailedPrecondition),
-                    "only documented conflicts: {status:?}"
-                );
-            }
+        if let Err(status) = task.await.expect("task") {
+            assert!(
+                !status.message().to_lowercase().contains("locked"),
+                "{status:?}"
+            );
+            assert!(
+                matches!(status.code(), Code::Aborted | Code::FailedPrecondition),
+                "only documented conflicts: {status:?}"
+            );
         }
     }
-    let stored = app
-        .store
-        .get(app.enterprise, contested.id)
-        .await
-        .expect("read")
-        .expect("row");
-    if stored.stored_status == InvitationStatus::Cancelled {
-        contested_wins += 1;
-    }
-    assert_eq!(contested_wins, 1);
+    let stored = app.stored(contested.id).await;
+    assert_eq!(stored.stored_status, InvitationStatus::Cancelled);
     assert_eq!(
         stored.version,
         contested.version.next(),

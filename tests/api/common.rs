@@ -1,23 +1,28 @@
 //! The test harness: the real server on an ephemeral port, a fresh database per test, and
 //! the generated client.
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use invitations::auth::{Authenticator, ENTERPRISE_ADMIN};
 use invitations::config::{Config, Secret, Settings};
 use invitations::domain::{
-    CancelReason, EmailAddress, EnterpriseId, Invitation, InvitationId, InvitationStatus, RoleRef,
-    Scope, Timestamp, UserRef, Version,
+    AuthFailure, CancelReason, EmailAddress, EnterpriseId, Error, Etag, Forbidden, Invitation,
+    InvitationId, InvitationRepository as _, InvitationStatus, RoleRef, Scope, StreamLimitScope,
+    Timestamp, UserRef, Version, ViolationReason,
 };
+use invitations::proto::invitations::v1 as wire;
 use invitations::proto::invitations::v1::invitation_service_client::InvitationServiceClient;
 use invitations::startup::Application;
 use invitations::store::Store;
-use sea_orm::{ConnectionTrait, Database};
+use sea_orm::{
+    ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, TransactionTrait,
+};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
-use tonic_types::StatusExt;
+use tonic_types::{ErrorDetails, StatusExt};
 use uuid::Uuid;
 
 pub const JWT_SECRET: &str = "test-secret-that-is-at-least-32-bytes-long";
@@ -78,6 +83,25 @@ macro_rules! on_both_stores {
     };
 }
 
+/// Two tests, named as given, that run `$body(backend)` on SQLite and on PostgreSQL: for
+/// tests that configure their own server.
+#[macro_export]
+macro_rules! on_each_backend {
+    ($body:ident: $sqlite:ident, $postgres:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $sqlite() {
+            $body($crate::common::Backend::Sqlite).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $postgres() {
+            if let Some(backend) = $crate::common::Backend::postgres() {
+                $body(backend).await;
+            }
+        }
+    };
+}
+
 /// Where a test's database lives, and how to get rid of it.
 enum Database_ {
     Sqlite(tempfile::TempDir),
@@ -99,6 +123,7 @@ pub struct TestApp {
     database: Database_,
 }
 
+/// `url` with its database name replaced by `name`.
 fn with_database(url: &str, name: &str) -> String {
     let (base, query) = url
         .split_once('?')
@@ -107,6 +132,81 @@ fn with_database(url: &str, name: &str) -> String {
     match query {
         Some(q) => format!("{server}/{name}?{q}"),
         None => format!("{server}/{name}"),
+    }
+}
+
+/// Runs one statement on the PostgreSQL server of `admin_url`, on a connection of its own.
+async fn administer(admin_url: &str, statement: &str) {
+    let admin = Database::connect(admin_url)
+        .await
+        .expect("connect to TEST_DATABASE_URL");
+    admin
+        .execute_unprepared(statement)
+        .await
+        .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    admin.close().await.expect("close the admin connection");
+}
+
+/// A new, empty database on the PostgreSQL server of `admin_url`: its name and its URL.
+pub async fn create_database(admin_url: &str) -> (String, String) {
+    let name = format!("invitations_test_{}", Uuid::new_v4().simple());
+    administer(admin_url, &format!("CREATE DATABASE \"{name}\"")).await;
+    let url = with_database(admin_url, &name);
+    (name, url)
+}
+
+/// Drops a database made by [`create_database`], whoever is still connected to it.
+pub async fn drop_database(admin_url: &str, name: &str) {
+    administer(
+        admin_url,
+        &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+    )
+    .await;
+}
+
+/// A server built from settings and serving until told to stop.
+struct Running {
+    addr: std::net::SocketAddr,
+    store: Store,
+    authenticator: Arc<Authenticator>,
+    client: InvitationServiceClient<Channel>,
+    shutdown: oneshot::Sender<()>,
+    server: JoinHandle<()>,
+}
+
+impl Running {
+    async fn start(settings: &Settings, migrate: bool) -> Self {
+        let app = Application::build(settings)
+            .await
+            .expect("the server builds");
+        // Migrate before serving, so fixtures can be stored at once; the server's own
+        // migration run then finds nothing to do.
+        if migrate {
+            app.store().migrate().await.expect("migrations apply");
+        }
+        let addr = app.local_addr();
+        let store = app.store().clone();
+        let authenticator = app.authenticator();
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            app.run_until(async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("the server runs");
+        });
+        // The listener is bound already, so connecting needs no wait.
+        let client = InvitationServiceClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connect to the server");
+        Self {
+            addr,
+            store,
+            authenticator,
+            client,
+            shutdown,
+            server,
+        }
     }
 }
 
@@ -138,19 +238,8 @@ impl TestApp {
                 (url, Database_::Sqlite(dir))
             }
             Backend::Postgres(admin_url) => {
-                let name = format!("invitations_test_{}", Uuid::new_v4().simple());
-                let admin = Database::connect(&admin_url)
-                    .await
-                    .expect("connect to TEST_DATABASE_URL");
-                admin
-                    .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-                    .await
-                    .expect("create the test database");
-                admin.close().await.expect("close the admin connection");
-                (
-                    with_database(&admin_url, &name),
-                    Database_::Postgres { admin_url, name },
-                )
+                let (name, url) = create_database(&admin_url).await;
+                (url, Database_::Postgres { admin_url, name })
             }
         };
         let mut config = Config::defaults();
@@ -169,52 +258,26 @@ impl TestApp {
         config.rate_limit_per_second = 0;
         customize(&mut config);
         let settings = config.settings().expect("test settings are valid");
-        Self::spawn_with(settings, database, migrate).await
-    }
-
-    async fn spawn_with(settings: Settings, database: Database_, migrate: bool) -> Self {
-        let app = Application::build(&settings)
-            .await
-            .expect("the server builds");
-        // Migrate before serving, so fixtures can be stored at once; the server's own
-        // migration run then finds nothing to do.
-        if migrate {
-            app.store().migrate().await.expect("migrations apply");
-        }
-        let addr = app.local_addr();
-        let store = app.store().clone();
-        let authenticator = app.authenticator();
-        let (shutdown, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            app.run_until(async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("the server runs");
-        });
-        // The listener is bound already, so connecting needs no wait.
-        let client = InvitationServiceClient::connect(format!("http://{addr}"))
-            .await
-            .expect("connect to the server");
+        let running = Running::start(&settings, migrate).await;
         let enterprise = EnterpriseId::from_uuid(Uuid::new_v4());
         let admin = UserRef::from_uuid(Uuid::new_v4());
-        let token = authenticator.mint(
+        let token = running.authenticator.mint(
             admin,
             Some(enterprise),
             &[ENTERPRISE_ADMIN.to_owned()],
             HOUR,
         );
         Self {
-            client,
-            store,
-            authenticator,
+            client: running.client,
+            store: running.store,
+            authenticator: running.authenticator,
             settings,
             enterprise,
             admin,
             token,
-            addr,
-            shutdown,
-            server,
+            addr: running.addr,
+            shutdown: running.shutdown,
+            server: running.server,
             database,
         }
     }
@@ -227,23 +290,8 @@ impl TestApp {
         oneshot::Sender<()>,
         JoinHandle<()>,
     ) {
-        let app = Application::build(&self.settings)
-            .await
-            .expect("the replica builds");
-        app.store().migrate().await.expect("migrations apply");
-        let addr = app.local_addr();
-        let (shutdown, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            app.run_until(async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("the replica runs");
-        });
-        let client = InvitationServiceClient::connect(format!("http://{addr}"))
-            .await
-            .expect("connect");
-        (client, shutdown, server)
+        let running = Running::start(&self.settings, true).await;
+        (running.client, running.shutdown, running.server)
     }
 
     /// Stops the server and drops the test's database.
@@ -253,16 +301,7 @@ impl TestApp {
         self.store.close().await;
         match self.database {
             Database_::Sqlite(dir) => drop(dir),
-            Database_::Postgres { admin_url, name } => {
-                let admin = Database::connect(&admin_url)
-                    .await
-                    .expect("connect to TEST_DATABASE_URL");
-                admin
-                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .await
-                    .expect("drop the test database");
-                admin.close().await.expect("close the admin connection");
-            }
+            Database_::Postgres { admin_url, name } => drop_database(&admin_url, &name).await,
         }
     }
 
@@ -270,19 +309,73 @@ impl TestApp {
         self.client.clone()
     }
 
-    /// GetInvitation as this app's admin; the invitation must exist.
-    pub async fn fetch(
+    /// This server called with `token`.
+    pub fn caller(&self, token: &str) -> Caller {
+        Caller::new(self.client(), token)
+    }
+
+    /// This server called as this app's admin.
+    fn as_admin(&self) -> Caller {
+        self.caller(&self.token)
+    }
+
+    /// ListInvitations as this app's admin.
+    pub async fn list(
         &self,
-        invitation_id: impl Into<String>,
-    ) -> invitations::proto::invitations::v1::Invitation {
-        let request = invitations::proto::invitations::v1::GetInvitationRequest {
-            invitation_id: invitation_id.into(),
-        };
-        self.client()
-            .get_invitation(self.request(request))
+        request: wire::ListInvitationsRequest,
+    ) -> Result<wire::ListInvitationsResponse, Status> {
+        self.as_admin().list(request).await
+    }
+
+    /// GetInvitation as this app's admin.
+    pub async fn get(&self, invitation_id: impl Into<String>) -> Result<wire::Invitation, Status> {
+        self.as_admin().get(invitation_id).await
+    }
+
+    /// CreateInvitation as this app's admin.
+    pub async fn create(
+        &self,
+        request: wire::CreateInvitationRequest,
+    ) -> Result<wire::Invitation, Status> {
+        self.as_admin().create(request).await
+    }
+
+    /// CancelInvitation as this app's admin.
+    pub async fn cancel(
+        &self,
+        request: wire::CancelInvitationRequest,
+    ) -> Result<wire::Invitation, Status> {
+        self.as_admin().cancel(request).await
+    }
+
+    /// CancelInvitation as this app's admin, in a task of its own (for races).
+    pub fn spawn_cancel(
+        &self,
+        request: wire::CancelInvitationRequest,
+    ) -> JoinHandle<Result<wire::Invitation, Status>> {
+        self.as_admin().spawn_cancel(request)
+    }
+
+    /// IssueInvitationToken as this app's admin.
+    pub async fn issue(
+        &self,
+        request: wire::IssueInvitationTokenRequest,
+    ) -> Result<wire::IssueInvitationTokenResponse, Status> {
+        self.as_admin().issue(request).await
+    }
+
+    /// GetInvitation as this app's admin; the invitation must exist.
+    pub async fn fetch(&self, invitation_id: impl Into<String>) -> wire::Invitation {
+        self.get(invitation_id).await.expect("get")
+    }
+
+    /// The invitation as the store holds it now; it must exist.
+    pub async fn stored(&self, id: InvitationId) -> Invitation {
+        self.store
+            .get(self.enterprise, id)
             .await
-            .expect("get")
-            .into_inner()
+            .expect("read")
+            .expect("row")
     }
 
     /// A request carrying this app's admin token.
@@ -302,6 +395,16 @@ impl TestApp {
         (enterprise, token)
     }
 
+    /// A token for another admin of this app's enterprise (another caller, same tenant).
+    pub fn colleague(&self) -> String {
+        self.authenticator.mint(
+            UserRef::from_uuid(Uuid::new_v4()),
+            Some(self.enterprise),
+            &[ENTERPRISE_ADMIN.to_owned()],
+            HOUR,
+        )
+    }
+
     /// Stores an invitation of this app's enterprise directly, in any state.
     pub async fn insert(&self, fixture: Fixture) -> Invitation {
         self.insert_in(self.enterprise, fixture).await
@@ -315,6 +418,87 @@ impl TestApp {
             .expect("insert fixture");
         invitation
     }
+
+    /// Takes a lock on this app's database with `statement`, in a transaction of a second
+    /// connection, and holds it until released.
+    pub async fn hold_lock(&self, statement: &str) -> HeldLock {
+        let connection = Database::connect(self.settings.store.url.expose())
+            .await
+            .expect("second connection");
+        let transaction = connection.begin().await.expect("begin");
+        transaction
+            .execute_unprepared(statement)
+            .await
+            .expect("take the lock");
+        HeldLock {
+            connection,
+            transaction,
+        }
+    }
+}
+
+/// On SQLite: the database's write lock (every writer waits, readers do not).
+pub const SQLITE_WRITE_LOCK: &str = "UPDATE invitations SET updated_at = updated_at";
+
+/// A lock held by [`TestApp::hold_lock`].
+pub struct HeldLock {
+    connection: DatabaseConnection,
+    transaction: DatabaseTransaction,
+}
+
+impl HeldLock {
+    pub async fn release(self) {
+        self.transaction.rollback().await.expect("release the lock");
+        self.connection.close().await.expect("close");
+    }
+}
+
+/// With writes blocked, a cancel of `invitation` that cannot finish, sent again until it holds
+/// the call slot that a List probe is then refused for (a probe can take the slot first and
+/// get the cancel refused). Returns the stuck cancel, still running, and the probe's refusal.
+pub async fn cancel_stuck_in_the_only_slot(
+    app: &TestApp,
+    invitation: &Invitation,
+) -> (StuckCancel, Status) {
+    let cancel = || app.spawn_cancel(cancel_as_stored(invitation));
+    let mut stuck = cancel();
+    for _ in 0..500 {
+        if stuck.is_finished() {
+            let shed = stuck
+                .await
+                .expect("task")
+                .expect_err("the lock is held: the cancel cannot finish");
+            assert_eq!(shed.code(), Code::ResourceExhausted, "{shed:?}");
+            stuck = cancel();
+        }
+        match app.list(Default::default()).await {
+            Err(status) if status.code() == Code::ResourceExhausted && !stuck.is_finished() => {
+                let id = invitation.id;
+                return (StuckCancel { task: stuck, id }, status);
+            }
+            _ => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    panic!("no call was refused while the stuck cancel held the slot");
+}
+
+/// A cancel waiting for a lock ([`cancel_stuck_in_the_only_slot`]).
+pub struct StuckCancel {
+    task: JoinHandle<Result<wire::Invitation, Status>>,
+    id: InvitationId,
+}
+
+impl StuckCancel {
+    /// Releases `lock`, and asserts that the cancel then completes.
+    pub async fn completes_once(self, lock: HeldLock) {
+        lock.release().await;
+        let cancelled = self
+            .task
+            .await
+            .expect("task")
+            .expect("the stuck cancel completes");
+        assert_eq!(cancelled.id, self.id.to_string());
+    }
 }
 
 pub fn authorized<T>(token: &str, message: T) -> tonic::Request<T> {
@@ -324,6 +508,124 @@ pub fn authorized<T>(token: &str, message: T) -> tonic::Request<T> {
         format!("Bearer {token}").parse().expect("ascii"),
     );
     request
+}
+
+/// One caller of a server: a client and its bearer token. Each RPC answers its message.
+#[derive(Clone)]
+pub struct Caller {
+    client: InvitationServiceClient<Channel>,
+    token: String,
+}
+
+impl Caller {
+    pub fn new(client: InvitationServiceClient<Channel>, token: impl Into<String>) -> Self {
+        Self {
+            client,
+            token: token.into(),
+        }
+    }
+
+    pub async fn list(
+        &self,
+        request: wire::ListInvitationsRequest,
+    ) -> Result<wire::ListInvitationsResponse, Status> {
+        let request = authorized(&self.token, request);
+        let answer = self.client.clone().list_invitations(request).await;
+        answer.map(tonic::Response::into_inner)
+    }
+
+    pub async fn get(&self, invitation_id: impl Into<String>) -> Result<wire::Invitation, Status> {
+        let invitation_id = invitation_id.into();
+        let request = authorized(&self.token, wire::GetInvitationRequest { invitation_id });
+        let answer = self.client.clone().get_invitation(request).await;
+        answer.map(tonic::Response::into_inner)
+    }
+
+    pub async fn create(
+        &self,
+        request: wire::CreateInvitationRequest,
+    ) -> Result<wire::Invitation, Status> {
+        let request = authorized(&self.token, request);
+        let answer = self.client.clone().create_invitation(request).await;
+        answer.map(tonic::Response::into_inner)
+    }
+
+    pub async fn cancel(
+        &self,
+        request: wire::CancelInvitationRequest,
+    ) -> Result<wire::Invitation, Status> {
+        let request = authorized(&self.token, request);
+        let answer = self.client.clone().cancel_invitation(request).await;
+        answer.map(tonic::Response::into_inner)
+    }
+
+    /// CancelInvitation in a task of its own (for races).
+    pub fn spawn_cancel(
+        &self,
+        request: wire::CancelInvitationRequest,
+    ) -> JoinHandle<Result<wire::Invitation, Status>> {
+        let caller = self.clone();
+        tokio::spawn(async move { caller.cancel(request).await })
+    }
+
+    pub async fn issue(
+        &self,
+        request: wire::IssueInvitationTokenRequest,
+    ) -> Result<wire::IssueInvitationTokenResponse, Status> {
+        let request = authorized(&self.token, request);
+        let answer = self.client.clone().issue_invitation_token(request).await;
+        answer.map(tonic::Response::into_inner)
+    }
+
+    /// AcceptInvitation of the link token `link`.
+    pub async fn accept(&self, link: &str) -> Result<wire::Invitation, Status> {
+        let token = link.to_owned();
+        let request = authorized(&self.token, wire::AcceptInvitationRequest { token });
+        let answer = self.client.clone().accept_invitation(request).await;
+        answer.map(tonic::Response::into_inner)
+    }
+}
+
+/// CancelInvitation of `invitation_id` with `etag`, and nothing else.
+pub fn cancel_request(
+    invitation_id: impl ToString,
+    etag: impl Into<String>,
+) -> wire::CancelInvitationRequest {
+    wire::CancelInvitationRequest {
+        invitation_id: invitation_id.to_string(),
+        etag: etag.into(),
+        ..Default::default()
+    }
+}
+
+/// CancelInvitation of a stored invitation with the etag it was stored with.
+pub fn cancel_as_stored(invitation: &Invitation) -> wire::CancelInvitationRequest {
+    cancel_request(invitation.id, invitation.etag().as_str())
+}
+
+/// CreateInvitation for `email`, with a new role.
+pub fn create_request(email: impl Into<String>) -> wire::CreateInvitationRequest {
+    wire::CreateInvitationRequest {
+        email_constraint: email.into(),
+        role: format!("roles/{}", Uuid::new_v4()),
+        ..Default::default()
+    }
+}
+
+/// IssueInvitationToken for `invitation_id`, with no etag and the default expiry.
+pub fn issue_request(invitation_id: impl ToString) -> wire::IssueInvitationTokenRequest {
+    wire::IssueInvitationTokenRequest {
+        invitation_id: invitation_id.to_string(),
+        ..Default::default()
+    }
+}
+
+/// ListInvitations of the invitations in `statuses`.
+pub fn list_request(statuses: &[wire::InvitationStatus]) -> wire::ListInvitationsRequest {
+    wire::ListInvitationsRequest {
+        statuses: statuses.iter().map(|s| *s as i32).collect(),
+        ..Default::default()
+    }
 }
 
 /// An invitation to store directly: `Fixture::pending("a@x.example")` and friends.
@@ -351,6 +653,9 @@ impl Fixture {
     }
     pub fn pending(email: impl Into<String>) -> Self {
         Self::new(email, InvitationStatus::Pending)
+    }
+    pub fn cancelled(email: impl Into<String>) -> Self {
+        Self::new(email, InvitationStatus::Cancelled)
     }
     /// Pending in the store, but past `expires_at`.
     pub fn lapsed(email: impl Into<String>) -> Self {
@@ -408,31 +713,237 @@ impl Fixture {
     }
 }
 
-/// Asserts the parts of an error every row of the table has, and returns its metadata.
-pub fn assert_error(
-    status: &Status,
-    code: Code,
-    reason: &str,
-    documented_code: &str,
-    http_status: u16,
-) -> std::collections::HashMap<String, String> {
-    assert_eq!(status.code(), code, "code of {status:?}");
+/// A row of the documented error table (README.md, made from `src/grpc/status.rs`), named by
+/// its `ErrorInfo.reason`. A test says which row it expects ([`assert_row`]); what each row is
+/// answered with is written once, in [`TABLE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Row {
+    MissingRequiredField,
+    InvalidFormat,
+    ValueTooLong,
+    ValueOutOfRange,
+    InvalidPageToken,
+    EtagConflict,
+    RequestIdReused,
+    InvalidEncoding,
+    Unauthorized,
+    TokenExpired,
+    TokenInvalid,
+    EnterpriseAdminRequired,
+    ScopeNotPermitted,
+    EmailMismatch,
+    EmailNotVerified,
+    InvitationTokenInvalid,
+    InvitationNotFound,
+    StateConflict,
+    EtagMismatch,
+    NotAdmissible,
+    InvitationAlreadyExists,
+    RequestTooLarge,
+    RateLimited,
+    ServerOverloaded,
+    CallerConcurrencyLimit,
+    StreamLimitReached,
+    ResponsesUnread,
+    RequestReadTimeout,
+    TransactionConflict,
+    DatabaseUnavailable,
+    UpstreamError,
+    Internal,
+}
+
+/// The error table as the tests expect it, one line a row: gRPC code, documented HTTP status
+/// (metadata `httpStatus`), documented code (metadata `code`), `ErrorInfo.reason`, message.
+/// Written out rather than read from the server's table, so that a change there fails a test;
+/// `the_expected_rows_are_the_servers_rows` holds the two together.
+#[rustfmt::skip]
+const TABLE: [(Row, Code, u16, &str, &str, &str); 32] = [
+    (Row::MissingRequiredField, Code::InvalidArgument, 400, "invalid_request", "MISSING_REQUIRED_FIELD", "A required field is missing or invalid"),
+    (Row::InvalidFormat, Code::InvalidArgument, 400, "invalid_request", "INVALID_FORMAT", "The request is invalid."),
+    (Row::ValueTooLong, Code::InvalidArgument, 400, "invalid_request", "VALUE_TOO_LONG", "The request is invalid."),
+    (Row::ValueOutOfRange, Code::InvalidArgument, 400, "invalid_request", "VALUE_OUT_OF_RANGE", "The request is invalid."),
+    (Row::InvalidPageToken, Code::InvalidArgument, 400, "invalid_request", "INVALID_PAGE_TOKEN", "The request is invalid."),
+    (Row::EtagConflict, Code::InvalidArgument, 400, "invalid_request", "ETAG_CONFLICT", "The request is invalid."),
+    (Row::RequestIdReused, Code::InvalidArgument, 400, "invalid_request", "REQUEST_ID_REUSED", "The request is invalid."),
+    (Row::InvalidEncoding, Code::InvalidArgument, 400, "invalid_request", "INVALID_ENCODING", "The request is invalid."),
+    (Row::Unauthorized, Code::Unauthenticated, 401, "unauthorized", "UNAUTHORIZED", "Authentication required."),
+    (Row::TokenExpired, Code::Unauthenticated, 401, "unauthorized", "TOKEN_EXPIRED", "Authentication required."),
+    (Row::TokenInvalid, Code::Unauthenticated, 401, "unauthorized", "TOKEN_INVALID", "Authentication required."),
+    (Row::EnterpriseAdminRequired, Code::PermissionDenied, 403, "forbidden_capability_scope", "ENTERPRISE_ADMIN_REQUIRED", "Enterprise admin capability required"),
+    (Row::ScopeNotPermitted, Code::PermissionDenied, 403, "forbidden_capability_scope", "SCOPE_NOT_PERMITTED", "The requested scope is outside the caller's enterprise"),
+    (Row::EmailMismatch, Code::PermissionDenied, 403, "email_mismatch", "EMAIL_MISMATCH", "The invitation is for another e-mail address."),
+    (Row::EmailNotVerified, Code::PermissionDenied, 403, "email_not_verified", "EMAIL_NOT_VERIFIED", "A verified e-mail address is required to accept an invitation."),
+    (Row::InvitationTokenInvalid, Code::NotFound, 404, "invitation_token_invalid", "INVITATION_TOKEN_INVALID", "The invitation link is not valid."),
+    (Row::InvitationNotFound, Code::NotFound, 404, "not_found", "INVITATION_NOT_FOUND", "Invitation not found."),
+    (Row::StateConflict, Code::FailedPrecondition, 409, "state_conflict", "STATE_CONFLICT", "The request cannot be applied to the current resource state."),
+    (Row::EtagMismatch, Code::Aborted, 412, "precondition_failed", "ETAG_MISMATCH", "The If-Match value does not match the current ETag"),
+    (Row::NotAdmissible, Code::FailedPrecondition, 422, "not_admissible", "NOT_ADMISSIBLE", "The operation is not admissible in the current state."),
+    (Row::InvitationAlreadyExists, Code::AlreadyExists, 409, "already_exists", "INVITATION_ALREADY_EXISTS", "A pending invitation for this address already exists."),
+    (Row::RequestTooLarge, Code::OutOfRange, 413, "payload_too_large", "REQUEST_TOO_LARGE", "The request is too large."),
+    (Row::RateLimited, Code::ResourceExhausted, 429, "rate_limited", "RATE_LIMITED", "Too many requests."),
+    (Row::ServerOverloaded, Code::ResourceExhausted, 429, "rate_limited", "SERVER_OVERLOADED", "Too many requests."),
+    (Row::CallerConcurrencyLimit, Code::ResourceExhausted, 429, "rate_limited", "CALLER_CONCURRENCY_LIMIT", "Too many requests."),
+    (Row::StreamLimitReached, Code::ResourceExhausted, 429, "rate_limited", "STREAM_LIMIT_REACHED", "Too many requests."),
+    (Row::ResponsesUnread, Code::ResourceExhausted, 429, "rate_limited", "RESPONSES_UNREAD", "Too many requests."),
+    (Row::RequestReadTimeout, Code::DeadlineExceeded, 408, "request_timeout", "REQUEST_READ_TIMEOUT", "The request was not received in time."),
+    (Row::TransactionConflict, Code::Aborted, 409, "state_conflict", "TRANSACTION_CONFLICT", "The request conflicted with a concurrent one; retry it."),
+    (Row::DatabaseUnavailable, Code::Unavailable, 503, "temporarily_unavailable", "DATABASE_UNAVAILABLE", "A downstream service is temporarily unavailable"),
+    (Row::UpstreamError, Code::Unavailable, 502, "upstream_error", "UPSTREAM_ERROR", "An upstream service returned an unexpected error."),
+    (Row::Internal, Code::Internal, 500, "internal_error", "INTERNAL", "Internal error."),
+];
+
+/// What a client reads of a row: code, HTTP status, documented code, reason and message.
+type Expected = (Code, u16, &'static str, &'static str, &'static str);
+
+impl Row {
+    fn expected(self) -> Expected {
+        let line = TABLE.iter().find(|line| line.0 == self);
+        let (_, code, http_status, documented_code, reason, message) =
+            *line.unwrap_or_else(|| panic!("{self:?} is in TABLE"));
+        (code, http_status, documented_code, reason, message)
+    }
+
+    /// `ErrorInfo.reason` (and `FieldViolation.reason`, for the 400 rows).
+    pub fn reason(self) -> &'static str {
+        self.expected().3
+    }
+
+    /// A domain error that the server's table answers with this row.
+    fn example(self) -> Error {
+        let id = InvitationId::generate();
+        let etag = Etag::of(id, Version::FIRST);
+        let cause = || Box::<dyn std::error::Error + Send + Sync>::from("cause");
+        let invalid = |reason| Error::invalid("field", reason, "why");
+        match self {
+            Row::MissingRequiredField => invalid(ViolationReason::MissingRequiredField),
+            Row::InvalidFormat => invalid(ViolationReason::InvalidFormat),
+            Row::ValueTooLong => invalid(ViolationReason::ValueTooLong),
+            Row::ValueOutOfRange => invalid(ViolationReason::ValueOutOfRange),
+            Row::InvalidPageToken => invalid(ViolationReason::InvalidPageToken),
+            Row::EtagConflict => invalid(ViolationReason::EtagConflict),
+            Row::RequestIdReused => invalid(ViolationReason::RequestIdReused),
+            Row::InvalidEncoding => invalid(ViolationReason::InvalidEncoding),
+            Row::Unauthorized => Error::Unauthenticated(AuthFailure::Missing),
+            Row::TokenExpired => Error::Unauthenticated(AuthFailure::Expired),
+            Row::TokenInvalid => Error::Unauthenticated(AuthFailure::Invalid),
+            Row::EnterpriseAdminRequired => {
+                Error::PermissionDenied(Forbidden::EnterpriseAdminRequired)
+            }
+            Row::ScopeNotPermitted => Error::PermissionDenied(Forbidden::ScopeNotPermitted),
+            Row::EmailMismatch => Error::PermissionDenied(Forbidden::EmailMismatch),
+            Row::EmailNotVerified => Error::PermissionDenied(Forbidden::EmailNotVerified),
+            Row::InvitationTokenInvalid => Error::InvitationTokenInvalid,
+            Row::InvitationNotFound => Error::InvitationNotFound(id),
+            Row::StateConflict => Error::StateConflict {
+                id,
+                current_status: InvitationStatus::Cancelled,
+                etag,
+            },
+            Row::EtagMismatch => Error::EtagMismatch {
+                id,
+                current: etag,
+                requested: "W/\"0.x\"".into(),
+            },
+            Row::NotAdmissible => Error::NotAdmissible {
+                id,
+                current_status: InvitationStatus::Accepted,
+                etag,
+            },
+            Row::InvitationAlreadyExists => Error::InvitationAlreadyExists { existing: id },
+            Row::RequestTooLarge => Error::RequestTooLarge { limit: 65536 },
+            Row::RateLimited => Error::RateLimited {
+                retry_after: Duration::from_millis(20),
+            },
+            Row::ServerOverloaded => Error::Overloaded,
+            Row::CallerConcurrencyLimit => Error::CallerOverloaded { limit: 1 },
+            Row::StreamLimitReached => Error::StreamLimit {
+                scope: StreamLimitScope::Connection,
+                limit: 16,
+            },
+            Row::ResponsesUnread => Error::ResponsesUnread { limit: 4096 },
+            Row::RequestReadTimeout => Error::RequestReadTimeout {
+                timeout: Duration::from_secs(2),
+            },
+            Row::TransactionConflict => Error::TransactionConflict(cause()),
+            Row::DatabaseUnavailable => Error::DatabaseUnavailable(cause()),
+            Row::UpstreamError => Error::Upstream(cause()),
+            Row::Internal => Error::Internal("bug".into()),
+        }
+    }
+}
+
+/// The kinds of details a status or a row carries, besides `ErrorInfo`.
+fn detail_kinds(details: &ErrorDetails) -> Vec<&'static str> {
+    [
+        ("RetryInfo", details.retry_info().is_some()),
+        ("DebugInfo", details.debug_info().is_some()),
+        ("QuotaFailure", details.quota_failure().is_some()),
+        (
+            "PreconditionFailure",
+            details.precondition_failure().is_some(),
+        ),
+        ("BadRequest", details.bad_request().is_some()),
+        ("RequestInfo", details.request_info().is_some()),
+        ("ResourceInfo", details.resource_info().is_some()),
+        ("Help", details.help().is_some()),
+        ("LocalizedMessage", details.localized_message().is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(kind, present)| present.then_some(kind))
+    .collect()
+}
+
+/// Asserts that `status` is `row` of the error table, as a client reads it: the code, the
+/// message, `ErrorInfo` (reason, domain, documented code and HTTP status), the metadata keys
+/// and the kinds of details the row has. Returns the metadata particular to the row (without
+/// `code` and `httpStatus`), for the test to check its values.
+#[track_caller]
+pub fn assert_row(status: &Status, row: Row) -> HashMap<String, String> {
+    let (code, http_status, documented_code, reason, message) = row.expected();
     let info = status
         .get_details_error_info()
         .unwrap_or_else(|| panic!("ErrorInfo in {status:?}"));
-    assert_eq!(info.reason, reason, "reason of {status:?}");
+    assert_eq!(
+        (status.code(), info.reason.as_str(), status.message()),
+        (code, reason, message),
+        "{row:?}: {status:?}"
+    );
     assert_eq!(info.domain, invitations::grpc::status::ERROR_DOMAIN);
+    let mut metadata = info.metadata;
     assert_eq!(
-        info.metadata.get("code").map(String::as_str),
-        Some(documented_code),
-        "{status:?}"
+        (metadata.remove("code"), metadata.remove("httpStatus")),
+        (
+            Some(documented_code.to_owned()),
+            Some(http_status.to_string())
+        ),
+        "{row:?}: {status:?}"
     );
+    // The metadata keys and detail kinds are the README's "more details" column.
+    let table = invitations::grpc::status::row(&row.example());
+    let mut keys: Vec<&String> = metadata.keys().collect();
+    let mut wanted: Vec<&String> = table.metadata.keys().collect();
+    keys.sort();
+    wanted.sort();
+    assert_eq!(keys, wanted, "metadata of {row:?}: {status:?}");
     assert_eq!(
-        info.metadata.get("httpStatus"),
-        Some(&http_status.to_string()),
-        "{status:?}"
+        detail_kinds(&status.get_error_details()),
+        detail_kinds(&table.details),
+        "details of {row:?}: {status:?}"
     );
-    info.metadata
+    metadata
+}
+
+/// Asserts an INVALID_ARGUMENT that names exactly these fields, in this order, each with the
+/// reason of its row; the first one's is the status's row.
+#[track_caller]
+pub fn assert_invalid(status: &Status, fields: &[(&str, Row)]) {
+    let first = fields.first().expect("at least one field").1;
+    assert_row(status, first);
+    let expected: Vec<(String, String)> = fields
+        .iter()
+        .map(|(field, row)| ((*field).to_owned(), row.reason().to_owned()))
+        .collect();
+    assert_eq!(violations(status), expected, "{status:?}");
 }
 
 /// The fields named by a BadRequest, with their reasons.
@@ -444,4 +955,25 @@ pub fn violations(status: &Status) -> Vec<(String, String)> {
         .into_iter()
         .map(|v| (v.field, v.reason))
         .collect()
+}
+
+/// The rows the tests expect are the rows the server answers with, and each is named once.
+#[test]
+fn the_expected_rows_are_the_servers_rows() {
+    for (row, ..) in TABLE {
+        let answer = invitations::grpc::status::row(&row.example());
+        assert_eq!(
+            (
+                answer.code,
+                answer.http_status,
+                answer.documented_code,
+                answer.reason,
+                answer.message,
+            ),
+            row.expected(),
+            "{row:?}"
+        );
+        let named = TABLE.iter().filter(|line| line.0 == row).count();
+        assert_eq!(named, 1, "{row:?} has one line");
+    }
 }

@@ -1,17 +1,17 @@
 //! CreateInvitation and GetInvitation.
-use invitations::domain::InvitationRepository as _;
 use std::time::Duration;
 
 use invitations::domain::{InvitationStatus, Timestamp};
 use invitations::proto::invitations::v1::{
-    CancelInvitationRequest, CreateInvitationRequest, InvitationStatus as WireStatus,
+    CreateInvitationRequest, InvitationStatus as WireStatus,
 };
 use prost_types::Timestamp as WireTimestamp;
-use tonic::Code;
 use tonic_types::StatusExt;
 use uuid::Uuid;
 
-use crate::common::{Fixture, TestApp, assert_error, violations};
+use crate::common::{
+    Fixture, Row, TestApp, assert_invalid, assert_row, cancel_request, create_request,
+};
 use crate::on_both_stores;
 
 fn wire(at: Timestamp) -> WireTimestamp {
@@ -21,26 +21,24 @@ fn wire(at: Timestamp) -> WireTimestamp {
     }
 }
 
-fn create(email: &str) -> CreateInvitationRequest {
+/// A create for `email` that expires at `at`.
+fn expiring(email: &str, at: Timestamp) -> CreateInvitationRequest {
     CreateInvitationRequest {
-        email_constraint: email.into(),
-        role: format!("roles/{}", Uuid::new_v4()),
-        ..Default::default()
+        expires_at: Some(wire(at)),
+        ..create_request(email)
     }
 }
 
 async fn create_then_get_round_trips(app: &TestApp) {
     let before = Timestamp::now();
     let created = app
-        .client()
-        .create_invitation(app.request(CreateInvitationRequest {
+        .create(CreateInvitationRequest {
             pending_human_actor_ref: format!("users/{}", Uuid::new_v4()),
             scope: format!("{}/teams/blue", app.enterprise),
-            ..create("New.Hire@Acme.Example")
-        }))
+            ..create_request("New.Hire@Acme.Example")
+        })
         .await
-        .expect("created")
-        .into_inner();
+        .expect("created");
     assert_eq!(created.status, WireStatus::Pending as i32);
     assert_eq!(created.email_constraint, "New.Hire@Acme.Example");
     assert_eq!(created.enterprise_ref, app.enterprise.to_string());
@@ -64,52 +62,30 @@ async fn create_then_get_round_trips(app: &TestApp) {
     let fetched = app.fetch(created.id.clone()).await;
     assert_eq!(fetched, created);
     // And it can be cancelled with the etag Create returned.
-    app.client()
-        .cancel_invitation(app.request(CancelInvitationRequest {
-            invitation_id: created.id.clone(),
-            etag: created.etag.clone(),
-            ..Default::default()
-        }))
+    app.cancel(cancel_request(&created.id, &created.etag))
         .await
         .expect("cancel with the etag from create");
 }
 
 async fn a_second_pending_invitation_for_an_address_already_exists(app: &TestApp) {
     let first = app
-        .client()
-        .create_invitation(app.request(create("dup@acme.example")))
+        .create(create_request("dup@acme.example"))
         .await
         .expect("first");
     let status = app
-        .client()
-        .create_invitation(app.request(create("DUP@acme.example")))
+        .create(create_request("DUP@acme.example"))
         .await
         .expect_err("duplicate, whatever the case");
-    assert_error(
-        &status,
-        Code::AlreadyExists,
-        "INVITATION_ALREADY_EXISTS",
-        "already_exists",
-        409,
-    );
+    assert_row(&status, Row::InvitationAlreadyExists);
     let resource = status.get_details_resource_info().expect("ResourceInfo");
     assert_eq!(resource.resource_type, "invitations.v1.Invitation");
-    assert_eq!(
-        resource.resource_name,
-        format!("invitations/{}", first.into_inner().id)
-    );
+    assert_eq!(resource.resource_name, format!("invitations/{}", first.id));
     // A lapsed pending invitation does not block a new one, and is then stored as expired.
     let lapsed = app.insert(Fixture::lapsed("again@acme.example")).await;
-    app.client()
-        .create_invitation(app.request(create("again@acme.example")))
+    app.create(create_request("again@acme.example"))
         .await
         .expect("the lapsed one does not count");
-    let stored = app
-        .store
-        .get(app.enterprise, lapsed.id)
-        .await
-        .expect("read")
-        .expect("row");
+    let stored = app.stored(lapsed.id).await;
     assert_eq!(stored.stored_status, InvitationStatus::Expired);
     assert_eq!(
         stored.version,
@@ -118,11 +94,8 @@ async fn a_second_pending_invitation_for_an_address_already_exists(app: &TestApp
     );
     // Another enterprise may invite the same address.
     let (_, other) = app.other_enterprise_admin();
-    app.client()
-        .create_invitation(crate::common::authorized(
-            &other,
-            create("dup@acme.example"),
-        ))
+    app.caller(&other)
+        .create(create_request("dup@acme.example"))
         .await
         .expect("other enterprise");
 }
@@ -130,9 +103,8 @@ async fn a_second_pending_invitation_for_an_address_already_exists(app: &TestApp
 async fn concurrent_creates_for_one_address_make_one_invitation(app: &TestApp) {
     let attempts: Vec<_> = (0..10)
         .map(|_| {
-            let mut client = app.client();
-            let request = app.request(create("once@acme.example"));
-            tokio::spawn(async move { client.create_invitation(request).await })
+            let admin = app.caller(&app.token);
+            tokio::spawn(async move { admin.create(create_request("once@acme.example")).await })
         })
         .collect();
     let mut created = 0;
@@ -140,13 +112,7 @@ async fn concurrent_creates_for_one_address_make_one_invitation(app: &TestApp) {
         match attempt.await.expect("task") {
             Ok(_) => created += 1,
             Err(status) => {
-                assert_error(
-                    &status,
-                    Code::AlreadyExists,
-                    "INVITATION_ALREADY_EXISTS",
-                    "already_exists",
-                    409,
-                );
+                assert_row(&status, Row::InvitationAlreadyExists);
             }
         }
     }
@@ -155,26 +121,15 @@ async fn concurrent_creates_for_one_address_make_one_invitation(app: &TestApp) {
 
 async fn bad_create_requests_name_each_field(app: &TestApp) {
     let status = app
-        .client()
-        .create_invitation(app.request(CreateInvitationRequest::default()))
+        .create(CreateInvitationRequest::default())
         .await
         .expect_err("empty");
-    assert_error(
+    assert_invalid(
         &status,
-        Code::InvalidArgument,
-        "MISSING_REQUIRED_FIELD",
-        "invalid_request",
-        400,
-    );
-    assert_eq!(
-        violations(&status),
-        vec![
-            (
-                "email_constraint".to_owned(),
-                "MISSING_REQUIRED_FIELD".to_owned()
-            ),
-            ("role".to_owned(), "MISSING_REQUIRED_FIELD".to_owned())
-        ]
+        &[
+            ("email_constraint", Row::MissingRequiredField),
+            ("role", Row::MissingRequiredField),
+        ],
     );
     let now = Timestamp::now();
     for (expires_at, why) in [
@@ -185,61 +140,38 @@ async fn bad_create_requests_name_each_field(app: &TestApp) {
         ),
     ] {
         let status = app
-            .client()
-            .create_invitation(app.request(CreateInvitationRequest {
-                expires_at: Some(wire(expires_at)),
-                ..create("when@acme.example")
-            }))
+            .create(expiring("when@acme.example", expires_at))
             .await
             .expect_err(why);
-        assert_error(
-            &status,
-            Code::InvalidArgument,
-            "VALUE_OUT_OF_RANGE",
-            "invalid_request",
-            400,
-        );
-        assert_eq!(
-            violations(&status),
-            vec![("expires_at".to_owned(), "VALUE_OUT_OF_RANGE".to_owned())]
-        );
+        assert_invalid(&status, &[("expires_at", Row::ValueOutOfRange)]);
     }
     let status = app
-        .client()
-        .create_invitation(app.request(CreateInvitationRequest {
+        .create(CreateInvitationRequest {
             role: "admin".into(),
             pending_human_actor_ref: "bob".into(),
             expires_at: Some(WireTimestamp {
                 seconds: 0,
                 nanos: -5,
             }),
-            ..create("jane@")
-        }))
+            ..create_request("jane@")
+        })
         .await
         .expect_err("malformed");
-    assert_eq!(
-        violations(&status),
-        vec![
-            ("email_constraint".to_owned(), "INVALID_FORMAT".to_owned()),
-            ("role".to_owned(), "INVALID_FORMAT".to_owned()),
-            (
-                "pending_human_actor_ref".to_owned(),
-                "INVALID_FORMAT".to_owned()
-            ),
-            ("expires_at".to_owned(), "INVALID_FORMAT".to_owned())
-        ]
+    assert_invalid(
+        &status,
+        &[
+            ("email_constraint", Row::InvalidFormat),
+            ("role", Row::InvalidFormat),
+            ("pending_human_actor_ref", Row::InvalidFormat),
+            ("expires_at", Row::InvalidFormat),
+        ],
     );
     // A custom lifetime inside the bounds is kept to the second.
     let at = now.saturating_add(Duration::from_secs(3 * 24 * 3600));
     let created = app
-        .client()
-        .create_invitation(app.request(CreateInvitationRequest {
-            expires_at: Some(wire(at)),
-            ..create("ok@acme.example")
-        }))
+        .create(expiring("ok@acme.example", at))
         .await
-        .expect("in bounds")
-        .into_inner();
+        .expect("in bounds");
     assert_eq!(created.expires_at, Some(wire(at)));
 }
 

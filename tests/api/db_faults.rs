@@ -5,13 +5,10 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use invitations::proto::invitations::v1::{GetInvitationRequest, ListInvitationsRequest};
-use tonic::Code;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_types::StatusExt;
+use tonic_health::pb::health_check_response::ServingStatus::{NotServing, Serving};
 
-use crate::common::{Backend, TestApp, assert_error};
-use crate::operability::await_health;
+use crate::common::{Backend, Row, TestApp, assert_row};
+use crate::operability::{READINESS, await_health};
 
 /// A PostgreSQL server of our own, from the machine's PostgreSQL packages.
 struct ThrowawayPostgres {
@@ -185,97 +182,38 @@ async fn an_unreachable_database_is_unavailable_and_the_service_recovers() {
         config.health_success_threshold = 2;
     })
     .await;
-    let readiness = "invitations.v1.InvitationService";
-    await_health(
-        app.addr,
-        readiness,
-        ServingStatus::Serving,
-        Duration::from_secs(10),
-    )
-    .await;
-    app.client()
-        .list_invitations(app.request(ListInvitationsRequest::default()))
-        .await
-        .expect("up");
+    await_health(app.addr, READINESS, Serving, Duration::from_secs(10)).await;
+    app.list(Default::default()).await.expect("up");
 
     // Act: the database goes away under the running service.
     postgres.stop();
     let started = std::time::Instant::now();
     let status = app
-        .client()
-        .list_invitations(app.request(ListInvitationsRequest::default()))
+        .list(Default::default())
         .await
         .expect_err("the database is down");
     // Assert: 503 with RetryInfo, quickly, and no SQL or driver text for the client.
-    let metadata = assert_error(
-        &status,
-        Code::Unavailable,
-        "DATABASE_UNAVAILABLE",
-        "temporarily_unavailable",
-        503,
-    );
-    assert_eq!(
-        metadata.get("retryAfterMs").map(String::as_str),
-        Some("1000")
-    );
-    assert!(status.get_details_retry_info().is_some());
-    assert_eq!(
-        status.message(),
-        "A downstream service is temporarily unavailable"
-    );
+    let metadata = assert_row(&status, Row::DatabaseUnavailable);
+    assert_eq!(metadata["retryAfterMs"], "1000");
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "bounded well below a deadline: {:?}",
         started.elapsed()
     );
-    await_health(
-        app.addr,
-        readiness,
-        ServingStatus::NotServing,
-        Duration::from_secs(10),
-    )
-    .await;
-    await_health(
-        app.addr,
-        "",
-        ServingStatus::NotServing,
-        Duration::from_secs(1),
-    )
-    .await;
+    await_health(app.addr, READINESS, NotServing, Duration::from_secs(10)).await;
+    await_health(app.addr, "", NotServing, Duration::from_secs(1)).await;
     // Liveness does not follow the database.
-    await_health(
-        app.addr,
-        "liveness",
-        ServingStatus::Serving,
-        Duration::from_secs(1),
-    )
-    .await;
+    await_health(app.addr, "liveness", Serving, Duration::from_secs(1)).await;
     let status = app
-        .client()
-        .get_invitation(app.request(GetInvitationRequest {
-            invitation_id: uuid::Uuid::new_v4().to_string(),
-        }))
+        .get(uuid::Uuid::new_v4().to_string())
         .await
         .expect_err("still down");
-    assert_error(
-        &status,
-        Code::Unavailable,
-        "DATABASE_UNAVAILABLE",
-        "temporarily_unavailable",
-        503,
-    );
+    assert_row(&status, Row::DatabaseUnavailable);
 
     // The database comes back: the same process serves again, and says so.
     postgres.pg_ctl_start();
-    await_health(
-        app.addr,
-        readiness,
-        ServingStatus::Serving,
-        Duration::from_secs(15),
-    )
-    .await;
-    app.client()
-        .list_invitations(app.request(ListInvitationsRequest::default()))
+    await_health(app.addr, READINESS, Serving, Duration::from_secs(15)).await;
+    app.list(Default::default())
         .await
         .expect("serving again without a restart");
     app.finish().await;
@@ -296,44 +234,17 @@ async fn readiness_waits_for_migrations_and_the_database() {
         config.health_interval_ms = 100;
     })
     .await;
-    let readiness = "invitations.v1.InvitationService";
-    await_health(
-        app.addr,
-        readiness,
-        ServingStatus::NotServing,
-        Duration::from_secs(2),
-    )
-    .await;
-    await_health(
-        app.addr,
-        "liveness",
-        ServingStatus::Serving,
-        Duration::from_secs(2),
-    )
-    .await;
+    await_health(app.addr, READINESS, NotServing, Duration::from_secs(2)).await;
+    await_health(app.addr, "liveness", Serving, Duration::from_secs(2)).await;
     let status = app
-        .client()
-        .list_invitations(app.request(ListInvitationsRequest::default()))
+        .list(Default::default())
         .await
         .expect_err("no database yet");
-    assert_error(
-        &status,
-        Code::Unavailable,
-        "DATABASE_UNAVAILABLE",
-        "temporarily_unavailable",
-        503,
-    );
+    assert_row(&status, Row::DatabaseUnavailable);
 
     postgres.pg_ctl_start();
-    await_health(
-        app.addr,
-        readiness,
-        ServingStatus::Serving,
-        Duration::from_secs(15),
-    )
-    .await;
-    app.client()
-        .list_invitations(app.request(ListInvitationsRequest::default()))
+    await_health(app.addr, READINESS, Serving, Duration::from_secs(15)).await;
+    app.list(Default::default())
         .await
         .expect("migrated and serving");
     app.finish().await;

@@ -9,7 +9,10 @@ use invitations::proto::invitations::v1::{
 };
 use tonic::Code;
 
-use crate::common::{Fixture, TestApp, assert_error, violations};
+use crate::common::{
+    Fixture, Row, TestApp, assert_invalid, assert_row, cancel_as_stored, create_request,
+    list_request,
+};
 use crate::on_both_stores;
 
 /// CancelInvitationRequest with `bytes` where the contract has `string`: what a client
@@ -50,17 +53,10 @@ async fn hostile_requests_get_documented_answers_while_others_are_served(app: &T
     let (served, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let bystander = tokio::spawn({
         let (stop, served, failed) = (stop.clone(), served.clone(), failed.clone());
-        let mut client = app.client();
-        let token = app.token.clone();
+        let admin = app.caller(&app.token);
         async move {
             while !stop.load(Ordering::Relaxed) {
-                match client
-                    .list_invitations(crate::common::authorized(
-                        &token,
-                        ListInvitationsRequest::default(),
-                    ))
-                    .await
-                {
+                match admin.list(Default::default()).await {
                     Ok(_) => served.fetch_add(1, Ordering::Relaxed),
                     Err(_) => failed.fetch_add(1, Ordering::Relaxed),
                 };
@@ -70,74 +66,37 @@ async fn hostile_requests_get_documented_answers_while_others_are_served(app: &T
 
     // A 5 MiB request.
     let status = app
-        .client()
-        .create_invitation(app.request(CreateInvitationRequest {
-            email_constraint: "big@acme.example".into(),
+        .create(CreateInvitationRequest {
             role: "r".repeat(5 * 1024 * 1024),
-            ..Default::default()
-        }))
+            ..create_request("big@acme.example")
+        })
         .await
         .expect_err("5 MiB");
-    let metadata = assert_error(
-        &status,
-        Code::OutOfRange,
-        "REQUEST_TOO_LARGE",
-        "payload_too_large",
-        413,
-    );
-    assert_eq!(
-        metadata.get("maxRequestBytes").map(String::as_str),
-        Some("65536")
-    );
+    let metadata = assert_row(&status, Row::RequestTooLarge);
+    assert_eq!(metadata["maxRequestBytes"], "65536");
+    // A reason of `length` characters.
+    let with_reason = |length: usize| CancelInvitationRequest {
+        reason: "x".repeat(length),
+        ..cancel_as_stored(&invitation)
+    };
     // A 1 MB reason: over the message limit before it is even a reason.
     let status = app
-        .client()
-        .cancel_invitation(app.request(CancelInvitationRequest {
-            invitation_id: invitation.id.to_string(),
-            etag: invitation.etag().as_str().to_owned(),
-            reason: "x".repeat(1_000_000),
-            ..Default::default()
-        }))
+        .cancel(with_reason(1_000_000))
         .await
         .expect_err("1 MB reason");
-    assert_error(
-        &status,
-        Code::OutOfRange,
-        "REQUEST_TOO_LARGE",
-        "payload_too_large",
-        413,
-    );
+    assert_row(&status, Row::RequestTooLarge);
     // A reason within the message limit but over 500 characters.
     let status = app
-        .client()
-        .cancel_invitation(app.request(CancelInvitationRequest {
-            invitation_id: invitation.id.to_string(),
-            etag: invitation.etag().as_str().to_owned(),
-            reason: "x".repeat(10_000),
-            ..Default::default()
-        }))
+        .cancel(with_reason(10_000))
         .await
         .expect_err("long reason");
-    assert_eq!(
-        violations(&status),
-        vec![("reason".to_owned(), "VALUE_TOO_LONG".to_owned())]
-    );
+    assert_invalid(&status, &[("reason", Row::ValueTooLong)]);
     // 10 000 statuses in a filter.
     let status = app
-        .client()
-        .list_invitations(app.request(ListInvitationsRequest {
-            statuses: vec![WireStatus::Pending as i32; 10_000],
-            ..Default::default()
-        }))
+        .list(list_request(&[WireStatus::Pending; 10_000]))
         .await
         .expect_err("10 000 statuses");
-    assert_error(
-        &status,
-        Code::InvalidArgument,
-        "VALUE_OUT_OF_RANGE",
-        "invalid_request",
-        400,
-    );
+    assert_row(&status, Row::ValueOutOfRange);
     // Metadata over 16 KiB.
     let mut request = app.request(ListInvitationsRequest::default());
     request
@@ -166,13 +125,7 @@ async fn hostile_requests_get_documented_answers_while_others_are_served(app: &T
         },
     ] {
         let status = send_raw(app, raw).await.expect_err("not UTF-8");
-        assert_error(
-            &status,
-            Code::InvalidArgument,
-            "INVALID_ENCODING",
-            "invalid_request",
-            400,
-        );
+        assert_row(&status, Row::InvalidEncoding);
     }
     // The well-formed twin of the raw request works, so the refusals were about encoding.
     let fine = RawCancelRequest {
@@ -207,48 +160,21 @@ async fn scopes_that_walk_out_of_their_enterprise_are_refused(app: &TestApp) {
         format!("{own}/../.."),
         format!("{own}/teams/./blue"),
     ] {
-        let status = app
-            .client()
-            .create_invitation(app.request(CreateInvitationRequest {
-                email_constraint: "dots@acme.example".into(),
-                role: format!("roles/{}", uuid::Uuid::new_v4()),
-                scope: scope.clone(),
-                ..Default::default()
-            }))
-            .await
-            .expect_err("refused");
-        assert_error(
-            &status,
-            Code::InvalidArgument,
-            "INVALID_FORMAT",
-            "invalid_request",
-            400,
-        );
-        assert_eq!(
-            violations(&status),
-            vec![("scope".to_owned(), "INVALID_FORMAT".to_owned())],
-            "{scope}"
-        );
-        let status = app
-            .client()
-            .list_invitations(app.request(ListInvitationsRequest {
-                scope: scope.clone(),
-                ..Default::default()
-            }))
-            .await
-            .expect_err("refused");
-        assert_eq!(
-            violations(&status),
-            vec![("scope".to_owned(), "INVALID_FORMAT".to_owned())],
-            "{scope}"
-        );
+        let create = CreateInvitationRequest {
+            scope: scope.clone(),
+            ..create_request("dots@acme.example")
+        };
+        let status = app.create(create).await.expect_err(&scope);
+        assert_invalid(&status, &[("scope", Row::InvalidFormat)]);
+        let list = ListInvitationsRequest {
+            scope: scope.clone(),
+            ..Default::default()
+        };
+        let status = app.list(list).await.expect_err(&scope);
+        assert_invalid(&status, &[("scope", Row::InvalidFormat)]);
     }
-    let listed = app
-        .client()
-        .list_invitations(app.request(ListInvitationsRequest::default()))
-        .await
-        .expect("list");
-    assert!(listed.into_inner().items.is_empty(), "nothing was stored");
+    let listed = app.list(Default::default()).await.expect("list");
+    assert!(listed.items.is_empty(), "nothing was stored");
 }
 
 on_both_stores!(scopes_that_walk_out_of_their_enterprise_are_refused);

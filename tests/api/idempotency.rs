@@ -7,22 +7,20 @@ use invitations::proto::invitations::v1::{
     CancelInvitationRequest, InvitationStatus as WireStatus,
 };
 use sea_orm::{ConnectionTrait, Database};
-use tonic::Code;
 use uuid::Uuid;
 
-use crate::common::{Fixture, TestApp, assert_error, violations};
+use crate::common::{Fixture, Row, TestApp, assert_invalid, assert_row, cancel_as_stored};
 use crate::on_both_stores;
 
+/// A cancel of `invitation` with the etag it was stored with, a reason and `request_id`.
 fn cancel(
     invitation: &invitations::domain::Invitation,
     request_id: &str,
 ) -> CancelInvitationRequest {
     CancelInvitationRequest {
-        invitation_id: invitation.id.to_string(),
-        etag: invitation.etag().as_str().to_owned(),
         reason: "duplicate".into(),
-        validate_only: false,
         request_id: request_id.to_owned(),
+        ..cancel_as_stored(invitation)
     }
 }
 
@@ -30,11 +28,9 @@ async fn a_retry_returns_the_original_response_without_a_second_write(app: &Test
     let invitation = app.insert(Fixture::pending("retry@acme.example")).await;
     let request_id = Uuid::new_v4().to_string();
     let first = app
-        .client()
-        .cancel_invitation(app.request(cancel(&invitation, &request_id)))
+        .cancel(cancel(&invitation, &request_id))
         .await
         .expect("first");
-    let first = first.into_inner();
     assert_eq!(first.status, WireStatus::Cancelled as i32);
     // The invitation changes after the first answer (here behind the API's back).
     let admin = Database::connect(app.settings.store.url.expose())
@@ -50,17 +46,11 @@ async fn a_retry_returns_the_original_response_without_a_second_write(app: &Test
     admin.close().await.expect("close");
     // The retry: the original answer, byte for byte, and no write.
     let retried = app
-        .client()
-        .cancel_invitation(app.request(cancel(&invitation, &request_id)))
+        .cancel(cancel(&invitation, &request_id))
         .await
         .expect("retry");
-    assert_eq!(retried.into_inner(), first);
-    let stored = app
-        .store
-        .get(app.enterprise, invitation.id)
-        .await
-        .expect("read")
-        .expect("row");
+    assert_eq!(retried, first);
+    let stored = app.stored(invitation.id).await;
     assert_eq!(
         stored.version.get(),
         invitation.version.get() + 1 + 5,
@@ -68,25 +58,17 @@ async fn a_retry_returns_the_original_response_without_a_second_write(app: &Test
     );
     // Without the request_id the same request is a new one, and fails on the stale etag.
     let status = app
-        .client()
-        .cancel_invitation(app.request(cancel(&invitation, "")))
+        .cancel(cancel(&invitation, ""))
         .await
         .expect_err("a new request");
-    assert_error(
-        &status,
-        Code::Aborted,
-        "ETAG_MISMATCH",
-        "precondition_failed",
-        412,
-    );
+    assert_row(&status, Row::EtagMismatch);
 }
 
 async fn a_request_id_reused_for_another_request_is_refused(app: &TestApp) {
     let invitation = app.insert(Fixture::pending("a@acme.example")).await;
     let other = app.insert(Fixture::pending("b@acme.example")).await;
     let request_id = Uuid::new_v4().to_string();
-    app.client()
-        .cancel_invitation(app.request(cancel(&invitation, &request_id)))
+    app.cancel(cancel(&invitation, &request_id))
         .await
         .expect("first");
     for different in [
@@ -96,70 +78,31 @@ async fn a_request_id_reused_for_another_request_is_refused(app: &TestApp) {
             ..cancel(&invitation, &request_id)
         },
     ] {
-        let status = app
-            .client()
-            .cancel_invitation(app.request(different))
-            .await
-            .expect_err("reused");
-        assert_error(
-            &status,
-            Code::InvalidArgument,
-            "REQUEST_ID_REUSED",
-            "invalid_request",
-            400,
-        );
-        assert_eq!(
-            violations(&status),
-            vec![("request_id".to_owned(), "REQUEST_ID_REUSED".to_owned())]
-        );
+        let status = app.cancel(different).await.expect_err("reused");
+        assert_invalid(&status, &[("request_id", Row::RequestIdReused)]);
     }
-    let untouched = app
-        .store
-        .get(app.enterprise, other.id)
-        .await
-        .expect("read")
-        .expect("row");
-    assert_eq!(untouched, other);
+    assert_eq!(app.stored(other.id).await, other);
     // Request ids are per enterprise: another enterprise may use the same one.
     let (enterprise, token) = app.other_enterprise_admin();
     let theirs = app
         .insert_in(enterprise, Fixture::pending("c@acme.example"))
         .await;
-    app.client()
-        .cancel_invitation(crate::common::authorized(
-            &token,
-            cancel(&theirs, &request_id),
-        ))
+    app.caller(&token)
+        .cancel(cancel(&theirs, &request_id))
         .await
         .expect("another enterprise's request");
     let status = app
-        .client()
-        .cancel_invitation(app.request(CancelInvitationRequest {
-            request_id: "not-a-uuid".into(),
-            ..cancel(&other, "")
-        }))
+        .cancel(cancel(&other, "not-a-uuid"))
         .await
         .expect_err("malformed");
-    assert_eq!(
-        violations(&status),
-        vec![("request_id".to_owned(), "INVALID_FORMAT".to_owned())]
-    );
+    assert_invalid(&status, &[("request_id", Row::InvalidFormat)]);
 }
 
 async fn concurrent_retries_write_once_and_agree(app: &TestApp) {
     let invitation = app.insert(Fixture::pending("twins@acme.example")).await;
     let request_id = Uuid::new_v4().to_string();
     let tasks: Vec<_> = (0..10)
-        .map(|_| {
-            let mut client = app.client();
-            let request = app.request(cancel(&invitation, &request_id));
-            tokio::spawn(async move {
-                client
-                    .cancel_invitation(request)
-                    .await
-                    .map(|r| r.into_inner())
-            })
-        })
+        .map(|_| app.spawn_cancel(cancel(&invitation, &request_id)))
         .collect();
     let mut answers = Vec::new();
     for task in tasks {
@@ -173,12 +116,7 @@ async fn concurrent_retries_write_once_and_agree(app: &TestApp) {
         answers.windows(2).all(|pair| pair[0] == pair[1]),
         "one answer for all"
     );
-    let stored = app
-        .store
-        .get(app.enterprise, invitation.id)
-        .await
-        .expect("read")
-        .expect("row");
+    let stored = app.stored(invitation.id).await;
     assert_eq!(stored.version, invitation.version.next(), "written once");
     assert_eq!(answers[0].etag, stored.etag().as_str());
 }
@@ -186,8 +124,7 @@ async fn concurrent_retries_write_once_and_agree(app: &TestApp) {
 async fn responses_are_kept_for_the_retention_period(app: &TestApp) {
     let invitation = app.insert(Fixture::pending("old@acme.example")).await;
     let request_id = Uuid::new_v4();
-    app.client()
-        .cancel_invitation(app.request(cancel(&invitation, &request_id.to_string())))
+    app.cancel(cancel(&invitation, &request_id.to_string()))
         .await
         .expect("cancelled");
     let id = RequestId::parse(&request_id.to_string()).expect("uuid");
@@ -219,14 +156,8 @@ async fn responses_are_kept_for_the_retention_period(app: &TestApp) {
             .expect("purge"),
         1
     );
-    let stored = app
-        .store
-        .get(app.enterprise, invitation.id)
-        .await
-        .expect("read")
-        .expect("row");
     assert_eq!(
-        stored.stored_status,
+        app.stored(invitation.id).await.stored_status,
         InvitationStatus::Cancelled,
         "the invitation itself stays"
     );

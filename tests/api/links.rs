@@ -1,19 +1,19 @@
 //! Invitation links: issue, rotate, accept, revoke, and the accept-versus-cancel race.
-use invitations::domain::InvitationRepository as _;
 use std::collections::HashSet;
 use std::time::Duration;
 
 use invitations::domain::{Invitation, InvitationStatus, UserRef};
 use invitations::proto::invitations::v1::{
-    AcceptInvitationRequest, CancelInvitationRequest, InvitationStatus as WireStatus,
-    IssueInvitationTokenRequest, ListInvitationsRequest,
+    InvitationStatus as WireStatus, IssueInvitationTokenRequest, ListInvitationsRequest,
 };
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 use uuid::Uuid;
 
-use crate::common::{Fixture, TestApp, assert_error, authorized, violations};
-use crate::on_both_stores;
+use crate::common::{
+    Fixture, Row, TestApp, assert_invalid, assert_row, cancel_request, issue_request, list_request,
+};
+use crate::{on_both_stores, on_each_backend};
 
 const INVITEE_EMAIL: &str = "Invitee@Acme.Example";
 
@@ -29,14 +29,9 @@ fn invitee(app: &TestApp, email: &str) -> (UserRef, String) {
 
 async fn issue(app: &TestApp, invitation: &Invitation) -> (String, String) {
     let issued = app
-        .client()
-        .issue_invitation_token(app.request(IssueInvitationTokenRequest {
-            invitation_id: invitation.id.to_string(),
-            ..Default::default()
-        }))
+        .issue(issue_request(invitation.id))
         .await
-        .expect("issued")
-        .into_inner();
+        .expect("issued");
     let etag = issued.invitation.expect("the invitation").etag;
     (issued.token, etag)
 }
@@ -46,26 +41,11 @@ async fn accept(
     token: &str,
     link: &str,
 ) -> Result<invitations::proto::invitations::v1::Invitation, Status> {
-    app.client()
-        .accept_invitation(authorized(
-            token,
-            AcceptInvitationRequest {
-                token: link.to_owned(),
-            },
-        ))
-        .await
-        .map(tonic::Response::into_inner)
+    app.caller(token).accept(link).await
 }
 
 fn assert_token_invalid(status: &Status) {
-    assert_error(
-        status,
-        Code::NotFound,
-        "INVITATION_TOKEN_INVALID",
-        "invitation_token_invalid",
-        404,
-    );
-    assert_eq!(status.message(), "The invitation link is not valid.");
+    assert_row(status, Row::InvitationTokenInvalid);
     // Nothing else: no id, no owner, no state.
     assert_eq!(status.get_error_details_vec().len(), 1, "{status:?}");
 }
@@ -85,12 +65,8 @@ async fn issue_rotate_and_accept(app: &TestApp) {
     assert_ne!(first_etag, second_etag);
     // The token is never shown again.
     let fetched = app.fetch(invitation.id.to_string()).await;
-    let listed = app
-        .client()
-        .list_invitations(app.request(ListInvitationsRequest::default()))
-        .await
-        .expect("list");
-    let shown = format!("{fetched:?}{:?}", listed.into_inner());
+    let listed = app.list(ListInvitationsRequest::default()).await;
+    let shown = format!("{fetched:?}{:?}", listed.expect("list"));
     assert!(!shown.contains(&first) && !shown.contains(&second));
 
     // The database holds the SHA-256 of the current token, and never a token.
@@ -137,54 +113,22 @@ async fn issue_rotate_and_accept(app: &TestApp) {
             .expect_err("another user"),
     );
     // Listed as accepted.
-    let accepted_only = app
-        .client()
-        .list_invitations(app.request(ListInvitationsRequest {
-            statuses: vec![WireStatus::Accepted as i32],
-            ..Default::default()
-        }))
-        .await
-        .expect("list")
-        .into_inner();
-    assert_eq!(accepted_only.items, vec![accepted.clone()]);
+    let accepted_only = app.list(list_request(&[WireStatus::Accepted])).await;
+    assert_eq!(accepted_only.expect("list").items, vec![accepted.clone()]);
     // Cancelling an accepted invitation is not admissible, with its details.
     let status = app
-        .client()
-        .cancel_invitation(app.request(CancelInvitationRequest {
-            invitation_id: invitation.id.to_string(),
-            etag: accepted.etag.clone(),
-            ..Default::default()
-        }))
+        .cancel(cancel_request(invitation.id, &accepted.etag))
         .await
         .expect_err("accepted");
-    let metadata = assert_error(
-        &status,
-        Code::FailedPrecondition,
-        "NOT_ADMISSIBLE",
-        "not_admissible",
-        422,
-    );
-    assert_eq!(
-        metadata.get("currentStatus").map(String::as_str),
-        Some("ACCEPTED")
-    );
-    assert_eq!(metadata.get("etag"), Some(&accepted.etag));
+    let metadata = assert_row(&status, Row::NotAdmissible);
+    assert_eq!(metadata["currentStatus"], "ACCEPTED");
+    assert_eq!(metadata["etag"], accepted.etag);
     // Re-issuing for an accepted invitation follows the cancel rules.
     let status = app
-        .client()
-        .issue_invitation_token(app.request(IssueInvitationTokenRequest {
-            invitation_id: invitation.id.to_string(),
-            ..Default::default()
-        }))
+        .issue(issue_request(invitation.id))
         .await
         .expect_err("accepted");
-    assert_error(
-        &status,
-        Code::FailedPrecondition,
-        "NOT_ADMISSIBLE",
-        "not_admissible",
-        422,
-    );
+    assert_row(&status, Row::NotAdmissible);
 }
 
 async fn the_email_must_match_and_be_verified(app: &TestApp) {
@@ -194,24 +138,12 @@ async fn the_email_must_match_and_be_verified(app: &TestApp) {
     let status = accept(app, &someone_else, &link)
         .await
         .expect_err("mismatch");
-    assert_error(
-        &status,
-        Code::PermissionDenied,
-        "EMAIL_MISMATCH",
-        "email_mismatch",
-        403,
-    );
+    assert_row(&status, Row::EmailMismatch);
     // No e-mail claim at all (an admin's token).
     let status = accept(app, &app.token, &link)
         .await
         .expect_err("no verified e-mail");
-    assert_error(
-        &status,
-        Code::PermissionDenied,
-        "EMAIL_NOT_VERIFIED",
-        "email_not_verified",
-        403,
-    );
+    assert_row(&status, Row::EmailNotVerified);
     // The invitation is untouched and the right invitee can still accept.
     let (_, right) = invitee(app, "INVITEE@acme.example");
     accept(app, &right, &link).await.expect("the invitee");
@@ -220,12 +152,7 @@ async fn the_email_must_match_and_be_verified(app: &TestApp) {
 async fn cancel_revokes_and_expiry_is_not_admissible(app: &TestApp) {
     let invitation = app.insert(Fixture::pending(INVITEE_EMAIL)).await;
     let (link, etag) = issue(app, &invitation).await;
-    app.client()
-        .cancel_invitation(app.request(CancelInvitationRequest {
-            invitation_id: invitation.id.to_string(),
-            etag,
-            ..Default::default()
-        }))
+    app.cancel(cancel_request(invitation.id, etag))
         .await
         .expect("cancelled");
     let (_, token) = invitee(app, INVITEE_EMAIL);
@@ -245,135 +172,70 @@ async fn cancel_revokes_and_expiry_is_not_admissible(app: &TestApp) {
     // An expired invitation: issued while pending, then lapsed (stored directly).
     let lapsed = app.insert(Fixture::lapsed("late@acme.example")).await;
     let status = app
-        .client()
-        .issue_invitation_token(app.request(IssueInvitationTokenRequest {
-            invitation_id: lapsed.id.to_string(),
-            ..Default::default()
-        }))
+        .issue(issue_request(lapsed.id))
         .await
         .expect_err("expired");
-    let metadata = assert_error(
-        &status,
-        Code::FailedPrecondition,
-        "NOT_ADMISSIBLE",
-        "not_admissible",
-        422,
-    );
-    assert_eq!(
-        metadata.get("currentStatus").map(String::as_str),
-        Some("EXPIRED")
-    );
+    let metadata = assert_row(&status, Row::NotAdmissible);
+    assert_eq!(metadata["currentStatus"], "EXPIRED");
     // Issue with a short expiry, then let it pass.
     let soon = app.insert(Fixture::pending("soon@acme.example")).await;
     let expires = invitations::domain::Timestamp::now().saturating_add(Duration::from_millis(1500));
     let issued = app
-        .client()
-        .issue_invitation_token(app.request(IssueInvitationTokenRequest {
+        .issue(IssueInvitationTokenRequest {
             invitation_id: soon.id.to_string(),
             etag: soon.etag().as_str().to_owned(),
             expires_at: Some(prost_types::Timestamp {
                 seconds: expires.unix_micros().div_euclid(1_000_000),
                 nanos: (expires.unix_micros().rem_euclid(1_000_000) * 1000) as i32,
             }),
-        }))
+        })
         .await
-        .expect("issued with a new expiry")
-        .into_inner();
+        .expect("issued with a new expiry");
     let (_, soon_invitee) = invitee(app, "soon@acme.example");
     tokio::time::sleep(Duration::from_millis(1600)).await;
     let status = accept(app, &soon_invitee, &issued.token)
         .await
         .expect_err("expired");
-    let metadata = assert_error(
-        &status,
-        Code::FailedPrecondition,
-        "NOT_ADMISSIBLE",
-        "not_admissible",
-        422,
-    );
-    assert_eq!(
-        metadata.get("currentStatus").map(String::as_str),
-        Some("EXPIRED")
-    );
+    let metadata = assert_row(&status, Row::NotAdmissible);
+    assert_eq!(metadata["currentStatus"], "EXPIRED");
 }
 
 async fn bad_link_requests(app: &TestApp) {
     let (_, token) = invitee(app, INVITEE_EMAIL);
-    for (raw, reason) in [
-        ("", "MISSING_REQUIRED_FIELD"),
-        ("inv_short", "INVALID_FORMAT"),
-        ("x".repeat(5000).as_str(), "INVALID_FORMAT"),
-        (&format!("inv_{}", "é".repeat(21)), "INVALID_FORMAT"),
+    for (raw, row) in [
+        ("", Row::MissingRequiredField),
+        ("inv_short", Row::InvalidFormat),
+        ("x".repeat(5000).as_str(), Row::InvalidFormat),
+        (&format!("inv_{}", "é".repeat(21)), Row::InvalidFormat),
     ] {
         let status = accept(app, &token, raw).await.expect_err("malformed");
-        assert_error(
-            &status,
-            Code::InvalidArgument,
-            reason,
-            "invalid_request",
-            400,
-        );
-        assert_eq!(
-            violations(&status),
-            vec![("token".to_owned(), reason.to_owned())]
-        );
+        assert_invalid(&status, &[("token", row)]);
     }
     // Issuing needs an admin, an id, and a current etag when one is given.
     let invitation = app.insert(Fixture::pending("x@acme.example")).await;
     let status = app
-        .client()
-        .issue_invitation_token(authorized(
-            &token,
-            IssueInvitationTokenRequest {
-                invitation_id: invitation.id.to_string(),
-                ..Default::default()
-            },
-        ))
+        .caller(&token)
+        .issue(issue_request(invitation.id))
         .await
         .expect_err("an invitee may not issue");
-    assert_error(
-        &status,
-        Code::PermissionDenied,
-        "ENTERPRISE_ADMIN_REQUIRED",
-        "forbidden_capability_scope",
-        403,
-    );
+    assert_row(&status, Row::EnterpriseAdminRequired);
     let status = app
-        .client()
-        .issue_invitation_token(app.request(IssueInvitationTokenRequest {
-            invitation_id: invitation.id.to_string(),
+        .issue(IssueInvitationTokenRequest {
             etag: "W/\"7.00000000\"".into(),
-            ..Default::default()
-        }))
+            ..issue_request(invitation.id)
+        })
         .await
         .expect_err("stale etag");
-    assert_error(
-        &status,
-        Code::Aborted,
-        "ETAG_MISMATCH",
-        "precondition_failed",
-        412,
-    );
-    let (other, other_token) = app.other_enterprise_admin();
+    assert_row(&status, Row::EtagMismatch);
+    let (other, _) = app.other_enterprise_admin();
     let theirs = app
         .insert_in(other, Fixture::pending("y@acme.example"))
         .await;
     let status = app
-        .client()
-        .issue_invitation_token(app.request(IssueInvitationTokenRequest {
-            invitation_id: theirs.id.to_string(),
-            ..Default::default()
-        }))
+        .issue(issue_request(theirs.id))
         .await
         .expect_err("another enterprise's");
-    assert_error(
-        &status,
-        Code::NotFound,
-        "INVITATION_NOT_FOUND",
-        "not_found",
-        404,
-    );
-    drop(other_token);
+    assert_row(&status, Row::InvitationNotFound);
 }
 
 /// Many accepts (the invitee, one token) against many cancels (an admin, one etag): one
@@ -388,36 +250,12 @@ async fn accept_and_cancel_race_has_one_consistent_outcome(app: &TestApp) {
         let (user, token) = invitee(app, &format!("race{round}@acme.example"));
         let accepts: Vec<_> = (0..4)
             .map(|_| {
-                let mut client = app.client();
-                let request = authorized(
-                    &token,
-                    AcceptInvitationRequest {
-                        token: link.clone(),
-                    },
-                );
-                tokio::spawn(async move {
-                    client
-                        .accept_invitation(request)
-                        .await
-                        .map(|r| r.into_inner())
-                })
+                let (invitee, link) = (app.caller(&token), link.clone());
+                tokio::spawn(async move { invitee.accept(&link).await })
             })
             .collect();
         let cancels: Vec<_> = (0..4)
-            .map(|_| {
-                let mut client = app.client();
-                let request = app.request(CancelInvitationRequest {
-                    invitation_id: invitation.id.to_string(),
-                    etag: etag.clone(),
-                    ..Default::default()
-                });
-                tokio::spawn(async move {
-                    client
-                        .cancel_invitation(request)
-                        .await
-                        .map(|r| r.into_inner())
-                })
-            })
+            .map(|_| app.spawn_cancel(cancel_request(invitation.id, &etag)))
             .collect();
         let mut accept_results = Vec::new();
         for task in accepts {
@@ -427,12 +265,7 @@ async fn accept_and_cancel_race_has_one_consistent_outcome(app: &TestApp) {
         for task in cancels {
             cancel_results.push(task.await.expect("task"));
         }
-        let stored = app
-            .store
-            .get(app.enterprise, invitation.id)
-            .await
-            .expect("read")
-            .expect("row");
+        let stored = app.stored(invitation.id).await;
         // Issuing moved the version once; exactly one more write happened.
         assert_eq!(
             stored.version,
@@ -448,52 +281,22 @@ async fn accept_and_cancel_race_has_one_consistent_outcome(app: &TestApp) {
                 }
                 for result in &cancel_results {
                     let status = result.as_ref().expect_err("every cancel is ABORTED");
-                    let metadata = assert_error(
-                        status,
-                        Code::Aborted,
-                        "ETAG_MISMATCH",
-                        "precondition_failed",
-                        412,
-                    );
-                    assert_eq!(
-                        metadata.get("etag").map(String::as_str),
-                        Some(stored.etag().as_str())
-                    );
+                    let metadata = assert_row(status, Row::EtagMismatch);
+                    assert_eq!(metadata["etag"], stored.etag().as_str());
                 }
                 // Retried with the current etag: not admissible, currently accepted.
                 let retry = app
-                    .client()
-                    .cancel_invitation(app.request(CancelInvitationRequest {
-                        invitation_id: invitation.id.to_string(),
-                        etag: stored.etag().as_str().to_owned(),
-                        ..Default::default()
-                    }))
+                    .cancel(cancel_request(invitation.id, stored.etag().as_str()))
                     .await
                     .expect_err("accepted");
-                let metadata = assert_error(
-                    &retry,
-                    Code::FailedPrecondition,
-                    "NOT_ADMISSIBLE",
-                    "not_admissible",
-                    422,
-                );
-                assert_eq!(
-                    metadata.get("currentStatus").map(String::as_str),
-                    Some("ACCEPTED")
-                );
+                let metadata = assert_row(&retry, Row::NotAdmissible);
+                assert_eq!(metadata["currentStatus"], "ACCEPTED");
             }
             InvitationStatus::Cancelled => {
                 let ok: Vec<_> = cancel_results.iter().filter(|r| r.is_ok()).collect();
                 assert_eq!(ok.len(), 1, "round {round}: one cancel wins");
                 for result in cancel_results.iter().filter(|r| r.is_err()) {
-                    let status = result.as_ref().expect_err("loser");
-                    assert_error(
-                        status,
-                        Code::Aborted,
-                        "ETAG_MISMATCH",
-                        "precondition_failed",
-                        412,
-                    );
+                    assert_row(result.as_ref().expect_err("loser"), Row::EtagMismatch);
                 }
                 for result in &accept_results {
                     assert_token_invalid(result.as_ref().expect_err("every accept fails"));
@@ -533,27 +336,15 @@ async fn failed_redeems_count_against_the_rate_limit(backend: crate::common::Bac
     let status = accept(&app, &token, &format!("inv_{}", "B".repeat(43)))
         .await
         .expect_err("throttled");
-    assert_error(
-        &status,
-        Code::ResourceExhausted,
-        "RATE_LIMITED",
-        "rate_limited",
-        429,
-    );
+    assert_row(&status, Row::RateLimited);
     app.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_redeems_are_rate_limited_sqlite() {
-    failed_redeems_count_against_the_rate_limit(crate::common::Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_redeems_are_rate_limited_postgres() {
-    if let Some(backend) = crate::common::Backend::postgres() {
-        failed_redeems_count_against_the_rate_limit(backend).await;
-    }
-}
+on_each_backend!(
+    failed_redeems_count_against_the_rate_limit:
+    failed_redeems_are_rate_limited_sqlite,
+    failed_redeems_are_rate_limited_postgres
+);
 
 /// Any string as a link token gets INVALID_ARGUMENT (malformed) or NOT_FOUND (well formed,
 /// unknown), promptly; the server never fails or slows down on it.

@@ -4,9 +4,8 @@ use std::time::Duration;
 
 use invitations::domain::{Invitation, InvitationStatus, Timestamp};
 use invitations::proto::invitations::v1::{InvitationStatus as WireStatus, ListInvitationsRequest};
-use tonic::Code;
 
-use crate::common::{Fixture, TestApp, assert_error, authorized, violations};
+use crate::common::{Fixture, Row, TestApp, assert_invalid, assert_row, list_request, violations};
 use crate::on_both_stores;
 
 /// Which seeded invitations a request should return.
@@ -17,12 +16,7 @@ async fn walk(app: &TestApp, request: ListInvitationsRequest) -> Vec<String> {
     let mut ids = Vec::new();
     let mut request = request;
     for _ in 0..10_000 {
-        let page = app
-            .client()
-            .list_invitations(app.request(request.clone()))
-            .await
-            .expect("a page")
-            .into_inner();
+        let page = app.list(request.clone()).await.expect("a page");
         let page_size = match request.page_size {
             0 => 50,
             n => n.min(1000),
@@ -96,17 +90,11 @@ async fn full_walks_return_each_match_once_in_order(app: &TestApp) {
     let cases: Vec<(ListInvitationsRequest, Matcher)> = vec![
         (ListInvitationsRequest::default(), Box::new(|_| true)),
         (
-            ListInvitationsRequest {
-                statuses: vec![WireStatus::Pending as i32],
-                ..Default::default()
-            },
+            list_request(&[WireStatus::Pending]),
             Box::new(move |i| effective(i) == InvitationStatus::Pending),
         ),
         (
-            ListInvitationsRequest {
-                statuses: vec![WireStatus::Cancelled as i32, WireStatus::Expired as i32],
-                ..Default::default()
-            },
+            list_request(&[WireStatus::Cancelled, WireStatus::Expired]),
             Box::new(move |i| {
                 matches!(
                     effective(i),
@@ -185,32 +173,20 @@ async fn page_sizes_default_and_cap(app: &TestApp) {
         .await;
     }
     let list = |page_size: i32| {
-        let mut client = app.client();
-        let request = app.request(ListInvitationsRequest {
+        app.list(ListInvitationsRequest {
             page_size,
             ..Default::default()
-        });
-        async move { client.list_invitations(request).await }
+        })
     };
-    let default = list(0).await.expect("page_size 0").into_inner();
+    let default = list(0).await.expect("page_size 0");
     assert_eq!(default.items.len(), 50);
     assert!(!default.next_page_token.is_empty());
-    let capped = list(100_000).await.expect("page_size 100000").into_inner();
+    let capped = list(100_000).await.expect("page_size 100000");
     assert_eq!(capped.items.len(), 1000);
     assert!(!capped.next_page_token.is_empty());
 
     let negative = list(-1).await.expect_err("page_size -1");
-    assert_error(
-        &negative,
-        Code::InvalidArgument,
-        "VALUE_OUT_OF_RANGE",
-        "invalid_request",
-        400,
-    );
-    assert_eq!(
-        violations(&negative),
-        vec![("page_size".to_owned(), "VALUE_OUT_OF_RANGE".to_owned())]
-    );
+    assert_invalid(&negative, &[("page_size", Row::ValueOutOfRange)]);
 }
 
 async fn page_tokens_are_bound_to_enterprise_and_filters(app: &TestApp) {
@@ -221,15 +197,9 @@ async fn page_tokens_are_bound_to_enterprise_and_filters(app: &TestApp) {
     }
     let query = ListInvitationsRequest {
         page_size: 2,
-        statuses: vec![WireStatus::Pending as i32],
-        ..Default::default()
+        ..list_request(&[WireStatus::Pending])
     };
-    let first = app
-        .client()
-        .list_invitations(app.request(query.clone()))
-        .await
-        .expect("first page")
-        .into_inner();
+    let first = app.list(query.clone()).await.expect("first page");
     let token = first.next_page_token;
     assert!(!token.is_empty());
     let second = ListInvitationsRequest {
@@ -237,92 +207,60 @@ async fn page_tokens_are_bound_to_enterprise_and_filters(app: &TestApp) {
         ..query.clone()
     };
     // The same query with another page size is fine (AIP-158).
-    app.client()
-        .list_invitations(app.request(ListInvitationsRequest {
-            page_size: 3,
-            ..second.clone()
-        }))
+    let resized = ListInvitationsRequest {
+        page_size: 3,
+        ..second.clone()
+    };
+    app.list(resized)
         .await
         .expect("page size may change between pages");
 
     let refused = |request: ListInvitationsRequest, token: String| {
-        let mut client = app.client();
+        let caller = app.caller(&token);
         async move {
-            let status = client
-                .list_invitations(authorized(&token, request))
-                .await
-                .expect_err("refused");
-            assert_error(
-                &status,
-                Code::InvalidArgument,
-                "INVALID_PAGE_TOKEN",
-                "invalid_request",
-                400,
-            );
-            assert_eq!(
-                violations(&status),
-                vec![("page_token".to_owned(), "INVALID_PAGE_TOKEN".to_owned())]
-            );
+            let status = caller.list(request).await.expect_err("refused");
+            assert_invalid(&status, &[("page_token", Row::InvalidPageToken)]);
         }
     };
-    // Tampered: every character changed in turn to another base64url character.
-    for position in [0, token.len() / 2, token.len() - 1] {
-        let mut bytes = token.clone().into_bytes();
-        bytes[position] = if bytes[position] == b'A' { b'B' } else { b'A' };
-        let tampered = String::from_utf8(bytes).expect("ascii");
-        refused(
-            ListInvitationsRequest {
-                page_token: tampered,
-                ..second.clone()
-            },
-            app.token.clone(),
-        )
-        .await;
+    let with_page_token = |page_token: String| ListInvitationsRequest {
+        page_token,
+        ..second.clone()
+    };
+    // Tampered: every character changed in turn to another base64url character; not a
+    // token at all; and far too long.
+    let mut bad_tokens: Vec<String> = [0, token.len() / 2, token.len() - 1]
+        .into_iter()
+        .map(|position| {
+            let mut bytes = token.clone().into_bytes();
+            bytes[position] = if bytes[position] == b'A' { b'B' } else { b'A' };
+            String::from_utf8(bytes).expect("ascii")
+        })
+        .collect();
+    bad_tokens.extend(["not-a-token".to_owned(), "x".repeat(10_000)]);
+    for bad in bad_tokens {
+        refused(with_page_token(bad), app.token.clone()).await;
     }
-    refused(
-        ListInvitationsRequest {
-            page_token: "not-a-token".into(),
-            ..second.clone()
-        },
-        app.token.clone(),
-    )
-    .await;
-    refused(
-        ListInvitationsRequest {
-            page_token: "x".repeat(10_000),
-            ..second.clone()
-        },
-        app.token.clone(),
-    )
-    .await;
     // Replayed by another enterprise.
     let (_, other_token) = app.other_enterprise_admin();
     refused(second.clone(), other_token).await;
     // Replayed with other filters.
-    refused(
+    let other_filters = [
         ListInvitationsRequest {
             statuses: vec![],
             ..second.clone()
         },
-        app.token.clone(),
-    )
-    .await;
-    refused(
         ListInvitationsRequest {
             statuses: vec![WireStatus::Cancelled as i32],
             ..second.clone()
         },
-        app.token.clone(),
-    )
-    .await;
-    refused(
         ListInvitationsRequest {
             email_constraint: "t1@acme.example".into(),
             ..second.clone()
         },
-        app.token.clone(),
-    )
-    .await;
+    ];
+    for request in other_filters {
+        refused(request, app.token.clone()).await;
+    }
 }
 
 async fn page_tokens_survive_a_restart_and_work_on_a_replica(app: &TestApp) {
@@ -334,12 +272,7 @@ async fn page_tokens_survive_a_restart_and_work_on_a_replica(app: &TestApp) {
         page_size: 2,
         ..Default::default()
     };
-    let first = app
-        .client()
-        .list_invitations(app.request(query.clone()))
-        .await
-        .expect("first")
-        .into_inner();
+    let first = app.list(query.clone()).await.expect("first");
     // A second server process-alike over the same database and configuration.
     let (mut replica, shutdown, server) = app.replica().await;
     let second = replica
@@ -366,28 +299,17 @@ async fn page_tokens_survive_a_restart_and_work_on_a_replica(app: &TestApp) {
 async fn expired_is_reported_everywhere(app: &TestApp) {
     let lapsed = app.insert(Fixture::lapsed("late@acme.example")).await;
     let pending = app.insert(Fixture::pending("fresh@acme.example")).await;
-    let list = |statuses: Vec<i32>| {
-        let mut client = app.client();
-        let request = app.request(ListInvitationsRequest {
-            statuses,
-            ..Default::default()
-        });
-        async move {
-            client
-                .list_invitations(request)
-                .await
-                .expect("list")
-                .into_inner()
-                .items
-        }
+    let list = |statuses: &[WireStatus]| {
+        let listed = app.list(list_request(statuses));
+        async move { listed.await.expect("list").items }
     };
-    let expired = list(vec![WireStatus::Expired as i32]).await;
+    let expired = list(&[WireStatus::Expired]).await;
     assert_eq!(
         expired.iter().map(|i| i.id.clone()).collect::<Vec<_>>(),
         vec![lapsed.id.to_string()]
     );
     assert_eq!(expired[0].status, WireStatus::Expired as i32);
-    let pending_only = list(vec![WireStatus::Pending as i32]).await;
+    let pending_only = list(&[WireStatus::Pending]).await;
     assert_eq!(
         pending_only
             .iter()
@@ -395,30 +317,22 @@ async fn expired_is_reported_everywhere(app: &TestApp) {
             .collect::<Vec<_>>(),
         vec![pending.id.to_string()]
     );
-    let everything = list(vec![]).await;
+    let everything = list(&[]).await;
     assert_eq!(everything.len(), 2);
 }
 
 async fn bad_filters_name_each_field(app: &TestApp) {
     let status = app
-        .client()
-        .list_invitations(app.request(ListInvitationsRequest {
+        .list(ListInvitationsRequest {
             page_size: -5,
             statuses: vec![WireStatus::Unspecified as i32, 42],
             email_constraint: "not-an-address".into(),
             scope: "teams/blue".into(),
             ..Default::default()
-        }))
+        })
         .await
         .expect_err("refused");
-    assert_error(
-        &status,
-        Code::InvalidArgument,
-        "VALUE_OUT_OF_RANGE",
-        "invalid_request",
-        400,
-    );
-    assert_eq!(status.message(), "The request is invalid.");
+    assert_row(&status, Row::ValueOutOfRange);
     let fields: HashSet<String> = violations(&status).into_iter().map(|(f, _)| f).collect();
     assert_eq!(
         fields,
@@ -428,17 +342,10 @@ async fn bad_filters_name_each_field(app: &TestApp) {
             .collect()
     );
     let too_many = app
-        .client()
-        .list_invitations(app.request(ListInvitationsRequest {
-            statuses: vec![WireStatus::Pending as i32; 10_000],
-            ..Default::default()
-        }))
+        .list(list_request(&[WireStatus::Pending; 10_000]))
         .await
         .expect_err("refused");
-    assert_eq!(
-        violations(&too_many),
-        vec![("statuses".to_owned(), "VALUE_OUT_OF_RANGE".to_owned())]
-    );
+    assert_invalid(&too_many, &[("statuses", Row::ValueOutOfRange)]);
 }
 
 /// A stored row that no longer reads as an invitation (changed behind the API's back) is
@@ -493,22 +400,20 @@ async fn corrupt_rows_are_internal_errors(app: &TestApp) {
             )
         };
         let list_after = |value: String| {
-            let (admin, mut client) = (&admin, app.client());
-            let request = app.request(ListInvitationsRequest::default());
+            let admin = &admin;
             async move {
                 admin
                     .execute_unprepared(&set(&value))
                     .await
                     .expect("update");
-                client.list_invitations(request).await
+                app.list(Default::default()).await
             }
         };
         let status = list_after(damage).await.expect_err("a damaged row");
-        assert_error(&status, Code::Internal, "INTERNAL", "internal_error", 500);
+        assert_row(&status, Row::Internal);
         let page = list_after(repair)
             .await
-            .unwrap_or_else(|e| panic!("repaired {column}: {e:?}"))
-            .into_inner();
+            .unwrap_or_else(|e| panic!("repaired {column}: {e:?}"));
         assert_eq!(page.items.len(), 5, "{column}");
         assert_eq!(
             page.items[2].email_constraint, "damaged@acme.example",
@@ -542,12 +447,10 @@ async fn lists_survive_postgres_closing_the_kept_connections() {
     let app = TestApp::spawn(backend).await;
     let invitation = app.insert(Fixture::pending("kept@acme.example")).await;
     let list = || {
-        let (mut client, request) = (app.client(), app.request(ListInvitationsRequest::default()));
+        let admin = app.caller(&app.token);
         async move {
-            client
-                .list_invitations(request)
-                .await
-                .map(|page| page.into_inner().items.len())
+            let page = admin.list(Default::default()).await;
+            page.map(|page| page.items.len())
         }
     };
     // Concurrent reads, so that several connections are kept.
@@ -584,12 +487,7 @@ async fn lists_survive_postgres_closing_the_kept_connections() {
             1
         );
     }
-    let page = app
-        .client()
-        .list_invitations(app.request(ListInvitationsRequest::default()))
-        .await
-        .expect("a page")
-        .into_inner();
+    let page = app.list(Default::default()).await.expect("a page");
     assert_eq!(page.items[0].id, invitation.id.to_string());
     app.finish().await;
 }
@@ -602,13 +500,7 @@ async fn lists_survive_postgres_closing_the_kept_connections() {
 async fn sqlite_pages_are_read_on_named_reader_threads() {
     let app = TestApp::spawn(crate::common::Backend::Sqlite).await;
     app.insert(Fixture::pending("a@x.example")).await;
-    let page = app
-        .client
-        .clone()
-        .list_invitations(app.request(ListInvitationsRequest::default()))
-        .await
-        .expect("a page")
-        .into_inner();
+    let page = app.list(Default::default()).await.expect("a page");
     assert_eq!(page.items.len(), 1);
     // `comm` holds the first 15 bytes of a thread's name.
     let name = &invitations::store::SQLITE_READER_THREAD_NAME

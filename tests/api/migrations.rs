@@ -13,9 +13,8 @@ use tokio::process::{Child, Command};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use uuid::Uuid;
 
-use crate::common::{AUDIENCE, Backend, ISSUER, JWT_SECRET};
+use crate::common::{AUDIENCE, Backend, ISSUER, JWT_SECRET, create_database, drop_database};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_invitations");
 /// Rounds per test: before the lock, 8 rounds out of 8 failed on PostgreSQL.
@@ -206,25 +205,14 @@ async fn migrate_and_serve_started_together_on_an_empty_postgres_all_succeed() {
     let Some(Backend::Postgres(admin_url)) = Backend::postgres() else {
         return;
     };
-    let admin = Database::connect(&admin_url)
-        .await
-        .expect("connect to TEST_DATABASE_URL");
     for number in 1..=ROUNDS {
-        let name = format!("invitations_test_{}", Uuid::new_v4().simple());
-        admin
-            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-            .await
-            .expect("create the test database");
-        let round = race(&with_database(&admin_url, &name), DbBackend::Postgres).await;
+        let (name, url) = create_database(&admin_url).await;
+        let round = race(&url, DbBackend::Postgres).await;
         // Dropped before asserting, so a failing round leaves no database behind.
-        admin
-            .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-            .await
-            .expect("drop the test database");
+        drop_database(&admin_url, &name).await;
         eprintln!("postgres round {number}: {:?}", round.elapsed);
         assert_all_succeeded(&round, number);
     }
-    admin.close().await.expect("close the admin connection");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -235,17 +223,5 @@ async fn migrate_and_serve_started_together_on_an_empty_sqlite_file_all_succeed(
         let round = race(&url, DbBackend::Sqlite).await;
         eprintln!("sqlite round {number}: {:?}", round.elapsed);
         assert_all_succeeded(&round, number);
-    }
-}
-
-/// `url` with its database name replaced by `name`.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let (server, _) = base.rsplit_once('/').expect("a PostgreSQL URL has a path");
-    match query {
-        Some(q) => format!("{server}/{name}?{q}"),
-        None => format!("{server}/{name}"),
     }
 }

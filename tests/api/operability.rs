@@ -1,11 +1,8 @@
 //! Health, rate limits, load shedding, request ids and limits, through the real server.
-use invitations::domain::InvitationRepository as _;
 use std::time::Duration;
 
-use invitations::proto::invitations::v1::{
-    CancelInvitationRequest, CreateInvitationRequest, ListInvitationsRequest,
-};
-use sea_orm::{ConnectionTrait, Database, TransactionTrait};
+use invitations::proto::invitations::v1::{CreateInvitationRequest, ListInvitationsRequest};
+use sea_orm::{ConnectionTrait, Database};
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -13,8 +10,16 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
 use uuid::Uuid;
 
-use crate::common::{Backend, Fixture, TestApp, assert_error, authorized};
-use crate::on_both_stores;
+use crate::common::{
+    Backend, Fixture, Row, SQLITE_WRITE_LOCK, TestApp, assert_row, cancel_as_stored,
+    cancel_stuck_in_the_only_slot, create_request,
+};
+use crate::{on_both_stores, on_each_backend};
+
+/// The health entry that follows the database: the service's readiness.
+pub const READINESS: &str = "invitations.v1.InvitationService";
+
+const TEN_SECONDS: Duration = Duration::from_secs(10);
 
 pub async fn health_client(addr: std::net::SocketAddr) -> HealthClient<tonic::transport::Channel> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -66,14 +71,8 @@ pub async fn check(addr: std::net::SocketAddr, service: &str) -> Result<i32, ton
 }
 
 async fn health_needs_no_token_and_reports_every_entry(app: &TestApp) {
-    for service in ["", "invitations.v1.InvitationService"] {
-        await_health(
-            app.addr,
-            service,
-            ServingStatus::Serving,
-            Duration::from_secs(10),
-        )
-        .await;
+    for service in ["", READINESS] {
+        await_health(app.addr, service, ServingStatus::Serving, TEN_SECONDS).await;
     }
     assert_eq!(
         check(app.addr, "liveness").await.expect("liveness"),
@@ -92,25 +91,14 @@ async fn rate_limits_are_per_caller_with_the_real_delay(backend: Backend) {
     })
     .await;
     let list = |token: String| {
-        let mut client = app.client();
-        async move {
-            client
-                .list_invitations(authorized(&token, ListInvitationsRequest::default()))
-                .await
-        }
+        let caller = app.caller(&token);
+        async move { caller.list(Default::default()).await }
     };
     for _ in 0..3 {
         list(app.token.clone()).await.expect("within the burst");
     }
     let limited = list(app.token.clone()).await.expect_err("over the burst");
-    let metadata = assert_error(
-        &limited,
-        Code::ResourceExhausted,
-        "RATE_LIMITED",
-        "rate_limited",
-        429,
-    );
-    assert_eq!(limited.message(), "Too many requests.");
+    let metadata = assert_row(&limited, Row::RateLimited);
     let retry_after_ms: u64 = metadata["retryAfterMs"].parse().expect("a number");
     assert!((1..=1000).contains(&retry_after_ms), "{retry_after_ms}");
     let delay = limited
@@ -123,13 +111,7 @@ async fn rate_limits_are_per_caller_with_the_real_delay(backend: Backend) {
         "{delay:?}"
     );
     // Another caller of the same enterprise, and one of another, are not affected.
-    let colleague = app.authenticator.mint(
-        invitations::domain::UserRef::from_uuid(Uuid::new_v4()),
-        Some(app.enterprise),
-        &[invitations::auth::ENTERPRISE_ADMIN.to_owned()],
-        Duration::from_secs(60),
-    );
-    list(colleague).await.expect("another caller");
+    list(app.colleague()).await.expect("another caller");
     list(app.other_enterprise_admin().1)
         .await
         .expect("another enterprise");
@@ -139,17 +121,11 @@ async fn rate_limits_are_per_caller_with_the_real_delay(backend: Backend) {
     app.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rate_limits_sqlite() {
-    rate_limits_are_per_caller_with_the_real_delay(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rate_limits_postgres() {
-    if let Some(backend) = Backend::postgres() {
-        rate_limits_are_per_caller_with_the_real_delay(backend).await;
-    }
-}
+on_each_backend!(
+    rate_limits_are_per_caller_with_the_real_delay:
+    rate_limits_sqlite,
+    rate_limits_postgres
+);
 
 /// With one RPC slot, a cancel stuck behind a held SQLite write lock fills it: the next RPC
 /// is refused at once, health still answers, and the stuck cancel completes afterwards.
@@ -160,90 +136,25 @@ async fn overload_is_shed_fast_and_health_is_never_shed() {
         config.sqlite_busy_timeout_ms = 10_000;
     })
     .await;
-    await_health(
-        app.addr,
-        "invitations.v1.InvitationService",
-        ServingStatus::Serving,
-        Duration::from_secs(10),
-    )
-    .await;
+    await_health(app.addr, READINESS, ServingStatus::Serving, TEN_SECONDS).await;
     let invitation = app.insert(Fixture::pending("slow@acme.example")).await;
-    // Hold the write lock from a second connection to the same file.
-    let blocker = Database::connect(app.settings.store.url.expose())
-        .await
-        .expect("second connection");
-    let lock = blocker.begin().await.expect("begin");
-    lock.execute_unprepared("UPDATE invitations SET updated_at = updated_at")
-        .await
-        .expect("take the write lock");
-    let cancel = || {
-        let mut client = app.client();
-        let request = app.request(CancelInvitationRequest {
-            invitation_id: invitation.id.to_string(),
-            etag: invitation.etag().as_str().to_owned(),
-            ..Default::default()
-        });
-        tokio::spawn(async move { client.cancel_invitation(request).await })
-    };
-    // Wait until the cancel holds the only slot: a probe is refused while the cancel is
-    // still running. A probe can take the slot first and get the cancel shed: then the
-    // cancel is sent again.
-    let mut stuck = cancel();
-    let mut refused = None;
-    for _ in 0..500 {
-        if stuck.is_finished() {
-            let shed = stuck
-                .await
-                .expect("task")
-                .expect_err("the lock is held: the cancel cannot finish");
-            assert_eq!(shed.code(), Code::ResourceExhausted, "{shed:?}");
-            stuck = cancel();
-        }
-        match app
-            .client()
-            .list_invitations(app.request(ListInvitationsRequest::default()))
-            .await
-        {
-            Err(status) if status.code() == Code::ResourceExhausted && !stuck.is_finished() => {
-                refused = Some(status);
-                break;
-            }
-            _ => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    }
-    let refused = refused.expect("an RPC is shed while the slot is taken");
-    assert_error(
-        &refused,
-        Code::ResourceExhausted,
-        "SERVER_OVERLOADED",
-        "rate_limited",
-        429,
-    );
-    assert!(refused.get_details_retry_info().is_some());
+    let lock = app.hold_lock(SQLITE_WRITE_LOCK).await;
+    let (stuck, refused) = cancel_stuck_in_the_only_slot(&app, &invitation).await;
+    assert_row(&refused, Row::ServerOverloaded);
     let started = std::time::Instant::now();
-    let again = app
-        .client()
-        .get_invitation(app.request(Default::default()))
-        .await
-        .expect_err("shed");
+    let again = app.get("").await.expect_err("shed");
     assert_eq!(again.code(), Code::ResourceExhausted);
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "shedding answers at once"
     );
     assert_eq!(
-        check(app.addr, "invitations.v1.InvitationService")
+        check(app.addr, READINESS)
             .await
             .expect("health is not shed"),
         ServingStatus::Serving as i32
     );
-    lock.rollback().await.expect("release the lock");
-    let cancelled = stuck
-        .await
-        .expect("task")
-        .expect("the stuck cancel completes");
-    assert_eq!(cancelled.into_inner().id, invitation.id.to_string());
-    blocker.close().await.expect("close");
+    stuck.completes_once(lock).await;
     app.finish().await;
 }
 
@@ -292,20 +203,15 @@ async fn request_ids_are_echoed_or_generated(app: &TestApp) {
 
 async fn oversized_requests_are_refused(app: &TestApp) {
     let status = app
-        .client()
-        .create_invitation(app.request(CreateInvitationRequest {
-            email_constraint: "big@acme.example".into(),
+        .create(CreateInvitationRequest {
             role: "x".repeat(100 * 1024),
-            ..Default::default()
-        }))
+            ..create_request("big@acme.example")
+        })
         .await
         .expect_err("over the request size limit");
     assert_eq!(status.code(), Code::OutOfRange);
     // The server keeps serving.
-    app.client()
-        .list_invitations(app.request(ListInvitationsRequest::default()))
-        .await
-        .expect("still serving");
+    app.list(Default::default()).await.expect("still serving");
 }
 
 on_both_stores!(
@@ -326,28 +232,18 @@ async fn client_deadlines_are_honoured_and_leave_no_half_write(backend: Backend)
     .await;
     let invitation = app.insert(Fixture::pending("deadline@acme.example")).await;
     // Block writes to the row from a second connection.
-    let blocker = Database::connect(app.settings.store.url.expose())
-        .await
-        .expect("second connection");
-    let lock = blocker.begin().await.expect("begin");
     let block = if postgres {
         format!(
             "SELECT 1 FROM invitations WHERE id = '{}' FOR UPDATE",
             invitation.id
         )
     } else {
-        "UPDATE invitations SET updated_at = updated_at".to_owned()
+        SQLITE_WRITE_LOCK.to_owned()
     };
-    lock.execute_unprepared(&block)
-        .await
-        .expect("take the lock");
+    let lock = app.hold_lock(&block).await;
 
     let cancel = || {
-        let mut request = app.request(CancelInvitationRequest {
-            invitation_id: invitation.id.to_string(),
-            etag: invitation.etag().as_str().to_owned(),
-            ..Default::default()
-        });
+        let mut request = app.request(cancel_as_stored(&invitation));
         request.set_timeout(Duration::from_millis(300));
         request
     };
@@ -368,26 +264,13 @@ async fn client_deadlines_are_honoured_and_leave_no_half_write(backend: Backend)
             started.elapsed()
         );
     }
-    lock.rollback().await.expect("release the lock");
-    blocker.close().await.expect("close");
+    lock.release().await;
 
     // DEADLINE_EXCEEDED leaves the outcome unknown to the client: an abandoned write may
     // still land once the lock is free. Either way it is whole, and at most one of the three
     // (they share one etag) can win; a retry with the etag settles it.
-    let retry = app
-        .client()
-        .cancel_invitation(app.request(CancelInvitationRequest {
-            invitation_id: invitation.id.to_string(),
-            etag: invitation.etag().as_str().to_owned(),
-            ..Default::default()
-        }))
-        .await;
-    let stored = app
-        .store
-        .get(app.enterprise, invitation.id)
-        .await
-        .expect("read")
-        .expect("row");
+    let retry = app.cancel(cancel_as_stored(&invitation)).await;
+    let stored = app.stored(invitation.id).await;
     assert_eq!(
         stored.version,
         invitation.version.next(),
@@ -399,43 +282,25 @@ async fn client_deadlines_are_honoured_and_leave_no_half_write(backend: Backend)
     );
     assert!(stored.cancelled_at.is_some() && stored.cancelled_by.is_some());
     match retry {
-        Ok(response) => assert_eq!(response.into_inner().etag, stored.etag().as_str()),
+        Ok(cancelled) => assert_eq!(cancelled.etag, stored.etag().as_str()),
         Err(status) => {
             // An abandoned cancel landed first: the retry learns the new etag.
-            let metadata = assert_error(
-                &status,
-                Code::Aborted,
-                "ETAG_MISMATCH",
-                "precondition_failed",
-                412,
-            );
-            assert_eq!(
-                metadata.get("etag").map(String::as_str),
-                Some(stored.etag().as_str())
-            );
+            let metadata = assert_row(&status, Row::EtagMismatch);
+            assert_eq!(metadata["etag"], stored.etag().as_str());
         }
     }
     // The pool of two was not leaked by the abandoned calls.
     for _ in 0..10 {
-        app.client()
-            .list_invitations(app.request(ListInvitationsRequest::default()))
-            .await
-            .expect("still serving");
+        app.list(Default::default()).await.expect("still serving");
     }
     app.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_deadlines_sqlite() {
-    client_deadlines_are_honoured_and_leave_no_half_write(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_deadlines_postgres() {
-    if let Some(backend) = Backend::postgres() {
-        client_deadlines_are_honoured_and_leave_no_half_write(backend).await;
-    }
-}
+on_each_backend!(
+    client_deadlines_are_honoured_and_leave_no_half_write:
+    client_deadlines_sqlite,
+    client_deadlines_postgres
+);
 
 /// An unexpected answer from the database (here: its table is gone) is the 502 row, with a
 /// generic message: no SQL, no driver text.
@@ -448,21 +313,10 @@ async fn unexpected_database_answers_are_upstream_errors(app: &TestApp) {
         .await
         .expect("rename");
     let status = app
-        .client()
-        .list_invitations(app.request(ListInvitationsRequest::default()))
+        .list(Default::default())
         .await
         .expect_err("the table is gone");
-    assert_error(
-        &status,
-        Code::Unavailable,
-        "UPSTREAM_ERROR",
-        "upstream_error",
-        502,
-    );
-    assert_eq!(
-        status.message(),
-        "An upstream service returned an unexpected error."
-    );
+    assert_row(&status, Row::UpstreamError);
     let everything = format!("{status:?}").to_lowercase();
     assert!(
         !everything.contains("select") && !everything.contains("invitations_gone"),
@@ -473,10 +327,7 @@ async fn unexpected_database_answers_are_upstream_errors(app: &TestApp) {
         .await
         .expect("rename back");
     admin.close().await.expect("close");
-    app.client()
-        .list_invitations(app.request(ListInvitationsRequest::default()))
-        .await
-        .expect("back");
+    app.list(Default::default()).await.expect("back");
 }
 
 on_both_stores!(unexpected_database_answers_are_upstream_errors);

@@ -15,7 +15,7 @@ use tonic_types::StatusExt;
 use uuid::Uuid;
 
 use crate::common::{AUDIENCE, ISSUER, JWT_SECRET, authorized};
-use crate::operability::await_health;
+use crate::operability::{READINESS, await_health};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_invitations");
 
@@ -84,6 +84,13 @@ impl Served {
         }
     }
 
+    /// Starts the binary and waits, at most `within`, until it is ready.
+    pub async fn start_ready(extra_env: &[(&str, &str)], within: Duration) -> Self {
+        let served = Self::start(extra_env);
+        await_health(served.addr, READINESS, ServingStatus::Serving, within).await;
+        served
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -138,19 +145,12 @@ fn admin_token() -> (String, UserRef) {
 async fn sigterm_drains_without_failing_an_accepted_rpc_and_exits_in_bound() {
     let grace = Duration::from_millis(800);
     let drain = Duration::from_millis(3000);
-    let mut served = Served::start(&[
+    let env = [
         ("INVITATIONS_SHUTDOWN_GRACE_MS", "800"),
         ("INVITATIONS_SHUTDOWN_DRAIN_MS", "3000"),
         ("INVITATIONS_RATE_LIMIT_PER_SECOND", "0"),
-    ]);
-    let readiness = "invitations.v1.InvitationService";
-    await_health(
-        served.addr,
-        readiness,
-        ServingStatus::Serving,
-        Duration::from_secs(10),
-    )
-    .await;
+    ];
+    let mut served = Served::start_ready(&env, Duration::from_secs(10)).await;
     let (token, _) = admin_token();
 
     // A stream of RPCs from four clients, until the server stops accepting.
@@ -183,13 +183,8 @@ async fn sigterm_drains_without_failing_an_accepted_rpc_and_exits_in_bound() {
     let signalled = Instant::now();
     served.signal("TERM");
     // Readiness drops at once, while calls are still served during the grace delay.
-    await_health(
-        served.addr,
-        readiness,
-        ServingStatus::NotServing,
-        Duration::from_millis(500),
-    )
-    .await;
+    let at_once = Duration::from_millis(500);
+    await_health(served.addr, READINESS, ServingStatus::NotServing, at_once).await;
     let status = tokio::task::spawn_blocking(move || {
         let status = served.wait_exit(Duration::from_secs(10));
         (status, served)
@@ -275,14 +270,8 @@ fn refused_by_graceful_goaway(status: &tonic::Status) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_are_structured_and_never_show_tokens_or_addresses() {
-    let served = Served::start(&[("INVITATIONS_SHUTDOWN_GRACE_MS", "0")]);
-    await_health(
-        served.addr,
-        "invitations.v1.InvitationService",
-        ServingStatus::Serving,
-        Duration::from_secs(10),
-    )
-    .await;
+    let env = [("INVITATIONS_SHUTDOWN_GRACE_MS", "0")];
+    let served = Served::start_ready(&env, Duration::from_secs(10)).await;
     let (token, admin) = admin_token();
     let mut client = InvitationServiceClient::connect(format!("http://{}", served.addr))
         .await

@@ -4,25 +4,40 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use invitations::proto::invitations::v1::invitation_service_client::InvitationServiceClient;
-use invitations::proto::invitations::v1::{
-    CancelInvitationRequest, CreateInvitationRequest, ListInvitationsRequest,
-};
-use sea_orm::{ConnectionTrait, Database};
-use tonic::Code;
-use tonic::transport::Channel;
-use tonic_health::pb::health_check_response::ServingStatus;
+use invitations::proto::invitations::v1::{CreateInvitationRequest, ListInvitationsRequest};
 use uuid::Uuid;
 
-use crate::common::{AUDIENCE, Backend, ISSUER, JWT_SECRET, assert_error, authorized};
-use crate::operability::await_health;
+use crate::common::{
+    AUDIENCE, Backend, Caller, ISSUER, JWT_SECRET, Row, assert_row, cancel_request,
+    create_database, create_request, drop_database,
+};
 use crate::process::Served;
 
 fn create(n: usize) -> CreateInvitationRequest {
-    CreateInvitationRequest {
-        email_constraint: format!("replica{n}-{}@acme.example", Uuid::new_v4().simple()),
-        role: format!("roles/{}", Uuid::new_v4()),
-        ..Default::default()
+    create_request(format!(
+        "replica{n}-{}@acme.example",
+        Uuid::new_v4().simple()
+    ))
+}
+
+/// Every invitation id of a walk through the pages of `page_size`, in the order served.
+async fn walk(caller: &Caller, page_size: i32) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut page_token = String::new();
+    for _ in 0..1000 {
+        let request = ListInvitationsRequest {
+            page_size,
+            page_token,
+            ..Default::default()
+        };
+        let page = caller.list(request).await.expect("page");
+        seen.extend(page.items.into_iter().map(|i| i.id));
+        if page.next_page_token.is_empty() {
+            return seen;
+        }
+        page_token = page.next_page_token;
     }
+    panic!("the walk does not end");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -30,36 +45,15 @@ async fn two_processes_one_database_one_winner_and_exact_pages() {
     let Some(Backend::Postgres(admin_url)) = Backend::postgres() else {
         return;
     };
-    let name = format!("invitations_test_{}", Uuid::new_v4().simple());
-    let admin = Database::connect(&admin_url).await.expect("connect");
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-        .await
-        .expect("create database");
-    let (server, _) = admin_url.rsplit_once('/').expect("a path");
-    let url = format!("{server}/{name}");
+    let (name, url) = create_database(&admin_url).await;
 
     let env = [
         ("DATABASE_URL", url.as_str()),
         ("INVITATIONS_RATE_LIMIT_PER_SECOND", "0"),
         ("INVITATIONS_SHUTDOWN_GRACE_MS", "0"),
     ];
-    let first = Served::start(&env);
-    await_health(
-        first.addr,
-        "invitations.v1.InvitationService",
-        ServingStatus::Serving,
-        Duration::from_secs(20),
-    )
-    .await;
-    let second = Served::start(&env);
-    await_health(
-        second.addr,
-        "invitations.v1.InvitationService",
-        ServingStatus::Serving,
-        Duration::from_secs(20),
-    )
-    .await;
+    let first = Served::start_ready(&env, Duration::from_secs(20)).await;
+    let second = Served::start_ready(&env, Duration::from_secs(20)).await;
     let enterprise = invitations::domain::EnterpriseId::from_uuid(Uuid::new_v4());
     let token = invitations::auth::Authenticator::hs256(JWT_SECRET.as_bytes(), ISSUER, AUDIENCE)
         .mint(
@@ -68,47 +62,26 @@ async fn two_processes_one_database_one_winner_and_exact_pages() {
             &[invitations::auth::ENTERPRISE_ADMIN.to_owned()],
             Duration::from_secs(600),
         );
-    let connect = |addr: std::net::SocketAddr| async move {
-        InvitationServiceClient::connect(format!("http://{addr}"))
-            .await
-            .expect("connect")
+    let connect = |addr: std::net::SocketAddr| {
+        let token = token.clone();
+        async move {
+            let client = InvitationServiceClient::connect(format!("http://{addr}")).await;
+            Caller::new(client.expect("connect"), token)
+        }
     };
-    let clients: [InvitationServiceClient<Channel>; 2] =
-        [connect(first.addr).await, connect(second.addr).await];
+    let callers = [connect(first.addr).await, connect(second.addr).await];
 
     // 50 concurrent cancels of one invitation with one etag, spread over both replicas.
-    let invitation = clients[0]
-        .clone()
-        .create_invitation(authorized(&token, create(0)))
-        .await
-        .expect("created")
-        .into_inner();
+    let invitation = callers[0].create(create(0)).await.expect("created");
     let attempts: Vec<_> = (0..50)
-        .map(|n| {
-            let mut client = clients[n % 2].clone();
-            let request = authorized(
-                &token,
-                CancelInvitationRequest {
-                    invitation_id: invitation.id.clone(),
-                    etag: invitation.etag.clone(),
-                    ..Default::default()
-                },
-            );
-            tokio::spawn(async move { client.cancel_invitation(request).await })
-        })
+        .map(|n| callers[n % 2].spawn_cancel(cancel_request(&invitation.id, &invitation.etag)))
         .collect();
     let (mut ok, mut aborted) = (Vec::new(), 0);
     for attempt in attempts {
         match attempt.await.expect("task") {
-            Ok(response) => ok.push(response.into_inner()),
+            Ok(cancelled) => ok.push(cancelled),
             Err(status) => {
-                assert_error(
-                    &status,
-                    Code::Aborted,
-                    "ETAG_MISMATCH",
-                    "precondition_failed",
-                    412,
-                );
+                assert_row(&status, Row::EtagMismatch);
                 aborted += 1;
             }
         }
@@ -121,89 +94,25 @@ async fn two_processes_one_database_one_winner_and_exact_pages() {
 
     // Paging on one replica while the other creates and cancels.
     for n in 0..150 {
-        clients[n % 2]
-            .clone()
-            .create_invitation(authorized(&token, create(n)))
-            .await
-            .expect("seed");
+        callers[n % 2].create(create(n)).await.expect("seed");
     }
-    let before: HashSet<String> = {
-        let mut all = HashSet::new();
-        let mut page_token = String::new();
-        loop {
-            let page = clients[0]
-                .clone()
-                .list_invitations(authorized(
-                    &token,
-                    ListInvitationsRequest {
-                        page_size: 1000,
-                        page_token: page_token.clone(),
-                        ..Default::default()
-                    },
-                ))
-                .await
-                .expect("list")
-                .into_inner();
-            all.extend(page.items.into_iter().map(|i| i.id));
-            if page.next_page_token.is_empty() {
-                break all;
-            }
-            page_token = page.next_page_token;
-        }
-    };
+    let before: HashSet<String> = walk(&callers[0], 1000).await.into_iter().collect();
     let writer = tokio::spawn({
-        let (mut client, token) = (clients[1].clone(), token.clone());
+        let writer = callers[1].clone();
         async move {
             let mut writes = 0;
             for n in 0..60 {
-                let created = client
-                    .create_invitation(authorized(&token, create(1000 + n)))
-                    .await
-                    .expect("create");
-                let created = created.into_inner();
+                let created = writer.create(create(1000 + n)).await.expect("create");
                 if n % 2 == 0 {
-                    client
-                        .cancel_invitation(authorized(
-                            &token,
-                            CancelInvitationRequest {
-                                invitation_id: created.id,
-                                etag: created.etag,
-                                ..Default::default()
-                            },
-                        ))
-                        .await
-                        .expect("cancel");
+                    let cancel = cancel_request(created.id, created.etag);
+                    writer.cancel(cancel).await.expect("cancel");
                 }
                 writes += 1;
             }
             writes
         }
     });
-    let mut seen = Vec::new();
-    let mut page_token = String::new();
-    let mut terminated = false;
-    for _ in 0..1000 {
-        let page = clients[0]
-            .clone()
-            .list_invitations(authorized(
-                &token,
-                ListInvitationsRequest {
-                    page_size: 7,
-                    page_token: page_token.clone(),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .expect("page")
-            .into_inner();
-        seen.extend(page.items.into_iter().map(|i| i.id));
-        if page.next_page_token.is_empty() {
-            terminated = true;
-            break;
-        }
-        page_token = page.next_page_token;
-    }
-    assert!(terminated, "the walk ends");
+    let seen = walk(&callers[0], 7).await;
     assert!(writer.await.expect("writer") > 0);
     let unique: HashSet<String> = seen.iter().cloned().collect();
     assert_eq!(unique.len(), seen.len(), "no duplicates");
@@ -213,9 +122,5 @@ async fn two_processes_one_database_one_winner_and_exact_pages() {
     );
 
     drop((first, second));
-    admin
-        .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .await
-        .expect("drop");
-    admin.close().await.expect("close");
+    drop_database(&admin_url, &name).await;
 }
