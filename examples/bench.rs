@@ -1567,10 +1567,7 @@ impl DatabaseWork {
             }
             (Self::SqliteThreads { service_pid }, _) => {
                 // `comm` holds the first 15 bytes of a thread's name.
-                let names = [
-                    invitations::store::SQLITE_READER_THREAD_NAME,
-                    "sqlx-sqlite-wor",
-                ];
+                let names = ["sqlx-sqlite-wor"];
                 let Ok(tasks) = std::fs::read_dir(format!("/proc/{service_pid}/task")) else {
                     return vec![];
                 };
