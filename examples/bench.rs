@@ -1086,9 +1086,9 @@ async fn sqlite_pool(path: &Path, connections: u32) -> sqlx::SqlitePool {
         .expect("open the SQLite file")
 }
 
-/// The SQLite read path at its cheapest: rusqlite connections with the service's reader
-/// settings (`src/store/sqlite_reader.rs`), one blocking task per page, every value of every
-/// row touched in place, the statement prepared once per connection.
+/// The SQLite read path at its cheapest: rusqlite connections (WAL, the service's busy
+/// timeout), one blocking task per page, every value of every row touched in place, the
+/// statement prepared once per connection.
 struct SqliteDirectReaders {
     idle: std::sync::Mutex<Vec<rusqlite::Connection>>,
     permits: Arc<tokio::sync::Semaphore>,
