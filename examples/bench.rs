@@ -1086,9 +1086,9 @@ async fn sqlite_pool(path: &Path, connections: u32) -> sqlx::SqlitePool {
         .expect("open the SQLite file")
 }
 
-/// The SQLite read path at its cheapest: rusqlite connections (WAL, the service's busy
-/// timeout), one blocking task per page, every value of every row touched in place, the
-/// statement prepared once per connection.
+/// The SQLite read path at its cheapest: rusqlite connections with the service's reader
+/// settings (`src/store/sqlite_reader.rs`), one blocking task per page, every value of every
+/// row touched in place, the statement prepared once per connection.
 struct SqliteDirectReaders {
     idle: std::sync::Mutex<Vec<rusqlite::Connection>>,
     permits: Arc<tokio::sync::Semaphore>,
@@ -1567,7 +1567,10 @@ impl DatabaseWork {
             }
             (Self::SqliteThreads { service_pid }, _) => {
                 // `comm` holds the first 15 bytes of a thread's name.
-                let names = ["sqlx-sqlite-wor"];
+                let names = [
+                    invitations::store::SQLITE_READER_THREAD_NAME,
+                    "sqlx-sqlite-wor",
+                ];
                 let Ok(tasks) = std::fs::read_dir(format!("/proc/{service_pid}/task")) else {
                     return vec![];
                 };

@@ -1,42 +1,52 @@
-//! The repository: the domain's port (`domain::InvitationRepository`) on SeaORM, and the
-//! only place that knows SQL. Every statement is built in [`queries`]; rows are decoded in
-//! [`rows`]; this file runs them, on SeaORM's pool or in its transactions, and sorts the
-//! database's failures into the domain's errors.
+//! The repository: the only place that knows SQL. It answers with domain types.
 //!
-//! Writes that depend on state are single conditional statements whose `RETURNING` rows (or
-//! `rows_affected`) decide the outcome, so no read-then-write race exists on either store.
-//! Authorization is part of every query: each one is built from a [`queries::Tenant`].
+//! Writes that depend on state are single conditional statements whose `rows_affected`
+//! (or `RETURNING` rows) decide the outcome, so no read-then-write race exists on either
+//! store. Authorization is part of every query: each one is filtered by enterprise.
 mod entity;
+mod hot_connections;
 mod idempotency;
-mod queries;
-mod rows;
+mod sqlite_reader;
+mod statements;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use invitations_migrations::{Migrator, MigratorTrait};
-use sea_orm::sqlx::postgres::PgConnectOptions;
+use sea_orm::sea_query::Values;
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgRow, PgValueFormat};
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, EntityTrait,
-    FromQueryResult, RuntimeErr, SqlErr, SqliteTransactionMode, Statement, TransactionOptions,
-    TransactionTrait,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database,
+    DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    QueryTrait, RuntimeErr, Select, SqlErr, SqliteTransactionMode, Statement, TransactionOptions,
+    TransactionTrait, UpdateMany,
 };
+use sea_query_sqlx::SqlxValues;
+use uuid::Uuid;
 
+use crate::domain::Error;
 use crate::domain::{
-    CancelChange, CancelOutcome, EmailAddress, EnterpriseId, Error, IdempotencyKey, InsertOutcome,
-    Invitation, InvitationId, InvitationRepository, LinkTokenHash, ListFilter, PriorResponse,
-    RequestId, Timestamp, UserRef, Version,
+    CancelChange, CancelOutcome, CancelReason, EmailAddress, EnterpriseId, IDEMPOTENCY_RETENTION,
+    IdempotencyKey, InsertOutcome, Invitation, InvitationId, InvitationRepository,
+    InvitationStatus, LinkTokenHash, ListFilter, PriorResponse, RequestId, RoleRef, Scope,
+    Timestamp, UserRef, Version,
 };
 use crate::secret::DatabaseUrl;
-use queries::Tenant;
-use rows::InvitationRow;
+use entity::{ActiveModel, Column, Entity, Model};
+use hot_connections::{HotConnection, HotConnections};
+pub use sqlite_reader::READER_THREAD_NAME as SQLITE_READER_THREAD_NAME;
+use sqlite_reader::SqliteReaders;
+use statements::RenderedStatements;
 
 /// Rows a SQLite connection may hand over before the reader takes them: a whole page of
 /// the largest size, plus the row that tells whether another page follows.
 pub const SQLITE_ROW_CHANNEL: usize = 1024;
+
+/// The most rows a read makes room for before they arrive.
+const MAX_EXPECTED_ROWS: usize = 1024;
 
 /// The PostgreSQL advisory lock that serialises migration runs (see [`Store::migrate`]):
 /// the bytes of `"invt-mig"`, 7597139862771034471 (0x696e76742d6d6967). Advisory locks are
@@ -60,9 +70,13 @@ pub struct StoreSettings {
 #[derive(Clone)]
 pub struct Store {
     db: DatabaseConnection,
-    /// How many times a read is tried: once more than the pool has connections (see
-    /// [`Store::read`]).
-    read_attempts: u32,
+    /// On a SQLite file, the connections reads go through (see `sqlite_reader`).
+    sqlite_readers: Option<Arc<SqliteReaders>>,
+    /// On PostgreSQL, the connections reads and single-statement writes keep between
+    /// requests (see `hot_connections`).
+    hot_connections: Option<Arc<HotConnections>>,
+    /// The hot statements' SQL, rendered once per shape (see `statements`).
+    statements: Arc<RenderedStatements>,
     state: Arc<StoreState>,
 }
 
@@ -72,6 +86,466 @@ struct StoreState {
     migrated: AtomicBool,
     /// The health supervisor found the database unreachable (see `health::supervise`).
     down: AtomicBool,
+}
+
+/// Sorts a database failure into what the client should be told.
+fn classify(error: DbErr) -> Error {
+    if is_transaction_conflict(&error) {
+        return Error::TransactionConflict(Box::new(error));
+    }
+    let unavailable = match &error {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(cause)) | DbErr::Query(RuntimeErr::SqlxError(cause)) => {
+            use sea_orm::sqlx::Error as Sqlx;
+            match cause.as_ref() {
+                Sqlx::Io(_)
+                | Sqlx::PoolTimedOut
+                | Sqlx::PoolClosed
+                | Sqlx::Tls(_)
+                | Sqlx::WorkerCrashed => true,
+                // PostgreSQL: class 08 (connection exception), 57P0x (server shutting down),
+                // 53xxx (insufficient resources).
+                Sqlx::Database(db) => db.code().is_some_and(|code| {
+                    code.starts_with("08") || code.starts_with("57P0") || code.starts_with("53")
+                }),
+                _ => false,
+            }
+        }
+        _ => false,
+    };
+    if unavailable {
+        Error::DatabaseUnavailable(Box::new(error))
+    } else {
+        Error::Upstream(Box::new(error))
+    }
+}
+
+/// The database gave up a write because of another one: PostgreSQL's 40001 (serialization
+/// failure) and 40P01 (deadlock), and SQLite's BUSY or LOCKED (primary codes 5 and 6, with
+/// their extended codes) once the busy timeout has run out. All are worth a retry.
+fn is_transaction_conflict(error: &DbErr) -> bool {
+    match error {
+        DbErr::Exec(RuntimeErr::SqlxError(cause)) | DbErr::Query(RuntimeErr::SqlxError(cause)) => {
+            matches!(cause.as_ref(), sea_orm::sqlx::Error::Database(db)
+            if db.code().is_some_and(|code| {
+                code == "40001"
+                    || code == "40P01"
+                    || code.parse::<u32>().is_ok_and(|sqlite| matches!(sqlite & 0xff, 5 | 6))
+            }))
+        }
+        _ => false,
+    }
+}
+
+fn corrupt(id: uuid::Uuid, column: &str) -> Error {
+    Error::Internal(format!("stored invitation {id} has an invalid {column}"))
+}
+
+/// One stored invitation, borrowed from wherever it was read (a sqlx row or a SeaORM model).
+struct StoredRow<'a> {
+    id: Uuid,
+    enterprise_id: Uuid,
+    scope: &'a str,
+    email_constraint: &'a str,
+    // References are kept as bytes: `UserRef::from_stored` and `RoleRef::from_stored` read
+    // them without a UTF-8 check first.
+    role: &'a [u8],
+    status: &'a str,
+    invited_by: &'a [u8],
+    pending_human_actor_ref: Option<&'a [u8]>,
+    challenge_ref: Option<&'a str>,
+    created_at: i64,
+    updated_at: i64,
+    expires_at: i64,
+    accepted_at: Option<i64>,
+    accepted_by: Option<&'a [u8]>,
+    cancelled_at: Option<i64>,
+    cancel_reason: Option<&'a str>,
+    cancelled_by: Option<&'a [u8]>,
+    version: i64,
+}
+
+impl<'a> StoredRow<'a> {
+    fn of_model(row: &'a Model) -> Self {
+        Self {
+            id: row.id,
+            enterprise_id: row.enterprise_id,
+            scope: &row.scope,
+            email_constraint: &row.email_constraint,
+            role: row.role.as_bytes(),
+            status: &row.status,
+            invited_by: row.invited_by.as_bytes(),
+            pending_human_actor_ref: row.pending_human_actor_ref.as_deref().map(str::as_bytes),
+            challenge_ref: row.challenge_ref.as_deref(),
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            expires_at: row.expires_at,
+            accepted_at: row.accepted_at,
+            accepted_by: row.accepted_by.as_deref().map(str::as_bytes),
+            cancelled_at: row.cancelled_at,
+            cancel_reason: row.cancel_reason.as_deref(),
+            cancelled_by: row.cancelled_by.as_deref().map(str::as_bytes),
+            version: row.version,
+        }
+    }
+
+    /// Reads a row selected with [`READ_COLUMNS`], by position. The columns are this
+    /// table's, selected by name, so their types are known: `try_get_unchecked` skips sqlx's
+    /// per-column type-compatibility check (a clone and compare of the type info, about 5 %
+    /// of a List's CPU); a value that does not decode is still an error, never a panic.
+    fn of_sqlx<R>(row: &'a R) -> Result<Self, sea_orm::sqlx::Error>
+    where
+        R: sea_orm::sqlx::Row,
+        usize: sea_orm::sqlx::ColumnIndex<R>,
+        Uuid: sea_orm::sqlx::Decode<'a, R::Database>,
+        &'a str: sea_orm::sqlx::Decode<'a, R::Database>,
+        &'a [u8]: sea_orm::sqlx::Decode<'a, R::Database>,
+        i64: sea_orm::sqlx::Decode<'a, R::Database>,
+    {
+        Ok(Self {
+            id: row.try_get_unchecked(0)?,
+            enterprise_id: row.try_get_unchecked(1)?,
+            scope: row.try_get_unchecked(2)?,
+            email_constraint: row.try_get_unchecked(3)?,
+            role: row.try_get_unchecked(4)?,
+            status: row.try_get_unchecked(5)?,
+            invited_by: row.try_get_unchecked(6)?,
+            pending_human_actor_ref: row.try_get_unchecked(7)?,
+            challenge_ref: row.try_get_unchecked(8)?,
+            created_at: row.try_get_unchecked(9)?,
+            updated_at: row.try_get_unchecked(10)?,
+            expires_at: row.try_get_unchecked(11)?,
+            accepted_at: row.try_get_unchecked(12)?,
+            accepted_by: row.try_get_unchecked(13)?,
+            cancelled_at: row.try_get_unchecked(14)?,
+            cancel_reason: row.try_get_unchecked(15)?,
+            cancelled_by: row.try_get_unchecked(16)?,
+            version: row.try_get_unchecked(17)?,
+        })
+    }
+
+    /// Reads a PostgreSQL row selected with [`READ_COLUMNS`], from its values' bytes.
+    /// sqlx prepares every statement the store runs, so values come in PostgreSQL's binary
+    /// format: a `uuid` is its 16 bytes, a `bigint` 8 bytes big-endian, text its UTF-8
+    /// bytes. Going through sqlx's `Decode` cost about 150 instructions a value (its
+    /// per-value dispatch, NULL and length checks through boxed errors), 18 values a row
+    /// (BENCHMARKS.md, round 5). A value in any other shape is an error, never a panic.
+    fn of_postgres(row: &'a PgRow) -> Result<Self, sea_orm::sqlx::Error> {
+        let values = PgValues::of(row)?;
+        Ok(Self {
+            id: values.uuid(0)?,
+            enterprise_id: values.uuid(1)?,
+            scope: values.text(2)?,
+            email_constraint: values.text(3)?,
+            role: values.bytes(4)?,
+            status: values.text(5)?,
+            invited_by: values.bytes(6)?,
+            pending_human_actor_ref: values.optional_bytes(7),
+            challenge_ref: values.optional_text(8)?,
+            created_at: values.bigint(9)?,
+            updated_at: values.bigint(10)?,
+            expires_at: values.bigint(11)?,
+            accepted_at: values.optional_bigint(12)?,
+            accepted_by: values.optional_bytes(13),
+            cancelled_at: values.optional_bigint(14)?,
+            cancel_reason: values.optional_text(15)?,
+            cancelled_by: values.optional_bytes(16),
+            version: values.bigint(17)?,
+        })
+    }
+}
+
+/// The values of one PostgreSQL row in binary format, by position (see
+/// [`StoredRow::of_postgres`]); `None` is NULL.
+struct PgValues<'a>([Option<&'a [u8]>; READ_COLUMNS.len()]);
+
+impl<'a> PgValues<'a> {
+    /// Every value's bytes, read in one pass. Each `try_get_raw` clones the column's type
+    /// and hands back a value that the caller moves; read one accessor at a time, with the
+    /// checks between them, that was a tenth of the server's CPU on a List (`perf`, round 11).
+    fn of(row: &'a PgRow) -> Result<Self, sea_orm::sqlx::Error> {
+        use sea_orm::sqlx::{Row, ValueRef};
+        let mut values = [None; READ_COLUMNS.len()];
+        for (index, slot) in values.iter_mut().enumerate() {
+            let value = row.try_get_raw(index)?;
+            if value.is_null() {
+                continue;
+            }
+            if value.format() != PgValueFormat::Binary {
+                return Err(Self::failure(index, "a value in text format"));
+            }
+            *slot = Some(value.as_bytes().map_err(|e| Self::failure(index, e))?);
+        }
+        Ok(Self(values))
+    }
+
+    fn optional_bytes(&self, index: usize) -> Option<&'a [u8]> {
+        self.0[index]
+    }
+
+    fn optional_text(&self, index: usize) -> Result<Option<&'a str>, sea_orm::sqlx::Error> {
+        self.optional_bytes(index)
+            .map(|bytes| std::str::from_utf8(bytes).map_err(|e| Self::failure(index, e)))
+            .transpose()
+    }
+
+    fn optional_bigint(&self, index: usize) -> Result<Option<i64>, sea_orm::sqlx::Error> {
+        self.optional_bytes(index)
+            .map(|bytes| {
+                <[u8; 8]>::try_from(bytes)
+                    .map(i64::from_be_bytes)
+                    .map_err(|_| Self::failure(index, "not a bigint"))
+            })
+            .transpose()
+    }
+
+    fn bytes(&self, index: usize) -> Result<&'a [u8], sea_orm::sqlx::Error> {
+        Self::required(index, self.optional_bytes(index))
+    }
+
+    fn text(&self, index: usize) -> Result<&'a str, sea_orm::sqlx::Error> {
+        Self::required(index, self.optional_text(index)?)
+    }
+
+    fn bigint(&self, index: usize) -> Result<i64, sea_orm::sqlx::Error> {
+        Self::required(index, self.optional_bigint(index)?)
+    }
+
+    fn uuid(&self, index: usize) -> Result<Uuid, sea_orm::sqlx::Error> {
+        Uuid::from_slice(self.bytes(index)?).map_err(|_| Self::failure(index, "not a uuid"))
+    }
+
+    fn required<T>(index: usize, value: Option<T>) -> Result<T, sea_orm::sqlx::Error> {
+        value.ok_or_else(|| Self::failure(index, sea_orm::sqlx::error::UnexpectedNullError))
+    }
+
+    fn failure(
+        index: usize,
+        source: impl Into<sea_orm::sqlx::error::BoxDynError>,
+    ) -> sea_orm::sqlx::Error {
+        sea_orm::sqlx::Error::ColumnDecode {
+            index: index.to_string(),
+            source: source.into(),
+        }
+    }
+}
+
+/// What a read selects, in the order [`StoredRow::of_sqlx`] reads it. The link hash is not
+/// among them: it never leaves the table. Nor is the case-folded e-mail: it is there for
+/// lookups, and the domain folds the address itself when it needs it.
+const READ_COLUMNS: [Column; 18] = [
+    Column::Id,
+    Column::EnterpriseId,
+    Column::Scope,
+    Column::EmailConstraint,
+    Column::Role,
+    Column::Status,
+    Column::InvitedBy,
+    Column::PendingHumanActorRef,
+    Column::ChallengeRef,
+    Column::CreatedAt,
+    Column::UpdatedAt,
+    Column::ExpiresAt,
+    Column::AcceptedAt,
+    Column::AcceptedBy,
+    Column::CancelledAt,
+    Column::CancelReason,
+    Column::CancelledBy,
+    Column::Version,
+];
+
+fn into_domain(row: StoredRow<'_>) -> Result<Invitation, Error> {
+    let id = row.id;
+    let user =
+        |raw: &[u8], column: &str| UserRef::from_stored(raw).ok_or_else(|| corrupt(id, column));
+    let optional_user = |raw: Option<&[u8]>, column: &str| raw.map(|r| user(r, column)).transpose();
+    Ok(Invitation {
+        id: InvitationId::from_uuid(id),
+        enterprise: EnterpriseId::from_uuid(row.enterprise_id),
+        scope: Scope::from_stored(row.scope.to_owned()).map_err(|_| corrupt(id, "scope"))?,
+        role: RoleRef::from_stored(row.role).ok_or_else(|| corrupt(id, "role"))?,
+        stored_status: InvitationStatus::parse_stored(row.status)
+            .ok_or_else(|| corrupt(id, "status"))?,
+        invited_by: user(row.invited_by, "invited_by")?,
+        pending_human_actor: optional_user(row.pending_human_actor_ref, "pending_human_actor_ref")?,
+        accepted_by: optional_user(row.accepted_by, "accepted_by")?,
+        cancelled_by: optional_user(row.cancelled_by, "cancelled_by")?,
+        email: EmailAddress::from_stored(row.email_constraint.to_owned()),
+        challenge_ref: row.challenge_ref.map(str::to_owned),
+        created_at: Timestamp::from_unix_micros(row.created_at),
+        updated_at: Timestamp::from_unix_micros(row.updated_at),
+        expires_at: Timestamp::from_unix_micros(row.expires_at),
+        accepted_at: row.accepted_at.map(Timestamp::from_unix_micros),
+        cancelled_at: row.cancelled_at.map(Timestamp::from_unix_micros),
+        cancel_reason: row
+            .cancel_reason
+            .map(|reason| CancelReason::from_stored(reason.to_owned())),
+        version: Version::from_stored(row.version),
+    })
+}
+
+fn model_into_domain(row: &Model) -> Result<Invitation, Error> {
+    into_domain(StoredRow::of_model(row))
+}
+
+fn sqlx_failure(error: sea_orm::sqlx::Error) -> Error {
+    classify(DbErr::Query(RuntimeErr::SqlxError(Arc::new(error))))
+}
+
+/// Runs a statement that SeaORM built, on SeaORM's pool, and maps the rows by position.
+/// SeaORM's own model mapping looks every column up by name and formats an error message
+/// for each NULL it meets (a row has up to eight): with the copies it makes, that was about
+/// a fifth of a List's CPU (BENCHMARKS.md, "Profile").
+async fn fetch_invitations(
+    db: &DatabaseConnection,
+    statement: Statement,
+    expected_rows: usize,
+) -> Result<Vec<Invitation>, Error> {
+    match db.get_database_backend() {
+        DbBackend::Postgres => {
+            let rows = sqlx_query(statement).fetch(db.get_postgres_connection_pool());
+            decode_invitations(rows, expected_rows, postgres_invitation).await
+        }
+        DbBackend::Sqlite => {
+            let rows = sqlx_query(statement).fetch(db.get_sqlite_connection_pool());
+            decode_invitations(rows, expected_rows, sqlite_invitation).await
+        }
+        other => Err(Error::Internal(format!("no store for {other:?}"))),
+    }
+}
+
+/// A read on PostgreSQL, on a connection an earlier request kept (see `hot_connections`).
+async fn read_postgres(
+    hot: &HotConnections,
+    pool: &sea_orm::sqlx::PgPool,
+    statement: Statement,
+    expected_rows: usize,
+) -> Result<Vec<Invitation>, Error> {
+    let (connection, kept) = hot.checkout(pool).await?;
+    if !kept {
+        return run_and_keep(hot, connection, statement, expected_rows).await;
+    }
+    match run_and_keep(hot, connection, statement.clone(), expected_rows).await {
+        // The server may have closed a kept connection while it sat idle (a restart, an
+        // idle timeout). A read is safe to repeat: once, on a connection from the pool.
+        // What closed it most likely closed the others too, kept or pooled: drop the kept
+        // ones, and read on the first pooled connection that answers a ping.
+        Err(Error::DatabaseUnavailable(cause)) => {
+            tracing::debug!(%cause, "a kept connection failed; reading again");
+            hot.release_all();
+            let connection = HotConnection::acquire_live(pool).await?;
+            run_and_keep(hot, connection, statement, expected_rows).await
+        }
+        other => other,
+    }
+}
+
+/// Runs one statement that returns [`READ_COLUMNS`] and keeps the connection if it ran to
+/// its end.
+async fn run_and_keep(
+    hot: &HotConnections,
+    mut connection: HotConnection,
+    statement: Statement,
+    expected_rows: usize,
+) -> Result<Vec<Invitation>, Error> {
+    // On failure the connection is dropped, back into the pool, whose ping resets it (and
+    // reads what is left of an answer a corrupt row cut short).
+    let rows = sqlx_query(statement).fetch(&mut *connection.connection);
+    let invitations = decode_invitations(rows, expected_rows, postgres_invitation).await?;
+    hot.keep(connection);
+    Ok(invitations)
+}
+
+/// A statement SeaORM built, as a sqlx query with its values bound.
+fn sqlx_query<DB: sea_orm::sqlx::Database>(
+    statement: Statement,
+) -> sea_orm::sqlx::query::Query<'static, DB, SqlxValues>
+where
+    SqlxValues: sea_orm::sqlx::IntoArguments<DB>,
+{
+    let values = SqlxValues(statement.values.unwrap_or(Values(Vec::new())));
+    sea_orm::sqlx::query_with(sea_orm::sqlx::AssertSqlSafe(statement.sql), values)
+}
+
+fn postgres_invitation(row: &PgRow) -> Result<Invitation, Error> {
+    into_domain(StoredRow::of_postgres(row).map_err(sqlx_failure)?)
+}
+
+fn sqlite_invitation(row: &sea_orm::sqlx::sqlite::SqliteRow) -> Result<Invitation, Error> {
+    into_domain(StoredRow::of_sqlx(row).map_err(sqlx_failure)?)
+}
+
+/// Maps each row as it arrives. PostgreSQL sends a page of 50 in about three reads, and the
+/// rows of the first are mapped while the rest are on their way; each row's buffer is freed
+/// as soon as it is read, and no vector of rows grows as they come.
+async fn decode_invitations<R>(
+    mut rows: impl tokio_stream::Stream<Item = Result<R, sea_orm::sqlx::Error>> + Unpin,
+    expected_rows: usize,
+    invitation: impl Fn(&R) -> Result<Invitation, Error>,
+) -> Result<Vec<Invitation>, Error> {
+    use tokio_stream::StreamExt;
+    // Sized up front: the vector of invitations (about 300 bytes each) would otherwise grow
+    // by copying five times a page.
+    let mut invitations = Vec::with_capacity(expected_rows);
+    while let Some(row) = rows.next().await {
+        invitations.push(invitation(&row.map_err(sqlx_failure)?)?);
+    }
+    Ok(invitations)
+}
+
+/// `update`, returning [`READ_COLUMNS`] of the row it changes.
+fn returning_read_columns(update: UpdateMany<Entity>, backend: DbBackend) -> Statement {
+    let mut query = update.into_query();
+    query.returning(Query::returning().columns(READ_COLUMNS));
+    backend.build(&query)
+}
+
+fn into_active_model(invitation: &Invitation) -> ActiveModel {
+    ActiveModel {
+        id: Set(invitation.id.as_uuid()),
+        enterprise_id: Set(invitation.enterprise.as_uuid()),
+        scope: Set(invitation.scope.as_str().to_owned()),
+        email_constraint: Set(invitation.email.as_str().to_owned()),
+        email_normalized: Set(invitation.email.normalized()),
+        role: Set(invitation.role.to_string()),
+        status: Set(invitation.stored_status.as_str().to_owned()),
+        invited_by: Set(invitation.invited_by.to_string()),
+        pending_human_actor_ref: Set(invitation.pending_human_actor.map(|u| u.to_string())),
+        challenge_ref: Set(invitation.challenge_ref.clone()),
+        created_at: Set(invitation.created_at.unix_micros()),
+        updated_at: Set(invitation.updated_at.unix_micros()),
+        expires_at: Set(invitation.expires_at.unix_micros()),
+        accepted_at: Set(invitation.accepted_at.map(Timestamp::unix_micros)),
+        accepted_by: Set(invitation.accepted_by.map(|u| u.to_string())),
+        cancelled_at: Set(invitation.cancelled_at.map(Timestamp::unix_micros)),
+        cancel_reason: Set(invitation
+            .cancel_reason
+            .as_ref()
+            .map(|r| r.as_str().to_owned())),
+        cancelled_by: Set(invitation.cancelled_by.map(|u| u.to_string())),
+        version: Set(invitation.version.get()),
+        // A new row has no link; IssueInvitationToken sets one.
+        link_token_hash: Set(None),
+    }
+}
+
+/// Rows whose effective status (see `Invitation::status_at`) is `status` at `now`.
+fn effective_status_is(status: InvitationStatus, now: Timestamp) -> Condition {
+    let stored = |s: InvitationStatus| Column::Status.eq(s.as_str());
+    let now = now.unix_micros();
+    match status {
+        InvitationStatus::Pending => Condition::all()
+            .add(stored(InvitationStatus::Pending))
+            .add(Column::ExpiresAt.gt(now)),
+        InvitationStatus::Expired => Condition::any().add(stored(InvitationStatus::Expired)).add(
+            Condition::all()
+                .add(stored(InvitationStatus::Pending))
+                .add(Column::ExpiresAt.lte(now)),
+        ),
+        InvitationStatus::Accepted | InvitationStatus::Cancelled => {
+            Condition::all().add(stored(status))
+        }
+    }
 }
 
 impl Store {
@@ -112,9 +586,21 @@ impl Store {
                     .foreign_keys(true)
             });
         let db = Database::connect(options).await?;
+        let sqlite_readers = sqlite_reader::readers_for(
+            &db,
+            settings.url.expose(),
+            settings.max_connections,
+            settings.acquire_timeout,
+            busy,
+        );
+        let hot_connections = (db.get_database_backend() == DbBackend::Postgres)
+            .then(|| Arc::new(HotConnections::new(settings.max_connections)));
+        let statements = Arc::new(RenderedStatements::new(db.get_database_backend()));
         Ok(Self {
             db,
-            read_attempts: settings.max_connections + 1,
+            sqlite_readers,
+            hot_connections,
+            statements,
             state: Arc::default(),
         })
     }
@@ -180,6 +666,9 @@ impl Store {
     /// fast with DATABASE_UNAVAILABLE.
     pub fn declare_down(&self, down: bool) {
         self.state.down.store(down, Ordering::Release);
+        if down && let Some(hot) = &self.hot_connections {
+            hot.release_all();
+        }
     }
 
     pub fn declared_down(&self) -> bool {
@@ -203,6 +692,12 @@ impl Store {
 
     /// Closes every pooled connection (for an orderly shutdown).
     pub async fn close(&self) {
+        if let Some(readers) = &self.sqlite_readers {
+            readers.close();
+        }
+        if let Some(hot) = &self.hot_connections {
+            hot.close();
+        }
         if let Err(error) = self.db.close_by_ref().await {
             tracing::warn!(%error, "closing the database pool failed");
         }
@@ -213,9 +708,127 @@ impl Store {
         self.db.ping().await.map_err(classify)
     }
 
+    /// The page's statement as SeaORM builds it (rendered once per shape; see `statements`).
+    fn page_statement(filter: &ListFilter<'_>, backend: DbBackend) -> Statement {
+        let mut query = Entity::find().filter(Column::EnterpriseId.eq(filter.enterprise.as_uuid()));
+        if let Some(scope) = filter.scope {
+            query = query.filter(Column::Scope.eq(scope.as_str()));
+        }
+        if let Some(email) = filter.email {
+            query = query.filter(Column::EmailNormalized.eq(email.normalized()));
+        }
+        if statements::filters_statuses(filter) {
+            let any = filter
+                .statuses
+                .iter()
+                .fold(Condition::any(), |any, status| {
+                    any.add(effective_status_is(*status, filter.now))
+                });
+            query = query.filter(any);
+        }
+        if let Some(after) = filter.after {
+            // A row-value comparison, which both stores serve from the page index as a range.
+            query = query.filter(
+                Expr::tuple([Expr::col(Column::CreatedAt), Expr::col(Column::Id)]).lt(Expr::tuple(
+                    [
+                        Expr::val(after.created_at.unix_micros()),
+                        Expr::val(after.id.as_uuid()),
+                    ],
+                )),
+            );
+        }
+        query
+            .order_by_desc(Column::CreatedAt)
+            .order_by_desc(Column::Id)
+            .limit(filter.limit)
+            .select_only()
+            .columns(READ_COLUMNS)
+            .build(backend)
+    }
+
+    /// A read that SeaORM builds, selecting [`READ_COLUMNS`] of one row (by id or link).
+    async fn read(&self, select: Select<Entity>) -> Result<Vec<Invitation>, Error> {
+        let backend = self.db.get_database_backend();
+        self.read_statement(select.select_only().columns(READ_COLUMNS).build(backend), 1)
+            .await
+    }
+
+    /// A read of [`READ_COLUMNS`], expecting about `expected_rows` rows.
+    async fn read_statement(
+        &self,
+        statement: Statement,
+        expected_rows: usize,
+    ) -> Result<Vec<Invitation>, Error> {
+        let db = self.usable()?;
+        match (&self.sqlite_readers, &self.hot_connections) {
+            (Some(readers), _) => readers.fetch(statement).await,
+            (None, Some(hot)) => {
+                let pool = db.get_postgres_connection_pool();
+                read_postgres(hot, pool, statement, expected_rows).await
+            }
+            (None, None) => fetch_invitations(db, statement, expected_rows).await,
+        }
+    }
+
+    /// A conditional write that SeaORM builds, returning [`READ_COLUMNS`] of the row it
+    /// changed; `None` when it matched no row.
+    async fn update_returning(
+        &self,
+        update: UpdateMany<Entity>,
+    ) -> Result<Option<Invitation>, Error> {
+        let backend = self.db.get_database_backend();
+        self.write_returning(returning_read_columns(update, backend))
+            .await
+    }
+
+    /// A conditional write returning [`READ_COLUMNS`] of the row it changed, if any.
+    async fn write_returning(&self, statement: Statement) -> Result<Option<Invitation>, Error> {
+        let db = self.usable()?;
+        let rows = match &self.hot_connections {
+            // Never repeated: the first attempt may have been applied.
+            Some(hot) => {
+                let (connection, _) = hot.checkout(db.get_postgres_connection_pool()).await?;
+                run_and_keep(hot, connection, statement, 1).await?
+            }
+            None => fetch_invitations(db, statement, 1).await?,
+        };
+        Ok(rows.into_iter().next())
+    }
+
+    /// The cancel's conditional write: on (id, enterprise, version, effective pending).
+    fn cancel_update(
+        enterprise: EnterpriseId,
+        id: InvitationId,
+        expected: Version,
+        change: &CancelChange,
+        now: Timestamp,
+    ) -> UpdateMany<Entity> {
+        Entity::update_many()
+            .col_expr(
+                Column::Status,
+                Expr::value(InvitationStatus::Cancelled.as_str()),
+            )
+            .col_expr(Column::CancelledAt, Expr::value(change.at.unix_micros()))
+            .col_expr(Column::CancelledBy, Expr::value(change.by.to_string()))
+            .col_expr(
+                Column::CancelReason,
+                Expr::value(change.reason.as_ref().map(|r| r.as_str().to_owned())),
+            )
+            .col_expr(Column::UpdatedAt, Expr::value(change.at.unix_micros()))
+            .col_expr(Column::Version, Expr::value(expected.next().get()))
+            // Cancelling revokes the link in the same write.
+            .col_expr(Column::LinkTokenHash, Expr::value(Option::<Vec<u8>>::None))
+            .filter(Column::Id.eq(id.as_uuid()))
+            .filter(Column::EnterpriseId.eq(enterprise.as_uuid()))
+            .filter(Column::Version.eq(expected.get()))
+            .filter(effective_status_is(InvitationStatus::Pending, now))
+    }
+
     /// Deletes responses older than the retention period; returns how many.
     pub async fn purge_expired_responses(&self, now: Timestamp) -> Result<u64, Error> {
-        let deleted = queries::purge_lapsed_responses(now)
+        let cutoff = now.saturating_sub(IDEMPOTENCY_RETENTION).unix_micros();
+        let deleted = idempotency::Entity::delete_many()
+            .filter(idempotency::Column::CreatedAt.lt(cutoff))
             .exec(self.usable()?)
             .await
             .map_err(classify)?;
@@ -225,78 +838,27 @@ impl Store {
     /// Writes a whole invitation as given, whatever its status. For seeding demo data and
     /// test fixtures (accepted or lapsed invitations have no RPC that makes them yet).
     pub async fn insert_raw(&self, invitation: &Invitation) -> Result<(), Error> {
-        entity::Entity::insert(rows::active_model(invitation))
+        Entity::insert(into_active_model(invitation))
             .exec_without_returning(&self.db)
             .await
             .map_err(classify)?;
         Ok(())
     }
-
-    fn tenant_backend(&self) -> DbBackend {
-        self.db.get_database_backend()
-    }
-
-    /// Runs a read, again if its connection turns out to be dead. The pool pings only a
-    /// connection that sat idle for a while (a ping per request would double every round
-    /// trip), so after the server closed its connections (a restart, a pooler, an idle
-    /// timeout) the pool still holds them; each failed try discards one. A read is safe to
-    /// repeat; a write never is, and is never repeated.
-    async fn read<T, F>(
-        &self,
-        statement: Statement,
-        run: impl Fn(Statement) -> F,
-    ) -> Result<T, Error>
-    where
-        F: Future<Output = Result<T, Error>>,
-    {
-        let mut attempt = 1;
-        loop {
-            match run(statement.clone()).await {
-                Err(Error::DatabaseUnavailable(cause))
-                    if attempt < self.read_attempts && !self.declared_down() =>
-                {
-                    tracing::debug!(%cause, attempt, "a read failed on its connection; reading again");
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
-    }
 }
 
-/// Runs a statement that selects (or returns) [`rows::READ_COLUMNS`], decoding every row.
-async fn fetch_all(
-    db: &impl ConnectionTrait,
-    statement: Statement,
-) -> Result<Vec<Invitation>, Error> {
-    InvitationRow::find_by_statement(statement)
-        .all(db)
-        .await
-        .map_err(classify)?
-        .into_iter()
-        .map(Invitation::try_from)
-        .collect()
-}
-
-/// The same, for a statement that matches one row at most.
-async fn fetch_one(
-    db: &impl ConnectionTrait,
-    statement: Statement,
-) -> Result<Option<Invitation>, Error> {
-    InvitationRow::find_by_statement(statement)
-        .one(db)
-        .await
-        .map_err(classify)?
-        .map(Invitation::try_from)
-        .transpose()
-}
-
+/// The domain's port (`domain::InvitationRepository`), on SeaORM.
 impl InvitationRepository for Store {
+    /// One page in (created_at desc, id desc) order, strictly after `filter.after`.
     async fn list(&self, filter: &ListFilter<'_>) -> Result<Vec<Invitation>, Error> {
-        let statement = Tenant::of(filter.enterprise).page(filter, self.tenant_backend());
-        let db = self.usable()?;
-        self.read(statement, |statement| fetch_all(db, statement))
-            .await
+        let backend = self.db.get_database_backend();
+        let statement = self
+            .statements
+            .list(filter, || Self::page_statement(filter, backend));
+        // The limit is a validated page size plus one.
+        let expected_rows = usize::try_from(filter.limit)
+            .unwrap_or(usize::MAX)
+            .min(MAX_EXPECTED_ROWS);
+        self.read_statement(statement, expected_rows).await
     }
 
     async fn get(
@@ -304,29 +866,46 @@ impl InvitationRepository for Store {
         enterprise: EnterpriseId,
         id: InvitationId,
     ) -> Result<Option<Invitation>, Error> {
-        let statement = Tenant::of(enterprise).get(id, self.tenant_backend());
-        let db = self.usable()?;
-        self.read(statement, |statement| fetch_one(db, statement))
-            .await
+        let rows = self
+            .read(
+                Entity::find()
+                    .filter(Column::Id.eq(id.as_uuid()))
+                    .filter(Column::EnterpriseId.eq(enterprise.as_uuid())),
+            )
+            .await?;
+        Ok(rows.into_iter().next())
     }
 
-    /// Expires a lapsed pending invitation for the same address, then inserts, in one
-    /// transaction: the unique index on pending rows decides between concurrent creators.
+    /// Inserts a new pending invitation unless one is pending for the same address.
+    ///
+    /// A pending row past its `expires_at` no longer counts: in the same transaction it is
+    /// first stored as expired (its version moves, as for every change), then the unique
+    /// index on pending rows decides between concurrent creators.
     async fn insert_pending(
         &self,
         invitation: &Invitation,
         now: Timestamp,
     ) -> Result<InsertOutcome, Error> {
-        let tenant = Tenant::of(invitation.enterprise);
+        let same_address = Condition::all()
+            .add(Column::EnterpriseId.eq(invitation.enterprise.as_uuid()))
+            .add(Column::EmailNormalized.eq(invitation.email.normalized()))
+            .add(Column::Status.eq(InvitationStatus::Pending.as_str()));
         let db = self.usable()?;
         let txn = db.begin().await.map_err(classify)?;
-        tenant
-            .expire_lapsed(&invitation.email, now)
+        Entity::update_many()
+            .col_expr(
+                Column::Status,
+                Expr::value(InvitationStatus::Expired.as_str()),
+            )
+            .col_expr(Column::UpdatedAt, Expr::value(now.unix_micros()))
+            .col_expr(Column::Version, Expr::col(Column::Version).add(1))
+            .filter(same_address.clone())
+            .filter(Column::ExpiresAt.lte(now.unix_micros()))
             .exec(&txn)
             .await
             .map_err(classify)?;
-        let inserted = tenant
-            .insert_pending(invitation)
+        let inserted = Entity::insert(into_active_model(invitation))
+            .on_conflict(OnConflict::new().do_nothing().to_owned())
             .exec_without_returning(&txn)
             .await;
         match inserted {
@@ -336,8 +915,8 @@ impl InvitationRepository for Store {
             }
             Ok(_) => {
                 txn.rollback().await.map_err(classify)?;
-                let existing = tenant
-                    .pending_with_address(&invitation.email)
+                let existing = Entity::find()
+                    .filter(same_address)
                     .one(db)
                     .await
                     .map_err(classify)?;
@@ -361,8 +940,8 @@ impl InvitationRepository for Store {
         }
     }
 
-    /// With an idempotency key, the response is stored in the cancel's transaction, after
-    /// the write (so a SQLite transaction takes the write lock at once).
+    /// The cancel: one conditional write on (id, enterprise, version, effective pending).
+    /// With an idempotency key, the response is stored in the same transaction.
     async fn cancel_pending(
         &self,
         enterprise: EnterpriseId,
@@ -372,61 +951,58 @@ impl InvitationRepository for Store {
         now: Timestamp,
         key: Option<&IdempotencyKey>,
     ) -> Result<CancelOutcome, Error> {
-        let tenant = Tenant::of(enterprise);
-        let cancel = tenant.cancel(id, expected, change, now, self.tenant_backend());
-        let db = self.usable()?;
+        let update = || Self::cancel_update(enterprise, id, expected, change, now);
         let Some(key) = key else {
-            return Ok(match fetch_one(db, cancel).await? {
-                Some(cancelled) => CancelOutcome::Cancelled(Box::new(cancelled)),
+            let backend = self.db.get_database_backend();
+            let statement = self.statements.cancel(
+                statements::cancel_values(enterprise, id, expected, change, now),
+                || returning_read_columns(update(), backend),
+            );
+            return Ok(match self.write_returning(statement).await? {
+                Some(invitation) => CancelOutcome::Cancelled(Box::new(invitation)),
                 None => CancelOutcome::NoMatch,
             });
         };
+        let db = self.usable()?;
+        // The write first, so a SQLite transaction takes the write lock at once.
         let txn = db.begin().await.map_err(classify)?;
-        let Some(row) = InvitationRow::find_by_statement(cancel)
-            .one(&txn)
+        let Some(row) = update()
+            .exec_with_returning(&txn)
             .await
             .map_err(classify)?
+            .into_iter()
+            .next()
         else {
             txn.rollback().await.map_err(classify)?;
             return Ok(CancelOutcome::NoMatch);
         };
-        let response = serde_json::to_string(&row)
-            .map_err(|e| Error::Internal(format!("cannot serialise a response for replay: {e}")))?;
-        tenant
-            .forget_lapsed_response(key.request_id, now)
-            .exec(&txn)
-            .await
-            .map_err(classify)?;
-        let stored = tenant
-            .store_response(key, response, now)
-            .exec_without_returning(&txn)
-            .await
-            .map_err(classify)?;
-        if stored != 1 {
+        if !store_response(&txn, enterprise, key, &row, now).await? {
             txn.rollback().await.map_err(classify)?;
             return Ok(CancelOutcome::RequestIdTaken);
         }
         txn.commit().await.map_err(classify)?;
-        Ok(CancelOutcome::Cancelled(Box::new(Invitation::try_from(
-            row,
-        )?)))
+        Ok(CancelOutcome::Cancelled(Box::new(model_into_domain(&row)?)))
     }
 
+    /// The response stored under `request_id` within the retention period, if any.
     async fn prior_response(
         &self,
         enterprise: EnterpriseId,
         request_id: RequestId,
         now: Timestamp,
     ) -> Result<Option<PriorResponse>, Error> {
-        let Some(found) = Tenant::of(enterprise)
-            .prior_response(request_id, now)
+        let cutoff = now.saturating_sub(IDEMPOTENCY_RETENTION).unix_micros();
+        let Some(found) = idempotency::Entity::find()
+            .filter(idempotency::Column::EnterpriseId.eq(enterprise.as_uuid()))
+            .filter(idempotency::Column::RequestId.eq(request_id.as_uuid()))
+            .filter(idempotency::Column::CreatedAt.gte(cutoff))
             .one(self.usable()?)
             .await
             .map_err(classify)?
         else {
             return Ok(None);
         };
-        let row: InvitationRow = serde_json::from_str(&found.response).map_err(|e| {
+        let row: Model = serde_json::from_str(&found.response).map_err(|e| {
             Error::Internal(format!(
                 "stored response of {} is unreadable: {e}",
                 request_id.as_uuid()
@@ -435,10 +1011,13 @@ impl InvitationRepository for Store {
         Ok(Some(PriorResponse {
             operation: found.operation,
             fingerprint: found.request_fingerprint,
-            invitation: Invitation::try_from(row)?,
+            invitation: model_into_domain(&row)?,
         }))
     }
 
+    /// Gives a pending invitation a new link (replacing any previous one in the same
+    /// write) and optionally a new expiry: one conditional write on (id, enterprise,
+    /// effective pending[, version]). `None` when it matched no row.
     async fn issue_link(
         &self,
         enterprise: EnterpriseId,
@@ -448,17 +1027,24 @@ impl InvitationRepository for Store {
         expires_at: Option<Timestamp>,
         now: Timestamp,
     ) -> Result<Option<Invitation>, Error> {
-        let statement = Tenant::of(enterprise).issue_link(
-            id,
-            expected,
-            link,
-            expires_at,
-            now,
-            self.tenant_backend(),
-        );
-        fetch_one(self.usable()?, statement).await
+        let mut update = Entity::update_many()
+            .col_expr(Column::LinkTokenHash, Expr::value(link.0.to_vec()))
+            .col_expr(Column::UpdatedAt, Expr::value(now.unix_micros()))
+            .col_expr(Column::Version, Expr::col(Column::Version).add(1))
+            .filter(Column::Id.eq(id.as_uuid()))
+            .filter(Column::EnterpriseId.eq(enterprise.as_uuid()))
+            .filter(effective_status_is(InvitationStatus::Pending, now));
+        if let Some(expires_at) = expires_at {
+            update = update.col_expr(Column::ExpiresAt, Expr::value(expires_at.unix_micros()));
+        }
+        if let Some(expected) = expected {
+            update = update.filter(Column::Version.eq(expected.get()));
+        }
+        self.update_returning(update).await
     }
 
+    /// The accept: one conditional write on (link, effective pending, e-mail). The link
+    /// stays, so the same invitee repeating the accept finds it accepted by them.
     async fn accept_by_link(
         &self,
         link: LinkTokenHash,
@@ -466,67 +1052,64 @@ impl InvitationRepository for Store {
         invitee: UserRef,
         now: Timestamp,
     ) -> Result<Option<Invitation>, Error> {
-        let statement =
-            queries::accept_by_link(link, invitee_email, invitee, now, self.tenant_backend());
-        fetch_one(self.usable()?, statement).await
+        let update = Entity::update_many()
+            .col_expr(
+                Column::Status,
+                Expr::value(InvitationStatus::Accepted.as_str()),
+            )
+            .col_expr(Column::AcceptedAt, Expr::value(now.unix_micros()))
+            .col_expr(Column::AcceptedBy, Expr::value(invitee.to_string()))
+            .col_expr(Column::UpdatedAt, Expr::value(now.unix_micros()))
+            .col_expr(Column::Version, Expr::col(Column::Version).add(1))
+            .filter(Column::LinkTokenHash.eq(link.0.to_vec()))
+            .filter(Column::EmailNormalized.eq(invitee_email.normalized()))
+            .filter(effective_status_is(InvitationStatus::Pending, now));
+        self.update_returning(update).await
     }
 
+    /// The invitation whose current link this is, whatever its enterprise: the token itself
+    /// is the invitee's authority.
     async fn find_by_link(&self, link: LinkTokenHash) -> Result<Option<Invitation>, Error> {
-        let db = self.usable()?;
-        self.read(queries::by_link(link, self.tenant_backend()), |statement| {
-            fetch_one(db, statement)
-        })
+        let rows = self
+            .read(Entity::find().filter(Column::LinkTokenHash.eq(link.0.to_vec())))
+            .await?;
+        Ok(rows.into_iter().next())
+    }
+}
+
+/// Stores `row` as the response to `key` inside `txn`; `false` when the key is taken (by a
+/// request within the retention period).
+async fn store_response(
+    txn: &sea_orm::DatabaseTransaction,
+    enterprise: EnterpriseId,
+    key: &IdempotencyKey,
+    row: &Model,
+    now: Timestamp,
+) -> Result<bool, Error> {
+    let response = serde_json::to_string(row)
+        .map_err(|e| Error::Internal(format!("cannot serialise a response for replay: {e}")))?;
+    let cutoff = now.saturating_sub(IDEMPOTENCY_RETENTION).unix_micros();
+    // An expired key with the same id makes room for the new one.
+    idempotency::Entity::delete_many()
+        .filter(idempotency::Column::EnterpriseId.eq(enterprise.as_uuid()))
+        .filter(idempotency::Column::RequestId.eq(key.request_id.as_uuid()))
+        .filter(idempotency::Column::CreatedAt.lt(cutoff))
+        .exec(txn)
         .await
-    }
-}
-
-/// Sorts a database failure into what the client should be told.
-fn classify(error: DbErr) -> Error {
-    if is_transaction_conflict(&error) {
-        return Error::TransactionConflict(Box::new(error));
-    }
-    let unavailable = match &error {
-        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
-        DbErr::Exec(RuntimeErr::SqlxError(cause)) | DbErr::Query(RuntimeErr::SqlxError(cause)) => {
-            use sea_orm::sqlx::Error as Sqlx;
-            match cause.as_ref() {
-                Sqlx::Io(_)
-                | Sqlx::PoolTimedOut
-                | Sqlx::PoolClosed
-                | Sqlx::Tls(_)
-                | Sqlx::WorkerCrashed => true,
-                // PostgreSQL: class 08 (connection exception), 57P0x (server shutting down),
-                // 53xxx (insufficient resources).
-                Sqlx::Database(db) => db.code().is_some_and(|code| {
-                    code.starts_with("08") || code.starts_with("57P0") || code.starts_with("53")
-                }),
-                _ => false,
-            }
-        }
-        _ => false,
-    };
-    if unavailable {
-        Error::DatabaseUnavailable(Box::new(error))
-    } else {
-        Error::Upstream(Box::new(error))
-    }
-}
-
-/// The database gave up a write because of another one: PostgreSQL's 40001 (serialization
-/// failure) and 40P01 (deadlock), and SQLite's BUSY or LOCKED (primary codes 5 and 6, with
-/// their extended codes) once the busy timeout has run out. All are worth a retry.
-fn is_transaction_conflict(error: &DbErr) -> bool {
-    match error {
-        DbErr::Exec(RuntimeErr::SqlxError(cause)) | DbErr::Query(RuntimeErr::SqlxError(cause)) => {
-            matches!(cause.as_ref(), sea_orm::sqlx::Error::Database(db)
-            if db.code().is_some_and(|code| {
-                code == "40001"
-                    || code == "40P01"
-                    || code.parse::<u32>().is_ok_and(|sqlite| matches!(sqlite & 0xff, 5 | 6))
-            }))
-        }
-        _ => false,
-    }
+        .map_err(classify)?;
+    let inserted = idempotency::Entity::insert(idempotency::ActiveModel {
+        enterprise_id: Set(enterprise.as_uuid()),
+        request_id: Set(key.request_id.as_uuid()),
+        operation: Set(key.operation.to_owned()),
+        request_fingerprint: Set(key.fingerprint.to_vec()),
+        response: Set(response),
+        created_at: Set(now.unix_micros()),
+    })
+    .on_conflict(OnConflict::new().do_nothing().to_owned())
+    .exec_without_returning(txn)
+    .await
+    .map_err(classify)?;
+    Ok(inserted == 1)
 }
 
 #[cfg(test)]
@@ -575,6 +1158,18 @@ mod tests {
         DbErr::Exec(RuntimeErr::SqlxError(Arc::new(
             sea_orm::sqlx::Error::Database(Box::new(Sqlstate(code))),
         )))
+    }
+
+    #[test]
+    fn reads_select_every_column_but_the_link_hash_and_folded_email_in_declaration_order() {
+        use sea_orm::{Iden, Iterable};
+        // StoredRow::of_sqlx reads by position in the entity's declaration order.
+        let declared: Vec<String> = Column::iter()
+            .filter(|c| !matches!(c, Column::LinkTokenHash | Column::EmailNormalized))
+            .map(|c| c.to_string())
+            .collect();
+        let read: Vec<String> = READ_COLUMNS.iter().map(|c| c.to_string()).collect();
+        assert_eq!(read, declared);
     }
 
     #[test]

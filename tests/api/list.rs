@@ -350,8 +350,8 @@ async fn bad_filters_name_each_field(app: &TestApp) {
 
 /// A stored row that no longer reads as an invitation (changed behind the API's back) is
 /// INTERNAL, with the documented details, and never a panic; the rows around it still
-/// read once it is repaired. Each kind of damage the decoder (`store/rows.rs`) can meet is
-/// tried.
+/// read once it is repaired. Each column is read from its bytes (`StoredRow::of_postgres`,
+/// `sqlite_reader`), so each kind of damage is tried.
 async fn corrupt_rows_are_internal_errors(app: &TestApp) {
     use sea_orm::{ConnectionTrait, Database};
     // The damaged row in the middle of the page: the store stops reading at it, with rows
@@ -434,9 +434,10 @@ on_both_stores!(
     bad_filters_name_each_field,
 );
 
-/// The pool pings only connections that sat idle (`Store::read`). When the server closes
-/// them (a restart, an idle timeout, a pooler), the next List must still answer: a read that
-/// fails on its connection is repeated on another.
+/// Reads keep PostgreSQL connections checked out between requests
+/// (`src/store/hot_connections.rs`). When the server closes them (a restart, an idle
+/// timeout, a pooler), the next List must still answer: a read on a kept connection that
+/// fails is repeated once on a connection from the pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_survive_postgres_closing_the_kept_connections() {
     use sea_orm::{ConnectionTrait, Database, Statement};
@@ -488,5 +489,27 @@ async fn lists_survive_postgres_closing_the_kept_connections() {
     }
     let page = app.list(Default::default()).await.expect("a page");
     assert_eq!(page.items[0].id, invitation.id.to_string());
+    app.finish().await;
+}
+
+/// On a SQLite file, pages are read on threads named for it, not on tokio's shared blocking
+/// pool: an operator (and the benchmark's `--pin-db`) can tell the embedded database's work
+/// from the server's.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_pages_are_read_on_named_reader_threads() {
+    let app = TestApp::spawn(crate::common::Backend::Sqlite).await;
+    app.insert(Fixture::pending("a@x.example")).await;
+    let page = app.list(Default::default()).await.expect("a page");
+    assert_eq!(page.items.len(), 1);
+    // `comm` holds the first 15 bytes of a thread's name.
+    let name = &invitations::store::SQLITE_READER_THREAD_NAME
+        [..invitations::store::SQLITE_READER_THREAD_NAME.len().min(15)];
+    let readers = std::fs::read_dir("/proc/self/task")
+        .expect("this process's threads")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count();
+    assert!(readers >= 1, "no thread named {name} after a SQLite read");
     app.finish().await;
 }
