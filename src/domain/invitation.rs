@@ -98,9 +98,8 @@ impl Etag {
 
     /// 32 bits in which every bit of the id and of the version has a say. Nothing here is
     /// secret or adversarial (ids are the server's, and a client reads every etag it may
-    /// send), so a mixing function does what a cryptographic digest would: SHA-256 was
-    /// about 3 % of the server's CPU on a List page, 50 digests a page (BENCHMARKS.md,
-    /// round 11). The tag is part of the contract between replicas: every replica must
+    /// send), so a mixing function does what a cryptographic digest would, for a fraction of
+    /// its cost on every item of a page. The tag is part of the contract between replicas: every replica must
     /// derive the same one, and a change makes every outstanding etag stale (one ABORTED,
     /// with the current etag, for a client that held one). `etag_tags_are_pinned` holds
     /// it fixed.

@@ -43,8 +43,7 @@ fn parse_ref(
 }
 
 /// What [`parse_ref`] accepts, read from a stored value's bytes. The UUID parser takes only
-/// ASCII hex digits and hyphens, so the value need not be checked as UTF-8 first: reads
-/// skip that check on every user and role reference of a page (BENCHMARKS.md, round 5).
+/// ASCII hex digits and hyphens, so the value need not be checked as UTF-8 first.
 fn parse_stored_ref(raw: &[u8], collection: &'static str) -> Option<Uuid> {
     let id = raw
         .strip_prefix(collection.as_bytes())?
@@ -55,8 +54,8 @@ fn parse_stored_ref(raw: &[u8], collection: &'static str) -> Option<Uuid> {
     Uuid::try_parse_ascii(id).ok()
 }
 
-/// `{collection}/{uuid}`, built without the formatting machinery: a page of 50 invitations
-/// writes about 250 of these, and `format!` was a tenth of a page's CPU (BENCHMARKS.md).
+/// `{collection}/{uuid}`, built without the formatting machinery: a page writes five of these
+/// per invitation.
 fn resource_name(collection: &str, id: Uuid) -> String {
     let mut buffer = Uuid::encode_buffer();
     let hyphenated = id.hyphenated().encode_lower(&mut buffer);

@@ -566,7 +566,8 @@ impl Store {
             // LIMIT is a bind parameter, so PostgreSQL would re-plan a page on every
             // execution (planning costs more than the index range scan). Every statement
             // here is an equality on indexed columns plus a keyset range on an index that
-            // starts with enterprise_id: the generic plan is the right one (BENCHMARKS.md).
+            // starts with enterprise_id: the generic plan is the right one (the query plans
+            // are in BENCHMARKS.md).
             .map_sqlx_postgres_opts(|o: PgConnectOptions| {
                 o.options([("plan_cache_mode", "force_generic_plan")])
             })
@@ -649,8 +650,8 @@ impl Store {
     }
 
     /// SQLite's planner has no statistics until something gathers them, and without them a
-    /// List filtered by e-mail and scope walks the wrong index (189 ms instead of 0.1 ms on
-    /// a 1M-row enterprise, BENCHMARKS.md). `PRAGMA optimize` analyzes only the tables that
+    /// List filtered by e-mail and scope walks the wrong index (a scan of the enterprise
+    /// instead of a lookup). `PRAGMA optimize` analyzes only the tables that
     /// need it, so it is cheap to repeat. PostgreSQL's autovacuum does this by itself.
     /// It may wait for the write lock, so nothing that readiness depends on awaits it.
     pub async fn optimize(&self) -> Result<(), DbErr> {
