@@ -1,11 +1,18 @@
-//! The repository: the only place that knows SQL. It answers with domain types.
+//! The repository: the domain's port (`domain::InvitationRepository`), and the only place
+//! that knows SQL. Every statement is built in [`queries`] from a `Tenant`; this file runs
+//! them and answers with domain types. Three accelerators sit beside it, each replacing a
+//! library path the benchmark showed too slow for issue 4's targets (BENCHMARKS.md, "what
+//! the accelerators buy"): `hot_connections` (PostgreSQL connections kept between requests),
+//! `sqlite_reader` (SQLite pages read with rusqlite), `statements` (the two hottest
+//! statements rendered once per shape), plus positional row decoding below.
 //!
 //! Writes that depend on state are single conditional statements whose `rows_affected`
 //! (or `RETURNING` rows) decide the outcome, so no read-then-write race exists on either
-//! store. Authorization is part of every query: each one is filtered by enterprise.
+//! store.
 mod entity;
 mod hot_connections;
 mod idempotency;
+mod queries;
 mod sqlite_reader;
 mod statements;
 
@@ -15,28 +22,25 @@ use std::time::Duration;
 
 use invitations_migrations::{Migrator, MigratorTrait};
 use sea_orm::sea_query::Values;
-use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgRow, PgValueFormat};
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database,
-    DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    QueryTrait, RuntimeErr, Select, SqlErr, SqliteTransactionMode, Statement, TransactionOptions,
-    TransactionTrait, UpdateMany,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, EntityTrait,
+    RuntimeErr, SqlErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
 };
 use sea_query_sqlx::SqlxValues;
 use uuid::Uuid;
 
 use crate::domain::Error;
 use crate::domain::{
-    CancelChange, CancelOutcome, CancelReason, EmailAddress, EnterpriseId, IDEMPOTENCY_RETENTION,
-    IdempotencyKey, InsertOutcome, Invitation, InvitationId, InvitationRepository,
-    InvitationStatus, LinkTokenHash, ListFilter, PriorResponse, RequestId, RoleRef, Scope,
-    Timestamp, UserRef, Version,
+    CancelChange, CancelOutcome, CancelReason, EmailAddress, EnterpriseId, IdempotencyKey,
+    InsertOutcome, Invitation, InvitationId, InvitationRepository, InvitationStatus, LinkTokenHash,
+    ListFilter, PriorResponse, RequestId, RoleRef, Scope, Timestamp, UserRef, Version,
 };
 use crate::secret::DatabaseUrl;
-use entity::{ActiveModel, Column, Entity, Model};
+use entity::{Entity, Model};
 use hot_connections::{HotConnection, HotConnections};
+use queries::{READ_COLUMNS, Tenant};
 pub use sqlite_reader::READER_THREAD_NAME as SQLITE_READER_THREAD_NAME;
 use sqlite_reader::SqliteReaders;
 use statements::RenderedStatements;
@@ -330,30 +334,6 @@ impl<'a> PgValues<'a> {
     }
 }
 
-/// What a read selects, in the order [`StoredRow::of_sqlx`] reads it. The link hash is not
-/// among them: it never leaves the table. Nor is the case-folded e-mail: it is there for
-/// lookups, and the domain folds the address itself when it needs it.
-const READ_COLUMNS: [Column; 18] = [
-    Column::Id,
-    Column::EnterpriseId,
-    Column::Scope,
-    Column::EmailConstraint,
-    Column::Role,
-    Column::Status,
-    Column::InvitedBy,
-    Column::PendingHumanActorRef,
-    Column::ChallengeRef,
-    Column::CreatedAt,
-    Column::UpdatedAt,
-    Column::ExpiresAt,
-    Column::AcceptedAt,
-    Column::AcceptedBy,
-    Column::CancelledAt,
-    Column::CancelReason,
-    Column::CancelledBy,
-    Column::Version,
-];
-
 fn into_domain(row: StoredRow<'_>) -> Result<Invitation, Error> {
     let id = row.id;
     let user =
@@ -491,61 +471,6 @@ async fn decode_invitations<R>(
         invitations.push(invitation(&row.map_err(sqlx_failure)?)?);
     }
     Ok(invitations)
-}
-
-/// `update`, returning [`READ_COLUMNS`] of the row it changes.
-fn returning_read_columns(update: UpdateMany<Entity>, backend: DbBackend) -> Statement {
-    let mut query = update.into_query();
-    query.returning(Query::returning().columns(READ_COLUMNS));
-    backend.build(&query)
-}
-
-fn into_active_model(invitation: &Invitation) -> ActiveModel {
-    ActiveModel {
-        id: Set(invitation.id.as_uuid()),
-        enterprise_id: Set(invitation.enterprise.as_uuid()),
-        scope: Set(invitation.scope.as_str().to_owned()),
-        email_constraint: Set(invitation.email.as_str().to_owned()),
-        email_normalized: Set(invitation.email.normalized()),
-        role: Set(invitation.role.to_string()),
-        status: Set(invitation.stored_status.as_str().to_owned()),
-        invited_by: Set(invitation.invited_by.to_string()),
-        pending_human_actor_ref: Set(invitation.pending_human_actor.map(|u| u.to_string())),
-        challenge_ref: Set(invitation.challenge_ref.clone()),
-        created_at: Set(invitation.created_at.unix_micros()),
-        updated_at: Set(invitation.updated_at.unix_micros()),
-        expires_at: Set(invitation.expires_at.unix_micros()),
-        accepted_at: Set(invitation.accepted_at.map(Timestamp::unix_micros)),
-        accepted_by: Set(invitation.accepted_by.map(|u| u.to_string())),
-        cancelled_at: Set(invitation.cancelled_at.map(Timestamp::unix_micros)),
-        cancel_reason: Set(invitation
-            .cancel_reason
-            .as_ref()
-            .map(|r| r.as_str().to_owned())),
-        cancelled_by: Set(invitation.cancelled_by.map(|u| u.to_string())),
-        version: Set(invitation.version.get()),
-        // A new row has no link; IssueInvitationToken sets one.
-        link_token_hash: Set(None),
-    }
-}
-
-/// Rows whose effective status (see `Invitation::status_at`) is `status` at `now`.
-fn effective_status_is(status: InvitationStatus, now: Timestamp) -> Condition {
-    let stored = |s: InvitationStatus| Column::Status.eq(s.as_str());
-    let now = now.unix_micros();
-    match status {
-        InvitationStatus::Pending => Condition::all()
-            .add(stored(InvitationStatus::Pending))
-            .add(Column::ExpiresAt.gt(now)),
-        InvitationStatus::Expired => Condition::any().add(stored(InvitationStatus::Expired)).add(
-            Condition::all()
-                .add(stored(InvitationStatus::Pending))
-                .add(Column::ExpiresAt.lte(now)),
-        ),
-        InvitationStatus::Accepted | InvitationStatus::Cancelled => {
-            Condition::all().add(stored(status))
-        }
-    }
 }
 
 impl Store {
@@ -709,51 +634,6 @@ impl Store {
         self.db.ping().await.map_err(classify)
     }
 
-    /// The page's statement as SeaORM builds it (rendered once per shape; see `statements`).
-    fn page_statement(filter: &ListFilter<'_>, backend: DbBackend) -> Statement {
-        let mut query = Entity::find().filter(Column::EnterpriseId.eq(filter.enterprise.as_uuid()));
-        if let Some(scope) = filter.scope {
-            query = query.filter(Column::Scope.eq(scope.as_str()));
-        }
-        if let Some(email) = filter.email {
-            query = query.filter(Column::EmailNormalized.eq(email.normalized()));
-        }
-        if statements::filters_statuses(filter) {
-            let any = filter
-                .statuses
-                .iter()
-                .fold(Condition::any(), |any, status| {
-                    any.add(effective_status_is(*status, filter.now))
-                });
-            query = query.filter(any);
-        }
-        if let Some(after) = filter.after {
-            // A row-value comparison, which both stores serve from the page index as a range.
-            query = query.filter(
-                Expr::tuple([Expr::col(Column::CreatedAt), Expr::col(Column::Id)]).lt(Expr::tuple(
-                    [
-                        Expr::val(after.created_at.unix_micros()),
-                        Expr::val(after.id.as_uuid()),
-                    ],
-                )),
-            );
-        }
-        query
-            .order_by_desc(Column::CreatedAt)
-            .order_by_desc(Column::Id)
-            .limit(filter.limit)
-            .select_only()
-            .columns(READ_COLUMNS)
-            .build(backend)
-    }
-
-    /// A read that SeaORM builds, selecting [`READ_COLUMNS`] of one row (by id or link).
-    async fn read(&self, select: Select<Entity>) -> Result<Vec<Invitation>, Error> {
-        let backend = self.db.get_database_backend();
-        self.read_statement(select.select_only().columns(READ_COLUMNS).build(backend), 1)
-            .await
-    }
-
     /// A read of [`READ_COLUMNS`], expecting about `expected_rows` rows.
     async fn read_statement(
         &self,
@@ -771,17 +651,6 @@ impl Store {
         }
     }
 
-    /// A conditional write that SeaORM builds, returning [`READ_COLUMNS`] of the row it
-    /// changed; `None` when it matched no row.
-    async fn update_returning(
-        &self,
-        update: UpdateMany<Entity>,
-    ) -> Result<Option<Invitation>, Error> {
-        let backend = self.db.get_database_backend();
-        self.write_returning(returning_read_columns(update, backend))
-            .await
-    }
-
     /// A conditional write returning [`READ_COLUMNS`] of the row it changed, if any.
     async fn write_returning(&self, statement: Statement) -> Result<Option<Invitation>, Error> {
         let db = self.usable()?;
@@ -796,40 +665,9 @@ impl Store {
         Ok(rows.into_iter().next())
     }
 
-    /// The cancel's conditional write: on (id, enterprise, version, effective pending).
-    fn cancel_update(
-        enterprise: EnterpriseId,
-        id: InvitationId,
-        expected: Version,
-        change: &CancelChange,
-        now: Timestamp,
-    ) -> UpdateMany<Entity> {
-        Entity::update_many()
-            .col_expr(
-                Column::Status,
-                Expr::value(InvitationStatus::Cancelled.as_str()),
-            )
-            .col_expr(Column::CancelledAt, Expr::value(change.at.unix_micros()))
-            .col_expr(Column::CancelledBy, Expr::value(change.by.to_string()))
-            .col_expr(
-                Column::CancelReason,
-                Expr::value(change.reason.as_ref().map(|r| r.as_str().to_owned())),
-            )
-            .col_expr(Column::UpdatedAt, Expr::value(change.at.unix_micros()))
-            .col_expr(Column::Version, Expr::value(expected.next().get()))
-            // Cancelling revokes the link in the same write.
-            .col_expr(Column::LinkTokenHash, Expr::value(Option::<Vec<u8>>::None))
-            .filter(Column::Id.eq(id.as_uuid()))
-            .filter(Column::EnterpriseId.eq(enterprise.as_uuid()))
-            .filter(Column::Version.eq(expected.get()))
-            .filter(effective_status_is(InvitationStatus::Pending, now))
-    }
-
     /// Deletes responses older than the retention period; returns how many.
     pub async fn purge_expired_responses(&self, now: Timestamp) -> Result<u64, Error> {
-        let cutoff = now.saturating_sub(IDEMPOTENCY_RETENTION).unix_micros();
-        let deleted = idempotency::Entity::delete_many()
-            .filter(idempotency::Column::CreatedAt.lt(cutoff))
+        let deleted = queries::purge_lapsed_responses(now)
             .exec(self.usable()?)
             .await
             .map_err(classify)?;
@@ -839,7 +677,7 @@ impl Store {
     /// Writes a whole invitation as given, whatever its status. For seeding demo data and
     /// test fixtures (accepted or lapsed invitations have no RPC that makes them yet).
     pub async fn insert_raw(&self, invitation: &Invitation) -> Result<(), Error> {
-        Entity::insert(into_active_model(invitation))
+        Entity::insert(entity::active_model(invitation))
             .exec_without_returning(&self.db)
             .await
             .map_err(classify)?;
@@ -847,14 +685,14 @@ impl Store {
     }
 }
 
-/// The domain's port (`domain::InvitationRepository`), on SeaORM.
+/// The domain's port (`domain::InvitationRepository`), on SeaORM. Every statement comes
+/// from [`queries`].
 impl InvitationRepository for Store {
-    /// One page in (created_at desc, id desc) order, strictly after `filter.after`.
     async fn list(&self, filter: &ListFilter<'_>) -> Result<Vec<Invitation>, Error> {
-        let backend = self.db.get_database_backend();
-        let statement = self
-            .statements
-            .list(filter, || Self::page_statement(filter, backend));
+        let backend = self.backend();
+        let statement = self.statements.list(filter, || {
+            Tenant::of(filter.enterprise).page(filter, backend)
+        });
         // The limit is a validated page size plus one.
         let expected_rows = usize::try_from(filter.limit)
             .unwrap_or(usize::MAX)
@@ -867,46 +705,28 @@ impl InvitationRepository for Store {
         enterprise: EnterpriseId,
         id: InvitationId,
     ) -> Result<Option<Invitation>, Error> {
-        let rows = self
-            .read(
-                Entity::find()
-                    .filter(Column::Id.eq(id.as_uuid()))
-                    .filter(Column::EnterpriseId.eq(enterprise.as_uuid())),
-            )
-            .await?;
-        Ok(rows.into_iter().next())
+        let statement = Tenant::of(enterprise).get(id, self.backend());
+        Ok(self.read_statement(statement, 1).await?.into_iter().next())
     }
 
-    /// Inserts a new pending invitation unless one is pending for the same address.
-    ///
     /// A pending row past its `expires_at` no longer counts: in the same transaction it is
-    /// first stored as expired (its version moves, as for every change), then the unique
-    /// index on pending rows decides between concurrent creators.
+    /// first stored as expired, then the unique index on pending rows decides between
+    /// concurrent creators.
     async fn insert_pending(
         &self,
         invitation: &Invitation,
         now: Timestamp,
     ) -> Result<InsertOutcome, Error> {
-        let same_address = Condition::all()
-            .add(Column::EnterpriseId.eq(invitation.enterprise.as_uuid()))
-            .add(Column::EmailNormalized.eq(invitation.email.normalized()))
-            .add(Column::Status.eq(InvitationStatus::Pending.as_str()));
+        let tenant = Tenant::of(invitation.enterprise);
         let db = self.usable()?;
         let txn = db.begin().await.map_err(classify)?;
-        Entity::update_many()
-            .col_expr(
-                Column::Status,
-                Expr::value(InvitationStatus::Expired.as_str()),
-            )
-            .col_expr(Column::UpdatedAt, Expr::value(now.unix_micros()))
-            .col_expr(Column::Version, Expr::col(Column::Version).add(1))
-            .filter(same_address.clone())
-            .filter(Column::ExpiresAt.lte(now.unix_micros()))
+        tenant
+            .expire_lapsed(&invitation.email, now)
             .exec(&txn)
             .await
             .map_err(classify)?;
-        let inserted = Entity::insert(into_active_model(invitation))
-            .on_conflict(OnConflict::new().do_nothing().to_owned())
+        let inserted = tenant
+            .insert_pending(invitation)
             .exec_without_returning(&txn)
             .await;
         match inserted {
@@ -916,8 +736,8 @@ impl InvitationRepository for Store {
             }
             Ok(_) => {
                 txn.rollback().await.map_err(classify)?;
-                let existing = Entity::find()
-                    .filter(same_address)
+                let existing = tenant
+                    .pending_with_address(&invitation.email)
                     .one(db)
                     .await
                     .map_err(classify)?;
@@ -941,8 +761,8 @@ impl InvitationRepository for Store {
         }
     }
 
-    /// The cancel: one conditional write on (id, enterprise, version, effective pending).
-    /// With an idempotency key, the response is stored in the same transaction.
+    /// With an idempotency key, the response is stored in the cancel's transaction, after
+    /// the write (so a SQLite transaction takes the write lock at once).
     async fn cancel_pending(
         &self,
         enterprise: EnterpriseId,
@@ -952,12 +772,12 @@ impl InvitationRepository for Store {
         now: Timestamp,
         key: Option<&IdempotencyKey>,
     ) -> Result<CancelOutcome, Error> {
-        let update = || Self::cancel_update(enterprise, id, expected, change, now);
+        let tenant = Tenant::of(enterprise);
         let Some(key) = key else {
-            let backend = self.db.get_database_backend();
+            let backend = self.backend();
             let statement = self.statements.cancel(
                 statements::cancel_values(enterprise, id, expected, change, now),
-                || returning_read_columns(update(), backend),
+                || tenant.cancel(id, expected, change, now, backend),
             );
             return Ok(match self.write_returning(statement).await? {
                 Some(invitation) => CancelOutcome::Cancelled(Box::new(invitation)),
@@ -965,9 +785,9 @@ impl InvitationRepository for Store {
             });
         };
         let db = self.usable()?;
-        // The write first, so a SQLite transaction takes the write lock at once.
         let txn = db.begin().await.map_err(classify)?;
-        let Some(row) = update()
+        let Some(row) = tenant
+            .cancel_update(id, expected, change, now)
             .exec_with_returning(&txn)
             .await
             .map_err(classify)?
@@ -977,7 +797,19 @@ impl InvitationRepository for Store {
             txn.rollback().await.map_err(classify)?;
             return Ok(CancelOutcome::NoMatch);
         };
-        if !store_response(&txn, enterprise, key, &row, now).await? {
+        let response = serde_json::to_string(&row)
+            .map_err(|e| Error::Internal(format!("cannot serialise a response for replay: {e}")))?;
+        tenant
+            .forget_lapsed_response(key.request_id, now)
+            .exec(&txn)
+            .await
+            .map_err(classify)?;
+        let stored = tenant
+            .store_response(key, response, now)
+            .exec_without_returning(&txn)
+            .await
+            .map_err(classify)?;
+        if stored != 1 {
             txn.rollback().await.map_err(classify)?;
             return Ok(CancelOutcome::RequestIdTaken);
         }
@@ -985,18 +817,14 @@ impl InvitationRepository for Store {
         Ok(CancelOutcome::Cancelled(Box::new(model_into_domain(&row)?)))
     }
 
-    /// The response stored under `request_id` within the retention period, if any.
     async fn prior_response(
         &self,
         enterprise: EnterpriseId,
         request_id: RequestId,
         now: Timestamp,
     ) -> Result<Option<PriorResponse>, Error> {
-        let cutoff = now.saturating_sub(IDEMPOTENCY_RETENTION).unix_micros();
-        let Some(found) = idempotency::Entity::find()
-            .filter(idempotency::Column::EnterpriseId.eq(enterprise.as_uuid()))
-            .filter(idempotency::Column::RequestId.eq(request_id.as_uuid()))
-            .filter(idempotency::Column::CreatedAt.gte(cutoff))
+        let Some(found) = Tenant::of(enterprise)
+            .prior_response(request_id, now)
             .one(self.usable()?)
             .await
             .map_err(classify)?
@@ -1016,9 +844,6 @@ impl InvitationRepository for Store {
         }))
     }
 
-    /// Gives a pending invitation a new link (replacing any previous one in the same
-    /// write) and optionally a new expiry: one conditional write on (id, enterprise,
-    /// effective pending[, version]). `None` when it matched no row.
     async fn issue_link(
         &self,
         enterprise: EnterpriseId,
@@ -1028,24 +853,11 @@ impl InvitationRepository for Store {
         expires_at: Option<Timestamp>,
         now: Timestamp,
     ) -> Result<Option<Invitation>, Error> {
-        let mut update = Entity::update_many()
-            .col_expr(Column::LinkTokenHash, Expr::value(link.0.to_vec()))
-            .col_expr(Column::UpdatedAt, Expr::value(now.unix_micros()))
-            .col_expr(Column::Version, Expr::col(Column::Version).add(1))
-            .filter(Column::Id.eq(id.as_uuid()))
-            .filter(Column::EnterpriseId.eq(enterprise.as_uuid()))
-            .filter(effective_status_is(InvitationStatus::Pending, now));
-        if let Some(expires_at) = expires_at {
-            update = update.col_expr(Column::ExpiresAt, Expr::value(expires_at.unix_micros()));
-        }
-        if let Some(expected) = expected {
-            update = update.filter(Column::Version.eq(expected.get()));
-        }
-        self.update_returning(update).await
+        let statement =
+            Tenant::of(enterprise).issue_link(id, expected, link, expires_at, now, self.backend());
+        self.write_returning(statement).await
     }
 
-    /// The accept: one conditional write on (link, effective pending, e-mail). The link
-    /// stays, so the same invitee repeating the accept finds it accepted by them.
     async fn accept_by_link(
         &self,
         link: LinkTokenHash,
@@ -1053,64 +865,14 @@ impl InvitationRepository for Store {
         invitee: UserRef,
         now: Timestamp,
     ) -> Result<Option<Invitation>, Error> {
-        let update = Entity::update_many()
-            .col_expr(
-                Column::Status,
-                Expr::value(InvitationStatus::Accepted.as_str()),
-            )
-            .col_expr(Column::AcceptedAt, Expr::value(now.unix_micros()))
-            .col_expr(Column::AcceptedBy, Expr::value(invitee.to_string()))
-            .col_expr(Column::UpdatedAt, Expr::value(now.unix_micros()))
-            .col_expr(Column::Version, Expr::col(Column::Version).add(1))
-            .filter(Column::LinkTokenHash.eq(link.0.to_vec()))
-            .filter(Column::EmailNormalized.eq(invitee_email.normalized()))
-            .filter(effective_status_is(InvitationStatus::Pending, now));
-        self.update_returning(update).await
+        let statement = queries::accept_by_link(link, invitee_email, invitee, now, self.backend());
+        self.write_returning(statement).await
     }
 
-    /// The invitation whose current link this is, whatever its enterprise: the token itself
-    /// is the invitee's authority.
     async fn find_by_link(&self, link: LinkTokenHash) -> Result<Option<Invitation>, Error> {
-        let rows = self
-            .read(Entity::find().filter(Column::LinkTokenHash.eq(link.0.to_vec())))
-            .await?;
-        Ok(rows.into_iter().next())
+        let statement = queries::by_link(link, self.backend());
+        Ok(self.read_statement(statement, 1).await?.into_iter().next())
     }
-}
-
-/// Stores `row` as the response to `key` inside `txn`; `false` when the key is taken (by a
-/// request within the retention period).
-async fn store_response(
-    txn: &sea_orm::DatabaseTransaction,
-    enterprise: EnterpriseId,
-    key: &IdempotencyKey,
-    row: &Model,
-    now: Timestamp,
-) -> Result<bool, Error> {
-    let response = serde_json::to_string(row)
-        .map_err(|e| Error::Internal(format!("cannot serialise a response for replay: {e}")))?;
-    let cutoff = now.saturating_sub(IDEMPOTENCY_RETENTION).unix_micros();
-    // An expired key with the same id makes room for the new one.
-    idempotency::Entity::delete_many()
-        .filter(idempotency::Column::EnterpriseId.eq(enterprise.as_uuid()))
-        .filter(idempotency::Column::RequestId.eq(key.request_id.as_uuid()))
-        .filter(idempotency::Column::CreatedAt.lt(cutoff))
-        .exec(txn)
-        .await
-        .map_err(classify)?;
-    let inserted = idempotency::Entity::insert(idempotency::ActiveModel {
-        enterprise_id: Set(enterprise.as_uuid()),
-        request_id: Set(key.request_id.as_uuid()),
-        operation: Set(key.operation.to_owned()),
-        request_fingerprint: Set(key.fingerprint.to_vec()),
-        response: Set(response),
-        created_at: Set(now.unix_micros()),
-    })
-    .on_conflict(OnConflict::new().do_nothing().to_owned())
-    .exec_without_returning(txn)
-    .await
-    .map_err(classify)?;
-    Ok(inserted == 1)
 }
 
 #[cfg(test)]
@@ -1164,6 +926,8 @@ mod tests {
     #[test]
     fn reads_select_every_column_but_the_link_hash_and_folded_email_in_declaration_order() {
         use sea_orm::{Iden, Iterable};
+
+        use super::entity::Column;
         // StoredRow::of_sqlx reads by position in the entity's declaration order.
         let declared: Vec<String> = Column::iter()
             .filter(|c| !matches!(c, Column::LinkTokenHash | Column::EmailNormalized))

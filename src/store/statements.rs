@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 use sea_orm::sea_query::{Value, Values};
 use sea_orm::{DbBackend, Statement};
 
+use super::queries::filters_statuses;
 use super::{CancelChange, ListFilter};
 use crate::domain::{EnterpriseId, InvitationId, InvitationStatus, Timestamp, Version};
 
@@ -87,11 +88,6 @@ fn list_shape(filter: &ListFilter<'_>) -> usize {
         | statuses << 3
 }
 
-/// Whether the statuses narrow the page (none, or all of them, do not).
-pub(super) fn filters_statuses(filter: &ListFilter<'_>) -> bool {
-    !filter.statuses.is_empty() && filter.statuses.len() < InvitationStatus::ALL.len()
-}
-
 /// The page's bind values, in the order of `Store::list_select`'s conditions.
 fn list_values(filter: &ListFilter<'_>) -> Values {
     let mut values = Vec::with_capacity(12);
@@ -115,7 +111,7 @@ fn list_values(filter: &ListFilter<'_>) -> Values {
     Values(values)
 }
 
-/// The values of `super::effective_status_is(status, now)`, in its order.
+/// The values of `queries::effective_status_is(status, now)`, in its order.
 fn effective_status_values(values: &mut Vec<Value>, status: InvitationStatus, now: Timestamp) {
     let now = now.unix_micros();
     match status {
@@ -134,7 +130,7 @@ fn effective_status_values(values: &mut Vec<Value>, status: InvitationStatus, no
     }
 }
 
-/// The cancel's bind values, in the order of `Store::cancel_update`'s assignments and
+/// The cancel's bind values, in the order of `Tenant::cancel_update`'s assignments and
 /// conditions.
 pub(super) fn cancel_values(
     enterprise: EnterpriseId,
@@ -153,8 +149,8 @@ pub(super) fn cancel_values(
     values.push(Value::from(change.at.unix_micros()));
     values.push(Value::from(expected.next().get()));
     values.push(Value::from(Option::<Vec<u8>>::None));
-    values.push(Value::from(id.as_uuid()));
     values.push(Value::from(enterprise.as_uuid()));
+    values.push(Value::from(id.as_uuid()));
     values.push(Value::from(expected.get()));
     effective_status_values(&mut values, InvitationStatus::Pending, now);
     Values(values)
@@ -166,7 +162,7 @@ mod tests {
 
     use super::*;
     use crate::domain::{CancelReason, EmailAddress, PageCursor, Scope, StatusFilter, UserRef};
-    use crate::store::Store;
+    use crate::store::queries::Tenant;
 
     const BACKENDS: [DbBackend; 2] = [DbBackend::Postgres, DbBackend::Sqlite];
 
@@ -201,8 +197,9 @@ mod tests {
                         limit,
                         now: Timestamp::from_unix_micros(now),
                     };
-                    let built = Store::page_statement(&filter, backend);
-                    let reused = rendered.list(&filter, || Store::page_statement(&filter, backend));
+                    let page = || Tenant::of(enterprise).page(&filter, backend);
+                    let built = page();
+                    let reused = rendered.list(&filter, page);
                     assert_eq!(reused.sql, built.sql, "shape {shape}");
                     assert_eq!(reused.values, built.values, "shape {shape}: {}", built.sql);
                     assert_eq!(reused.db_backend, backend);
@@ -226,12 +223,7 @@ mod tests {
                 };
                 let expected = Version::from_stored(version);
                 let now = Timestamp::from_unix_micros(6_000);
-                let build = || {
-                    super::super::returning_read_columns(
-                        Store::cancel_update(enterprise, id, expected, &change, now),
-                        backend,
-                    )
-                };
+                let build = || Tenant::of(enterprise).cancel(id, expected, &change, now, backend);
                 let built = build();
                 let reused =
                     rendered.cancel(cancel_values(enterprise, id, expected, &change, now), build);

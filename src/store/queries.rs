@@ -1,0 +1,377 @@
+//! Every statement the service runs, built with SeaORM: open this file to answer "what SQL
+//! runs on cancel?" ([`Tenant::cancel_update`]). Nothing here executes; `mod.rs` runs what
+//! these build (`statements.rs` keeps the rendered text of the two hottest ones).
+//!
+//! Tenancy is a constructor: every statement on an enterprise's rows starts from
+//! [`Tenant`], which cannot be built without an enterprise, so the enterprise filter is
+//! written once. The one statement that is not an enterprise's is the invitee's lookup by
+//! link token ([`by_link`]): the token itself is the invitee's authority.
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, DbBackend, DeleteMany, EntityTrait, Insert,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, Statement, UpdateMany,
+};
+
+use super::entity::active_model;
+use super::entity::{self, Column, Entity};
+use super::idempotency;
+use crate::domain::{
+    CancelChange, EmailAddress, EnterpriseId, IDEMPOTENCY_RETENTION, IdempotencyKey, Invitation,
+    InvitationId, InvitationStatus, LinkTokenHash, ListFilter, RequestId, Timestamp, UserRef,
+    Version,
+};
+
+/// What every read selects and every conditional write returns, in this order (the row
+/// decoders of `mod.rs` read by position). The link hash is not among them: it never leaves
+/// the table. Nor is the case-folded e-mail: it is there for lookups, and the domain folds
+/// the address itself when it needs it.
+pub const READ_COLUMNS: [Column; 18] = [
+    Column::Id,
+    Column::EnterpriseId,
+    Column::Scope,
+    Column::EmailConstraint,
+    Column::Role,
+    Column::Status,
+    Column::InvitedBy,
+    Column::PendingHumanActorRef,
+    Column::ChallengeRef,
+    Column::CreatedAt,
+    Column::UpdatedAt,
+    Column::ExpiresAt,
+    Column::AcceptedAt,
+    Column::AcceptedBy,
+    Column::CancelledAt,
+    Column::CancelReason,
+    Column::CancelledBy,
+    Column::Version,
+];
+
+/// Whether the statuses narrow the page (none, or all of them, do not).
+pub fn filters_statuses(filter: &ListFilter<'_>) -> bool {
+    !filter.statuses.is_empty() && filter.statuses.len() < InvitationStatus::ALL.len()
+}
+
+/// One enterprise's rows: the only way to a statement on them.
+#[derive(Debug, Clone, Copy)]
+pub struct Tenant(EnterpriseId);
+
+impl Tenant {
+    pub fn of(enterprise: EnterpriseId) -> Self {
+        Self(enterprise)
+    }
+
+    fn rows(self) -> Condition {
+        Condition::all().add(Column::EnterpriseId.eq(self.0.as_uuid()))
+    }
+
+    fn select(self) -> Select<Entity> {
+        Entity::find().filter(self.rows())
+    }
+
+    fn update(self) -> UpdateMany<Entity> {
+        Entity::update_many().filter(self.rows())
+    }
+
+    /// A page in (created_at desc, id desc) order, strictly after `filter.after`, by the
+    /// page index `(enterprise_id, created_at, id)`.
+    pub fn page(self, filter: &ListFilter<'_>, backend: DbBackend) -> Statement {
+        let mut query = self.select();
+        if let Some(scope) = filter.scope {
+            query = query.filter(Column::Scope.eq(scope.as_str()));
+        }
+        if let Some(email) = filter.email {
+            query = query.filter(Column::EmailNormalized.eq(email.normalized()));
+        }
+        if filters_statuses(filter) {
+            let any = filter
+                .statuses
+                .iter()
+                .fold(Condition::any(), |any, status| {
+                    any.add(effective_status_is(*status, filter.now))
+                });
+            query = query.filter(any);
+        }
+        if let Some(after) = filter.after {
+            // A row-value comparison, which both stores serve from the page index as a range.
+            query = query.filter(
+                Expr::tuple([Expr::col(Column::CreatedAt), Expr::col(Column::Id)]).lt(Expr::tuple(
+                    [
+                        Expr::val(after.created_at.unix_micros()),
+                        Expr::val(after.id.as_uuid()),
+                    ],
+                )),
+            );
+        }
+        readable(
+            query
+                .order_by_desc(Column::CreatedAt)
+                .order_by_desc(Column::Id)
+                .limit(filter.limit),
+            backend,
+        )
+    }
+
+    /// One invitation by id.
+    pub fn get(self, id: InvitationId, backend: DbBackend) -> Statement {
+        readable(self.select().filter(Column::Id.eq(id.as_uuid())), backend)
+    }
+
+    /// The cancel: one conditional write on (id, enterprise, version, effective pending at
+    /// `now`) that also revokes the link, returning the row as it is after.
+    pub fn cancel(
+        self,
+        id: InvitationId,
+        expected: Version,
+        change: &CancelChange,
+        now: Timestamp,
+        backend: DbBackend,
+    ) -> Statement {
+        returning(self.cancel_update(id, expected, change, now), backend)
+    }
+
+    /// [`Tenant::cancel`] as SeaORM's update, for a transaction that stores its row.
+    pub fn cancel_update(
+        self,
+        id: InvitationId,
+        expected: Version,
+        change: &CancelChange,
+        now: Timestamp,
+    ) -> UpdateMany<Entity> {
+        self.update()
+            .col_expr(
+                Column::Status,
+                Expr::value(InvitationStatus::Cancelled.as_str()),
+            )
+            .col_expr(Column::CancelledAt, Expr::value(change.at.unix_micros()))
+            .col_expr(Column::CancelledBy, Expr::value(change.by.to_string()))
+            .col_expr(
+                Column::CancelReason,
+                Expr::value(change.reason.as_ref().map(|r| r.as_str().to_owned())),
+            )
+            .col_expr(Column::UpdatedAt, Expr::value(change.at.unix_micros()))
+            .col_expr(Column::Version, Expr::value(expected.next().get()))
+            .col_expr(Column::LinkTokenHash, Expr::value(Option::<Vec<u8>>::None))
+            .filter(Column::Id.eq(id.as_uuid()))
+            .filter(Column::Version.eq(expected.get()))
+            .filter(effective_status_is(InvitationStatus::Pending, now))
+    }
+
+    /// A new link (replacing any previous one) and optionally a new expiry: one conditional
+    /// write on (id, enterprise, effective pending[, version]), returning the row after.
+    pub fn issue_link(
+        self,
+        id: InvitationId,
+        expected: Option<Version>,
+        link: LinkTokenHash,
+        expires_at: Option<Timestamp>,
+        now: Timestamp,
+        backend: DbBackend,
+    ) -> Statement {
+        let mut update = self
+            .update()
+            .col_expr(Column::LinkTokenHash, Expr::value(link.0.to_vec()))
+            .col_expr(Column::UpdatedAt, Expr::value(now.unix_micros()))
+            .col_expr(Column::Version, Expr::col(Column::Version).add(1))
+            .filter(Column::Id.eq(id.as_uuid()))
+            .filter(effective_status_is(InvitationStatus::Pending, now));
+        if let Some(expires_at) = expires_at {
+            update = update.col_expr(Column::ExpiresAt, Expr::value(expires_at.unix_micros()));
+        }
+        if let Some(expected) = expected {
+            update = update.filter(Column::Version.eq(expected.get()));
+        }
+        returning(update, backend)
+    }
+
+    /// Pending invitations for `email` (of the tenant's rows they are applied to).
+    fn pending_for(email: &EmailAddress) -> Condition {
+        Condition::all()
+            .add(Column::EmailNormalized.eq(email.normalized()))
+            .add(Column::Status.eq(InvitationStatus::Pending.as_str()))
+    }
+
+    /// Before a create: a pending invitation for the same address whose `expires_at` has
+    /// passed is stored as expired (its version moves, as for every change), so that the
+    /// unique index on pending rows only sees live ones.
+    pub fn expire_lapsed(self, email: &EmailAddress, now: Timestamp) -> UpdateMany<Entity> {
+        self.update()
+            .col_expr(
+                Column::Status,
+                Expr::value(InvitationStatus::Expired.as_str()),
+            )
+            .col_expr(Column::UpdatedAt, Expr::value(now.unix_micros()))
+            .col_expr(Column::Version, Expr::col(Column::Version).add(1))
+            .filter(Self::pending_for(email))
+            .filter(Column::ExpiresAt.lte(now.unix_micros()))
+    }
+
+    /// The create: an insert that does nothing when the unique index on pending rows (one per
+    /// enterprise and address) already has one.
+    pub fn insert_pending(self, invitation: &Invitation) -> Insert<entity::ActiveModel> {
+        debug_assert_eq!(invitation.enterprise, self.0);
+        Entity::insert(active_model(invitation))
+            .on_conflict(OnConflict::new().do_nothing().to_owned())
+    }
+
+    /// The pending invitation for `email` that a create collided with.
+    pub fn pending_with_address(self, email: &EmailAddress) -> Select<Entity> {
+        self.select().filter(Self::pending_for(email))
+    }
+
+    /// The response stored under `request_id` within the retention period.
+    pub fn prior_response(
+        self,
+        request_id: RequestId,
+        now: Timestamp,
+    ) -> Select<idempotency::Entity> {
+        idempotency::Entity::find()
+            .filter(idempotency::Column::EnterpriseId.eq(self.0.as_uuid()))
+            .filter(idempotency::Column::RequestId.eq(request_id.as_uuid()))
+            .filter(idempotency::Column::CreatedAt.gte(retention_cutoff(now)))
+    }
+
+    /// An expired response under the same `request_id`, making room for a new one.
+    pub fn forget_lapsed_response(
+        self,
+        request_id: RequestId,
+        now: Timestamp,
+    ) -> DeleteMany<idempotency::Entity> {
+        idempotency::Entity::delete_many()
+            .filter(idempotency::Column::EnterpriseId.eq(self.0.as_uuid()))
+            .filter(idempotency::Column::RequestId.eq(request_id.as_uuid()))
+            .filter(idempotency::Column::CreatedAt.lt(retention_cutoff(now)))
+    }
+
+    /// Stores a response under `key`, unless a response is stored under it already.
+    pub fn store_response(
+        self,
+        key: &IdempotencyKey,
+        response: String,
+        now: Timestamp,
+    ) -> Insert<idempotency::ActiveModel> {
+        idempotency::Entity::insert(idempotency::ActiveModel {
+            enterprise_id: Set(self.0.as_uuid()),
+            request_id: Set(key.request_id.as_uuid()),
+            operation: Set(key.operation.to_owned()),
+            request_fingerprint: Set(key.fingerprint.to_vec()),
+            response: Set(response),
+            created_at: Set(now.unix_micros()),
+        })
+        .on_conflict(OnConflict::new().do_nothing().to_owned())
+    }
+}
+
+/// The invitation whose current link this is, whatever its enterprise.
+pub fn by_link(link: LinkTokenHash, backend: DbBackend) -> Statement {
+    readable(
+        Entity::find().filter(Column::LinkTokenHash.eq(link.0.to_vec())),
+        backend,
+    )
+}
+
+/// The accept: one conditional write on (link, effective pending, e-mail), returning the
+/// row after. The link stays, so the same invitee repeating the accept finds it accepted
+/// by them.
+pub fn accept_by_link(
+    link: LinkTokenHash,
+    invitee_email: &EmailAddress,
+    invitee: UserRef,
+    now: Timestamp,
+    backend: DbBackend,
+) -> Statement {
+    let update = Entity::update_many()
+        .col_expr(
+            Column::Status,
+            Expr::value(InvitationStatus::Accepted.as_str()),
+        )
+        .col_expr(Column::AcceptedAt, Expr::value(now.unix_micros()))
+        .col_expr(Column::AcceptedBy, Expr::value(invitee.to_string()))
+        .col_expr(Column::UpdatedAt, Expr::value(now.unix_micros()))
+        .col_expr(Column::Version, Expr::col(Column::Version).add(1))
+        .filter(Column::LinkTokenHash.eq(link.0.to_vec()))
+        .filter(Column::EmailNormalized.eq(invitee_email.normalized()))
+        .filter(effective_status_is(InvitationStatus::Pending, now));
+    returning(update, backend)
+}
+
+/// Every enterprise's responses older than the retention period (housekeeping).
+pub fn purge_lapsed_responses(now: Timestamp) -> DeleteMany<idempotency::Entity> {
+    idempotency::Entity::delete_many()
+        .filter(idempotency::Column::CreatedAt.lt(retention_cutoff(now)))
+}
+
+fn retention_cutoff(now: Timestamp) -> i64 {
+    now.saturating_sub(IDEMPOTENCY_RETENTION).unix_micros()
+}
+
+/// Rows whose effective status (see `Invitation::status_at`) is `status` at `now`.
+fn effective_status_is(status: InvitationStatus, now: Timestamp) -> Condition {
+    let stored = |s: InvitationStatus| Column::Status.eq(s.as_str());
+    let now = now.unix_micros();
+    match status {
+        InvitationStatus::Pending => Condition::all()
+            .add(stored(InvitationStatus::Pending))
+            .add(Column::ExpiresAt.gt(now)),
+        InvitationStatus::Expired => Condition::any().add(stored(InvitationStatus::Expired)).add(
+            Condition::all()
+                .add(stored(InvitationStatus::Pending))
+                .add(Column::ExpiresAt.lte(now)),
+        ),
+        InvitationStatus::Accepted | InvitationStatus::Cancelled => {
+            Condition::all().add(stored(status))
+        }
+    }
+}
+
+/// `select`, reading [`READ_COLUMNS`] (never the link hash).
+fn readable(select: Select<Entity>, backend: DbBackend) -> Statement {
+    select.select_only().columns(READ_COLUMNS).build(backend)
+}
+
+/// `update`, returning [`READ_COLUMNS`] of the row it changes.
+fn returning(update: UpdateMany<Entity>, backend: DbBackend) -> Statement {
+    let mut query = update.into_query();
+    query.returning(sea_orm::sea_query::Query::returning().columns(READ_COLUMNS));
+    backend.build(&query)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{InvitationId, UserRef};
+
+    /// The SQL of the cancel, as PostgreSQL receives it: the statement this file exists to
+    /// show. A change to it is a change to the service's one conditional write.
+    #[test]
+    fn the_cancel_is_one_conditional_update() {
+        let change = CancelChange {
+            at: Timestamp::from_unix_micros(2),
+            by: UserRef::from_uuid(uuid::Uuid::nil()),
+            reason: None,
+        };
+        let statement = Tenant::of(EnterpriseId::from_uuid(uuid::Uuid::nil())).cancel(
+            InvitationId::from_uuid(uuid::Uuid::nil()),
+            Version::FIRST,
+            &change,
+            Timestamp::from_unix_micros(1),
+            DbBackend::Postgres,
+        );
+        let sql = statement.sql;
+        assert!(
+            sql.starts_with("UPDATE \"invitations\" SET \"status\" = $1"),
+            "{sql}"
+        );
+        for condition in [
+            "\"enterprise_id\" = ",
+            "\"id\" = ",
+            "\"version\" = ",
+            "\"status\" = ",
+            "\"expires_at\" > ",
+        ] {
+            assert!(sql.contains(condition), "{condition} in {sql}");
+        }
+        assert!(sql.contains("\"link_token_hash\" = $"), "{sql}");
+        assert!(sql.contains(" RETURNING "), "{sql}");
+        assert!(!sql.contains("RETURNING \"link_token_hash\""), "{sql}");
+    }
+}
