@@ -1,7 +1,7 @@
 //! The chart: throughput and p99 against concurrency, as SVG.
 
 /// Throughput and p99 against concurrency, for the largest single-enterprise dataset.
-fn chart(results: &Results) -> String {
+pub(crate) fn chart(results: &Results) -> String {
     let m = medians(&results.records);
     let size = results
         .records

@@ -1,12 +1,12 @@
 //! Measurements: the closed loop every variant is driven by, and the sample it yields.
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Sample {
-    rps: f64,
-    p50_us: f64,
-    p99_us: f64,
+pub(crate) struct Sample {
+    pub(crate) rps: f64,
+    pub(crate) p50_us: f64,
+    pub(crate) p99_us: f64,
     n: u64,
-    codes: BTreeMap<String, u64>,
+    pub(crate) codes: BTreeMap<String, u64>,
 }
 
 fn percentile(sorted: &[u64], q: f64) -> f64 {
@@ -17,7 +17,7 @@ fn percentile(sorted: &[u64], q: f64) -> f64 {
     sorted[rank - 1] as f64
 }
 
-fn sample_from(
+pub(crate) fn sample_from(
     mut latencies_ns: Vec<u64>,
     elapsed: Duration,
     codes: BTreeMap<String, u64>,
@@ -35,7 +35,7 @@ fn sample_from(
 
 /// How long a closed loop runs.
 #[derive(Debug, Clone, Copy)]
-enum Span {
+pub(crate) enum Span {
     /// Warm up, then count what completes within `measure`.
     Timed { warmup: Duration, measure: Duration },
     /// Exactly `total` calls (call `i` gets index `i`); the first `warm` are not counted.
@@ -43,7 +43,7 @@ enum Span {
 }
 
 /// `conc` tasks, each calling `call(task, index)` back to back.
-async fn closed_loop<F, Fut>(conc: usize, span: Span, call: F) -> Sample
+pub(crate) async fn closed_loop<F, Fut>(conc: usize, span: Span, call: F) -> Sample
 where
     F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), String>> + Send + 'static,
@@ -126,7 +126,7 @@ where
     sample_from(latencies, elapsed, codes)
 }
 
-fn splitmix(mut x: u64) -> u64 {
+pub(crate) fn splitmix(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

@@ -32,7 +32,7 @@ async fn deep_token(
     (page_token, clock.created_at(last), last)
 }
 
-async fn run_dataset(
+pub(crate) async fn run_dataset(
     plan: &Plan,
     store: StoreKind,
     layout: Layout,
@@ -227,7 +227,7 @@ async fn run_dataset(
 /// other, the two sizes are minutes apart, and the machine's drift over those minutes shows
 /// up as a size effect (round 9: the bare SQL 13 to 16 % faster on 1M rows than on 1k at
 /// c >= 8 in two runs, flat when alternated).
-async fn run_flat_pair(
+pub(crate) async fn run_flat_pair(
     plan: &Plan,
     store: StoreKind,
     layout: Layout,

@@ -1,6 +1,6 @@
 //! Databases: a fresh one per dataset, migrated by the service's own store, seeded in batches.
 
-async fn sqlite_pool(path: &Path, connections: u32) -> sqlx::SqlitePool {
+pub(crate) async fn sqlite_pool(path: &Path, connections: u32) -> sqlx::SqlitePool {
     use sqlx::sqlite::{
         SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
     };
@@ -33,17 +33,17 @@ fn with_database(url: &str, name: &str) -> String {
 }
 
 /// A fresh benchmark database; dropped by [`Db::drop_db`].
-struct Db {
+pub(crate) struct Db {
     store: StoreKind,
-    url: String,
+    pub(crate) url: String,
     admin_url: Option<String>,
     name: String,
     _dir: Option<tempfile::TempDir>,
-    sqlite_path: Option<PathBuf>,
+    pub(crate) sqlite_path: Option<PathBuf>,
 }
 
 impl Db {
-    async fn create(store: StoreKind, pg_url: Option<&str>, name: &str) -> Db {
+    pub(crate) async fn create(store: StoreKind, pg_url: Option<&str>, name: &str) -> Db {
         match store {
             StoreKind::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
@@ -86,7 +86,7 @@ impl Db {
     }
 
     /// Applies the service's migrations through its own store.
-    async fn migrate(&self) {
+    pub(crate) async fn migrate(&self) {
         let store = Store::connect(&StoreSettings {
             url: self.url.as_str().into(),
             max_connections: 1,
@@ -120,7 +120,7 @@ impl Db {
         }
     }
 
-    async fn count(&self, where_: &str) -> i64 {
+    pub(crate) async fn count(&self, where_: &str) -> i64 {
         let sql = format!("SELECT count(*) FROM invitations WHERE {where_}");
         match self.store {
             StoreKind::Postgres => {
@@ -147,7 +147,7 @@ impl Db {
     }
 
     /// Seeds rows in batches (one statement per batch).
-    async fn seed(&self, layout: Layout, from: u64, count: u64, clock: Clock, pool: bool) {
+    pub(crate) async fn seed(&self, layout: Layout, from: u64, count: u64, clock: Clock, pool: bool) {
         const BATCH: u64 = 250_000;
         let mut at = from;
         while at < from + count {
@@ -161,7 +161,7 @@ impl Db {
         }
     }
 
-    async fn drop_db(self) {
+    pub(crate) async fn drop_db(self) {
         if let Some(admin_url) = &self.admin_url {
             let admin = sqlx::PgPool::connect(admin_url).await.expect("connect");
             let _ = sqlx::raw_sql(AssertSqlSafe(format!(

@@ -1,6 +1,6 @@
 //! EXPLAIN: every List filter combination and Cancel on the 1M-row table.
 
-async fn explain(plan: &Plan, store: StoreKind) -> String {
+pub(crate) async fn explain(plan: &Plan, store: StoreKind) -> String {
     use InvitationStatus::*;
     let size = plan.sizes.iter().copied().max().unwrap_or(1_000_000);
     let db = Db::create(store, plan.pg_url.as_deref(), "invitations_bench_explain").await;

@@ -1,6 +1,6 @@
 //! The gRPC load generator: connections, callers' tokens, and the List and Cancel loops.
 
-async fn connect_clients(addr: SocketAddr, conc: usize) -> Vec<InvitationServiceClient<Channel>> {
+pub(crate) async fn connect_clients(addr: SocketAddr, conc: usize) -> Vec<InvitationServiceClient<Channel>> {
     let channels = connect_channels(addr, conc).await;
     channels
         .into_iter()
@@ -8,7 +8,7 @@ async fn connect_clients(addr: SocketAddr, conc: usize) -> Vec<InvitationService
         .collect()
 }
 
-async fn connect_channels(addr: SocketAddr, conc: usize) -> Vec<Channel> {
+pub(crate) async fn connect_channels(addr: SocketAddr, conc: usize) -> Vec<Channel> {
     // One HTTP/2 connection per 8 callers, as a client pool would.
     let conns = conc.div_ceil(8).max(1);
     let mut channels = Vec::with_capacity(conns);
@@ -52,15 +52,15 @@ fn code_name(status: &tonic::Status) -> String {
     format!("{:?}", status.code())
 }
 
-struct ListLoad {
-    channels: Vec<Channel>,
-    tokens: Arc<Vec<MetadataValue<Ascii>>>,
-    page_size: i32,
-    page_token: String,
-    expect_items: usize,
+pub(crate) struct ListLoad {
+    pub(crate) channels: Vec<Channel>,
+    pub(crate) tokens: Arc<Vec<MetadataValue<Ascii>>>,
+    pub(crate) page_size: i32,
+    pub(crate) page_token: String,
+    pub(crate) expect_items: usize,
 }
 
-async fn grpc_list(load: ListLoad, conc: usize, span: Span) -> Sample {
+pub(crate) async fn grpc_list(load: ListLoad, conc: usize, span: Span) -> Sample {
     let load = Arc::new(load);
     closed_loop(conc, span, move |index, task| {
         let load = load.clone();
@@ -87,13 +87,13 @@ async fn grpc_list(load: ListLoad, conc: usize, span: Span) -> Sample {
 
 /// One invitation to cancel: id, etag, the caller's token.
 #[derive(Clone)]
-struct CancelTarget {
-    id: String,
-    etag: String,
-    token: MetadataValue<Ascii>,
+pub(crate) struct CancelTarget {
+    pub(crate) id: String,
+    pub(crate) etag: String,
+    pub(crate) token: MetadataValue<Ascii>,
 }
 
-async fn grpc_cancel(
+pub(crate) async fn grpc_cancel(
     clients: Vec<InvitationServiceClient<Channel>>,
     targets: Arc<Vec<CancelTarget>>,
     conc: usize,
@@ -122,7 +122,7 @@ fn bearer(token: &str) -> MetadataValue<Ascii> {
     format!("Bearer {token}").parse().expect("ascii token")
 }
 
-fn tokens_for(layout: Layout) -> Arc<Vec<MetadataValue<Ascii>>> {
+pub(crate) fn tokens_for(layout: Layout) -> Arc<Vec<MetadataValue<Ascii>>> {
     let auth = Authenticator::hs256(JWT_SECRET.as_bytes(), JWT_ISSUER, JWT_ISSUER);
     let admin = UserRef::from_uuid(admin_uuid());
     Arc::new(
@@ -139,7 +139,7 @@ fn tokens_for(layout: Layout) -> Arc<Vec<MetadataValue<Ascii>>> {
     )
 }
 
-fn cancel_targets(
+pub(crate) fn cancel_targets(
     layout: Layout,
     tokens: &[MetadataValue<Ascii>],
     from: u64,

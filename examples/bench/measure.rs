@@ -2,24 +2,24 @@
 //! and a concurrency, recorded.
 
 /// How many ids the cancel race (many cancels of one invitation) uses, and cancels per id.
-const RACE_IDS: usize = 40;
+pub(crate) const RACE_IDS: usize = 40;
 const RACE_PER_ID: usize = 16;
 
-struct Ctx<'a> {
-    plan: &'a Plan,
-    store: StoreKind,
-    layout: Layout,
-    size: u64,
-    db: &'a Db,
-    pgbench: Option<PgBench>,
-    service: SocketAddr,
+pub(crate) struct Ctx<'a> {
+    pub(crate) plan: &'a Plan,
+    pub(crate) store: StoreKind,
+    pub(crate) layout: Layout,
+    pub(crate) size: u64,
+    pub(crate) db: &'a Db,
+    pub(crate) pgbench: Option<PgBench>,
+    pub(crate) service: SocketAddr,
     /// The no-op server, for the transport limit; none where that limit is not measured.
-    noop: Option<SocketAddr>,
-    tokens: Arc<Vec<MetadataValue<Ascii>>>,
-    records: Vec<Record>,
-    info: DatasetInfo,
+    pub(crate) noop: Option<SocketAddr>,
+    pub(crate) tokens: Arc<Vec<MetadataValue<Ascii>>>,
+    pub(crate) records: Vec<Record>,
+    pub(crate) info: DatasetInfo,
     /// The op first pages are recorded under: `list`, or `flat` in a size pair.
-    list_op: &'static str,
+    pub(crate) list_op: &'static str,
 }
 
 impl Ctx<'_> {
@@ -69,7 +69,7 @@ impl Ctx<'_> {
         });
     }
 
-    fn items_per_page(&self) -> usize {
+    pub(crate) fn items_per_page(&self) -> usize {
         (self.size / self.layout.enterprises()).min(PAGE_SIZE) as usize
     }
 
@@ -80,7 +80,7 @@ impl Ctx<'_> {
         }
     }
 
-    async fn measure_list(
+    pub(crate) async fn measure_list(
         &mut self,
         variant: &str,
         conc: usize,
@@ -154,7 +154,7 @@ impl Ctx<'_> {
         self.record(op, variant, conc, run, sample);
     }
 
-    async fn measure_cancel(
+    pub(crate) async fn measure_cancel(
         &mut self,
         variant: &str,
         conc: usize,
@@ -248,7 +248,7 @@ impl Ctx<'_> {
 
     /// Many concurrent cancels of the same invitation with the same (correct) etag: exactly
     /// one succeeds; the others see ABORTED or FAILED_PRECONDITION, nothing else.
-    async fn cancel_race(&mut self, next_pool: &mut u64) {
+    pub(crate) async fn cancel_race(&mut self, next_pool: &mut u64) {
         let clients = connect_clients(self.service, RACE_PER_ID).await;
         let targets = cancel_targets(self.layout, &self.tokens, *next_pool, RACE_IDS);
         *next_pool += RACE_IDS as u64;

@@ -86,7 +86,7 @@ impl InvitationService for Noop {
 }
 
 /// Serves the no-op service on the service's own transport settings; no layers, no auth.
-async fn serve_noop(listener: tokio::net::TcpListener) {
+pub(crate) async fn serve_noop(listener: tokio::net::TcpListener) {
     let limits = service_settings(
         "sqlite://unused.db",
         "127.0.0.1:0".parse().expect("addr"),
@@ -111,7 +111,7 @@ async fn serve_noop(listener: tokio::net::TcpListener) {
         .expect("the no-op server runs");
 }
 
-async fn start_noop(plan: &Plan) -> Server {
+pub(crate) async fn start_noop(plan: &Plan) -> Server {
     if plan.inproc {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

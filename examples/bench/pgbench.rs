@@ -1,19 +1,19 @@
 //! The database limit on PostgreSQL: pgbench with a custom script of the service's SQL.
 
-struct PgBench {
+pub(crate) struct PgBench {
     bin: PathBuf,
     url: String,
     pin: bool,
 }
 
-enum PgSpan {
+pub(crate) enum PgSpan {
     Secs(u64),
     PerClient(usize),
 }
 
 impl PgBench {
     /// pgbench on `url`, for PostgreSQL when one was found.
-    fn for_database(plan: &Plan, store: StoreKind, url: &str) -> Option<Self> {
+    pub(crate) fn for_database(plan: &Plan, store: StoreKind, url: &str) -> Option<Self> {
         match (store, &plan.pgbench) {
             (StoreKind::Postgres, Some(bin)) => Some(Self {
                 bin: bin.clone(),
@@ -28,7 +28,7 @@ impl PgBench {
         }
     }
 
-    fn run(
+    pub(crate) fn run(
         &self,
         script: &str,
         conc: usize,
@@ -119,7 +119,7 @@ fn pg_enterprise_expr(var: &str, enterprises: u64) -> String {
     }
 }
 
-fn pg_list_script(enterprises: u64, deep: bool) -> String {
+pub(crate) fn pg_list_script(enterprises: u64, deep: bool) -> String {
     let ent = pg_enterprise_expr(":e", enterprises);
     let cursor = deep.then_some((
         ":cc::bigint",
@@ -132,7 +132,7 @@ fn pg_list_script(enterprises: u64, deep: bool) -> String {
     )
 }
 
-fn pg_cancel_script(enterprises: u64) -> String {
+pub(crate) fn pg_cancel_script(enterprises: u64) -> String {
     let admin = format!("'users/{}'", admin_uuid());
     let params = move |i: usize| -> String {
         match i {

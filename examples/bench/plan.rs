@@ -1,18 +1,18 @@
 //! The command line, and the plan it becomes: what a run does, with every default filled in.
 
-const PAGE_SIZE: u64 = 50;
+pub(crate) const PAGE_SIZE: u64 = 50;
 const ENTERPRISES_SPREAD: u64 = 1000;
 /// The page after this many pages of 50 is the "deep page".
-const DEEP_PAGES: u64 = 10_000;
+pub(crate) const DEEP_PAGES: u64 = 10_000;
 
 /// The kind of a dataset measured as one side of a size pair (`--ops flat`), and the op its
 /// first pages are recorded under.
-const FLAT_PAIR: &str = "flat";
+pub(crate) const FLAT_PAIR: &str = "flat";
 
 /// Benchmarks ListInvitations and CancelInvitation against the transport and database limits.
 #[derive(Debug, Parser)]
 #[command(name = "bench")]
-struct Opts {
+pub(crate) struct Opts {
     /// A short run (seconds): 1 000 rows, concurrency 1 and 8, one round; SQLite, and
     /// PostgreSQL when TEST_DATABASE_URL is set. Exits non-zero only on errors.
     #[arg(long)]
@@ -22,13 +22,13 @@ struct Opts {
     full: bool,
     /// Seed the 1M-row table and write EXPLAIN plans of every List filter and of Cancel.
     #[arg(long)]
-    explain: bool,
+    pub(crate) explain: bool,
     /// Print the tables and targets from the results file and redraw the chart.
     #[arg(long)]
-    report: bool,
+    pub(crate) report: bool,
     /// (internal) serve the no-op InvitationService and print its address.
     #[arg(long, hide = true)]
-    serve_noop: bool,
+    pub(crate) serve_noop: bool,
 
     /// Stores: sqlite, postgres (comma-separated). Default: both (postgres only with a URL).
     #[arg(long, value_delimiter = ',')]
@@ -96,13 +96,13 @@ struct Opts {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StoreKind {
+pub(crate) enum StoreKind {
     Sqlite,
     Postgres,
 }
 
 impl StoreKind {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Sqlite => "sqlite",
             Self::Postgres => "postgres",
@@ -111,19 +111,19 @@ impl StoreKind {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Layout {
+pub(crate) enum Layout {
     Single,
     Spread,
 }
 
 impl Layout {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Single => "single",
             Self::Spread => "spread",
         }
     }
-    fn enterprises(self) -> u64 {
+    pub(crate) fn enterprises(self) -> u64 {
         match self {
             Self::Single => 1,
             Self::Spread => ENTERPRISES_SPREAD,
@@ -133,29 +133,29 @@ impl Layout {
 
 /// What a run does, with every default filled in.
 #[derive(Debug, Clone)]
-struct Plan {
-    stores: Vec<StoreKind>,
-    sizes: Vec<u64>,
-    layouts: Vec<Layout>,
-    ops: Vec<String>,
+pub(crate) struct Plan {
+    pub(crate) stores: Vec<StoreKind>,
+    pub(crate) sizes: Vec<u64>,
+    pub(crate) layouts: Vec<Layout>,
+    pub(crate) ops: Vec<String>,
     /// The small and the large table of the size pair (`flat`).
-    flat_sizes: (u64, u64),
-    conc: Vec<usize>,
-    deep_conc: Vec<usize>,
-    runs: usize,
-    secs: u64,
-    warmup: Duration,
-    cancels: usize,
-    pg_url: Option<String>,
-    inproc: bool,
-    server_bin: PathBuf,
-    pgbench: Option<PathBuf>,
-    pin: bool,
-    pin_db: bool,
-    out: Option<PathBuf>,
-    chart: Option<PathBuf>,
-    db_max_connections: Option<u32>,
-    label: String,
+    pub(crate) flat_sizes: (u64, u64),
+    pub(crate) conc: Vec<usize>,
+    pub(crate) deep_conc: Vec<usize>,
+    pub(crate) runs: usize,
+    pub(crate) secs: u64,
+    pub(crate) warmup: Duration,
+    pub(crate) cancels: usize,
+    pub(crate) pg_url: Option<String>,
+    pub(crate) inproc: bool,
+    pub(crate) server_bin: PathBuf,
+    pub(crate) pgbench: Option<PathBuf>,
+    pub(crate) pin: bool,
+    pub(crate) pin_db: bool,
+    pub(crate) out: Option<PathBuf>,
+    pub(crate) chart: Option<PathBuf>,
+    pub(crate) db_max_connections: Option<u32>,
+    pub(crate) label: String,
 }
 
 fn find_pgbench() -> Option<PathBuf> {
@@ -185,7 +185,7 @@ fn default_server_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target/release/invitations"))
 }
 
-fn plan_from(opts: &Opts) -> Result<Plan, String> {
+pub(crate) fn plan_from(opts: &Opts) -> Result<Plan, String> {
     // --explain and --report use the full defaults (1M rows, both stores).
     let quick = opts.quick || !(opts.full || opts.explain || opts.report);
     let benchmarking = !(opts.explain || opts.report);

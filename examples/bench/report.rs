@@ -14,16 +14,16 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Med {
-    rps: f64,
+pub(crate) struct Med {
+    pub(crate) rps: f64,
     p50: f64,
-    p99: f64,
+    pub(crate) p99: f64,
     runs: usize,
 }
 
-type Key = (String, String, u64, String, String, usize);
+pub(crate) type Key = (String, String, u64, String, String, usize);
 
-fn medians(records: &[Record]) -> BTreeMap<Key, Med> {
+pub(crate) fn medians(records: &[Record]) -> BTreeMap<Key, Med> {
     let mut groups: BTreeMap<Key, Vec<&Record>> = BTreeMap::new();
     for r in records {
         groups
@@ -52,11 +52,11 @@ fn medians(records: &[Record]) -> BTreeMap<Key, Med> {
         .collect()
 }
 
-fn combined(a: f64, b: f64) -> f64 {
+pub(crate) fn combined(a: f64, b: f64) -> f64 {
     1.0 / (1.0 / a + 1.0 / b)
 }
 
-fn get(
+pub(crate) fn get(
     m: &BTreeMap<Key, Med>,
     store: &str,
     layout: &str,
@@ -77,7 +77,7 @@ fn get(
 }
 
 /// The tables, in Markdown, and the target checks.
-fn report(results: &Results) -> (String, bool) {
+pub(crate) fn report(results: &Results) -> (String, bool) {
     let m = medians(&results.records);
     let mut out = String::new();
     let mut any_error = false;

@@ -1,47 +1,47 @@
 //! The results: what a run records, and the file that keeps them across runs.
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Record {
-    store: String,
-    layout: String,
-    size: u64,
-    op: String,
-    variant: String,
-    conc: usize,
-    run: usize,
+pub(crate) struct Record {
+    pub(crate) store: String,
+    pub(crate) layout: String,
+    pub(crate) size: u64,
+    pub(crate) op: String,
+    pub(crate) variant: String,
+    pub(crate) conc: usize,
+    pub(crate) run: usize,
     #[serde(flatten)]
-    sample: Sample,
+    pub(crate) sample: Sample,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct DatasetInfo {
-    store: String,
-    layout: String,
-    size: u64,
+pub(crate) struct DatasetInfo {
+    pub(crate) store: String,
+    pub(crate) layout: String,
+    pub(crate) size: u64,
     /// Empty for a dataset of its own; [`FLAT_PAIR`] for one side of a size pair.
     #[serde(default)]
-    kind: String,
-    label: String,
-    seed_secs: f64,
-    server_peak_rss_kib: Option<u64>,
-    noop_peak_rss_kib: Option<u64>,
+    pub(crate) kind: String,
+    pub(crate) label: String,
+    pub(crate) seed_secs: f64,
+    pub(crate) server_peak_rss_kib: Option<u64>,
+    pub(crate) noop_peak_rss_kib: Option<u64>,
     /// Processes or threads doing the database's work for the service that were moved to
     /// core 1 (`--pin-db`): PostgreSQL backends, SQLite threads; none when nothing was moved.
-    database_work_on_core_1: Option<u64>,
+    pub(crate) database_work_on_core_1: Option<u64>,
     /// Encoded response sizes (bytes): the real answer and the no-op's.
-    list_bytes_service: usize,
-    list_bytes_noop: usize,
-    cancel_bytes_service: usize,
-    cancel_bytes_noop: usize,
+    pub(crate) list_bytes_service: usize,
+    pub(crate) list_bytes_noop: usize,
+    pub(crate) cancel_bytes_service: usize,
+    pub(crate) cancel_bytes_noop: usize,
     /// Codes of the contended cancel storm (RACE_PER_ID cancels of each of RACE_IDS ids).
-    race_codes: BTreeMap<String, u64>,
-    race_one_winner_each: bool,
-    errors: Vec<String>,
+    pub(crate) race_codes: BTreeMap<String, u64>,
+    pub(crate) race_one_winner_each: bool,
+    pub(crate) errors: Vec<String>,
 }
 
 impl DatasetInfo {
     /// `store layout size`, and `(pair)` for one side of a size pair.
-    fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         let pair = if self.kind == FLAT_PAIR {
             " (pair)"
         } else {
@@ -52,13 +52,13 @@ impl DatasetInfo {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Results {
-    machine: BTreeMap<String, String>,
-    datasets: Vec<DatasetInfo>,
-    records: Vec<Record>,
+pub(crate) struct Results {
+    pub(crate) machine: BTreeMap<String, String>,
+    pub(crate) datasets: Vec<DatasetInfo>,
+    pub(crate) records: Vec<Record>,
 }
 
-fn machine_info(pg_url: Option<&str>) -> BTreeMap<String, String> {
+pub(crate) fn machine_info(pg_url: Option<&str>) -> BTreeMap<String, String> {
     let mut info = BTreeMap::new();
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     if let Some(model) = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")) {
@@ -107,7 +107,7 @@ fn machine_info(pg_url: Option<&str>) -> BTreeMap<String, String> {
     info
 }
 
-fn load_results(path: &Path) -> Results {
+pub(crate) fn load_results(path: &Path) -> Results {
     std::fs::read_to_string(path)
         .ok()
         .and_then(|text| serde_json::from_str(&text).ok())

@@ -1,6 +1,6 @@
 //! The seeded data: deterministic, so the harness, SQL and pgbench agree without a lookup.
 
-const COLUMNS: [&str; 20] = [
+pub(crate) const COLUMNS: [&str; 20] = [
     "id",
     "enterprise_id",
     "scope",
@@ -24,18 +24,18 @@ const COLUMNS: [&str; 20] = [
 ];
 
 /// `{prefix:08x}-0000-4000-8000-{n:012x}`.
-fn mk_uuid(prefix: u32, n: u64) -> Uuid {
+pub(crate) fn mk_uuid(prefix: u32, n: u64) -> Uuid {
     Uuid::from_u128(
         (u128::from(prefix) << 96) | (0x4000u128 << 64) | (0x8000u128 << 48) | u128::from(n),
     )
 }
-const ID_PREFIX: u32 = 0xa000_0000;
-const POOL_PREFIX: u32 = 0xc000_0000;
+pub(crate) const ID_PREFIX: u32 = 0xa000_0000;
+pub(crate) const POOL_PREFIX: u32 = 0xc000_0000;
 const ENTERPRISE_PREFIX: u32 = 0xe000_0000;
-fn enterprise_uuid(e: u64) -> Uuid {
+pub(crate) fn enterprise_uuid(e: u64) -> Uuid {
     mk_uuid(ENTERPRISE_PREFIX, e)
 }
-fn admin_uuid() -> Uuid {
+pub(crate) fn admin_uuid() -> Uuid {
     mk_uuid(0xb000_0000, 1)
 }
 fn acceptor_uuid() -> Uuid {
@@ -47,7 +47,7 @@ fn role_uuid() -> Uuid {
 
 /// Instants shared by the seed and the load.
 #[derive(Debug, Clone, Copy)]
-struct Clock {
+pub(crate) struct Clock {
     /// created_at of row 0; row i is `t0 - i ms` (row 0 is the newest).
     t0: i64,
     /// expires_at of every live pending row.
@@ -55,14 +55,14 @@ struct Clock {
 }
 
 impl Clock {
-    fn now() -> Self {
+    pub(crate) fn now() -> Self {
         let now = Timestamp::now().unix_micros();
         Self {
             t0: now - 3_600_000_000,
             expires: now + 7 * 24 * 3_600_000_000,
         }
     }
-    fn created_at(self, i: u64) -> i64 {
+    pub(crate) fn created_at(self, i: u64) -> i64 {
         self.t0 - i as i64 * 1000
     }
 }
@@ -70,7 +70,7 @@ impl Clock {
 /// Row `i` as a domain invitation, exactly as the seed SQL writes it.
 /// Status by `i % 4`: pending (one in ten of those lapsed), accepted, cancelled, expired;
 /// every third row has the sub-scope `…/teams/blue`; four consecutive rows share an address.
-fn seeded_invitation(layout: Layout, i: u64, clock: Clock) -> Invitation {
+pub(crate) fn seeded_invitation(layout: Layout, i: u64, clock: Clock) -> Invitation {
     let e = EnterpriseId::from_uuid(enterprise_uuid(i % layout.enterprises()));
     let c = clock.created_at(i);
     let kind = i % 4;
@@ -119,7 +119,7 @@ fn seeded_invitation(layout: Layout, i: u64, clock: Clock) -> Invitation {
 }
 
 /// SQL that writes rows `from..from+count` (or cancel-pool rows) as [`seeded_invitation`] does.
-fn seed_sql(
+pub(crate) fn seed_sql(
     store: StoreKind,
     layout: Layout,
     from: u64,

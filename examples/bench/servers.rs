@@ -12,9 +12,9 @@ fn server_pids() -> std::sync::MutexGuard<'static, Vec<u32>> {
 /// A child process killed when dropped, or when the harness is interrupted, where no
 /// destructor runs (the no-op also exits when its stdin closes; the service has no such
 /// hook, and outlived an interrupted harness before).
-struct ChildGuard(Child);
+pub(crate) struct ChildGuard(Child);
 impl ChildGuard {
-    fn new(child: Child) -> Self {
+    pub(crate) fn new(child: Child) -> Self {
         server_pids().push(child.id());
         Self(child)
     }
@@ -30,7 +30,7 @@ impl Drop for ChildGuard {
 
 /// On SIGINT, SIGTERM or SIGHUP: stops the server processes and exits. On a thread and a
 /// runtime of its own, so a busy load generator cannot hold it up.
-fn stop_servers_on_signal() {
+pub(crate) fn stop_servers_on_signal() {
     std::thread::spawn(|| {
         use tokio::signal::unix::{SignalKind, signal};
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -57,7 +57,7 @@ fn stop_servers_on_signal() {
     });
 }
 
-enum Running {
+pub(crate) enum Running {
     Task(
         tokio::sync::oneshot::Sender<()>,
         tokio::task::JoinHandle<()>,
@@ -66,27 +66,27 @@ enum Running {
     Noop(tokio::task::JoinHandle<()>),
 }
 
-struct Server {
-    addr: SocketAddr,
-    running: Running,
+pub(crate) struct Server {
+    pub(crate) addr: SocketAddr,
+    pub(crate) running: Running,
 }
 
 impl Server {
-    fn pid(&self) -> Option<u32> {
+    pub(crate) fn pid(&self) -> Option<u32> {
         match &self.running {
             Running::Process(child) => Some(child.0.id()),
             _ => None,
         }
     }
     /// Peak resident set of the server process (VmHWM), in KiB.
-    fn peak_rss_kib(&self) -> Option<u64> {
+    pub(crate) fn peak_rss_kib(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
     }
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         match self.running {
             Running::Task(stop, handle) => {
                 let _ = stop.send(());
@@ -98,12 +98,12 @@ impl Server {
     }
 }
 
-fn free_port() -> SocketAddr {
+pub(crate) fn free_port() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr")
 }
 
-fn pinned(program: &Path, core: Option<usize>) -> Command {
+pub(crate) fn pinned(program: &Path, core: Option<usize>) -> Command {
     match core {
         Some(core) => {
             let mut c = Command::new("taskset");
@@ -116,7 +116,7 @@ fn pinned(program: &Path, core: Option<usize>) -> Command {
 
 /// Polls the readiness entry until SERVING (the server is a separate process: nothing else
 /// tells us when its background migration check is done).
-async fn wait_ready(addr: SocketAddr) {
+pub(crate) async fn wait_ready(addr: SocketAddr) {
     use tonic_health::pb::health_client::HealthClient;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -144,7 +144,7 @@ async fn wait_ready(addr: SocketAddr) {
     }
 }
 
-fn pin_self_to_core_1() {
+pub(crate) fn pin_self_to_core_1() {
     let pid = std::process::id().to_string();
     let ok = Command::new("taskset")
         .args(["-a", "-p", "-c", "1", &pid])

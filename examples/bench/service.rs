@@ -1,10 +1,10 @@
 //! The service under test: its benchmark settings, how it starts (in-process or as a pinned
 //! process), and where the database's work for it runs (`--pin-db`).
 
-const JWT_SECRET: &str = "benchmark-secret-that-is-at-least-32-bytes-long";
-const JWT_ISSUER: &str = "invitations";
+pub(crate) const JWT_SECRET: &str = "benchmark-secret-that-is-at-least-32-bytes-long";
+pub(crate) const JWT_ISSUER: &str = "invitations";
 
-fn service_settings(
+pub(crate) fn service_settings(
     database_url: &str,
     listen: SocketAddr,
     pool: Option<u32>,
@@ -22,7 +22,7 @@ fn service_settings(
     config.settings().expect("benchmark settings are valid")
 }
 
-async fn start_service(plan: &Plan, database_url: &str) -> Server {
+pub(crate) async fn start_service(plan: &Plan, database_url: &str) -> Server {
     if plan.inproc {
         let settings = service_settings(
             database_url,
@@ -86,7 +86,7 @@ fn service_database_url(database_url: &str) -> String {
 }
 
 /// Where the database's work for the service runs, to be moved to core 1.
-enum DatabaseWork {
+pub(crate) enum DatabaseWork {
     /// PostgreSQL's backends serving the service's connections (by `application_name`).
     PostgresBackends { database_url: String },
     /// The service's SQLite threads: its readers and sqlx's writer threads (by name).
@@ -138,7 +138,7 @@ impl DatabaseWork {
 /// backends move: pgbench's, the database limit, keep both cores. On SQLite the same work
 /// runs on the service's own threads, which move likewise, so both stores get the same
 /// split: core 0 the server's request handling, core 1 the load generator and the database.
-async fn keep_database_work_on_core_1(work: DatabaseWork, moved: Arc<AtomicU64>) {
+pub(crate) async fn keep_database_work_on_core_1(work: DatabaseWork, moved: Arc<AtomicU64>) {
     let pool = match &work {
         DatabaseWork::PostgresBackends { database_url } => {
             match sqlx::postgres::PgPoolOptions::new()
@@ -179,7 +179,7 @@ async fn keep_database_work_on_core_1(work: DatabaseWork, moved: Arc<AtomicU64>)
 }
 
 /// Aborts a background task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();

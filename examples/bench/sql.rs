@@ -3,7 +3,7 @@
 
 /// What the service's reads select and its writes return (`READ_COLUMNS` in
 /// `src/store/mod.rs`): every column but the link hash, which never leaves the table.
-const READ_COLUMNS: &[&str] = COLUMNS.split_last().expect("columns").1;
+pub(crate) const READ_COLUMNS: &[&str] = COLUMNS.split_last().expect("columns").1;
 
 fn select_list() -> String {
     READ_COLUMNS
@@ -14,7 +14,7 @@ fn select_list() -> String {
 }
 
 /// `Store::list` without filters; `ent`, `cursor` and `limit` are placeholders or literals.
-fn list_sql(ent: &str, cursor: Option<(&str, &str)>, limit: &str) -> String {
+pub(crate) fn list_sql(ent: &str, cursor: Option<(&str, &str)>, limit: &str) -> String {
     let keyset = cursor
         .map(|(c, id)| format!(" AND (\"created_at\", \"id\") < ({c}, {id})"))
         .unwrap_or_default();
@@ -26,7 +26,7 @@ fn list_sql(ent: &str, cursor: Option<(&str, &str)>, limit: &str) -> String {
 }
 
 /// `Store::cancel_pending`: placeholders `p(1..=12)` in SeaORM's order.
-fn cancel_sql(p: impl Fn(usize) -> String) -> String {
+pub(crate) fn cancel_sql(p: impl Fn(usize) -> String) -> String {
     format!(
         "UPDATE \"invitations\" SET \"status\" = {}, \"cancelled_at\" = {}, \"cancelled_by\" = {}, \
          \"cancel_reason\" = {}, \"updated_at\" = {}, \"version\" = {}, \"link_token_hash\" = {} \
@@ -55,7 +55,7 @@ fn cancel_sql(p: impl Fn(usize) -> String) -> String {
 
 /// SQL (with `$n` placeholders for PostgreSQL, `?` for SQLite) for a filter combination, as
 /// `Store::list` builds it: enterprise, scope, e-mail, statuses, cursor.
-fn list_filter_sql(
+pub(crate) fn list_filter_sql(
     store: StoreKind,
     clock: Clock,
     scope: bool,

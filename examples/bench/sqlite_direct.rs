@@ -42,7 +42,7 @@ impl SqliteDirectReaders {
     }
 }
 
-async fn sqlite_list(
+pub(crate) async fn sqlite_list(
     path: &Path,
     enterprises: u64,
     cursor: Option<(i64, Uuid)>,
@@ -106,7 +106,7 @@ async fn sqlite_list(
     .await
 }
 
-async fn sqlite_cancel(
+pub(crate) async fn sqlite_cancel(
     pool: sqlx::SqlitePool,
     enterprises: u64,
     base: u64,
