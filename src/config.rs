@@ -16,6 +16,30 @@ pub use crate::secret::{DatabaseUrl, Secret};
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://invitations.db";
 pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:50051";
 
+/// One value of `INVITATIONS_STORE_ACCELERATORS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreAccelerator {
+    All,
+    None,
+    KeptConnections,
+    SqliteReader,
+    RenderedStatements,
+}
+
+fn accelerators(chosen: &[StoreAccelerator]) -> crate::store::Accelerators {
+    let mut accelerators = crate::store::Accelerators::NONE;
+    for accelerator in chosen {
+        match accelerator {
+            StoreAccelerator::All => accelerators = crate::store::Accelerators::default(),
+            StoreAccelerator::None => {}
+            StoreAccelerator::KeptConnections => accelerators.kept_connections = true,
+            StoreAccelerator::SqliteReader => accelerators.sqlite_reader = true,
+            StoreAccelerator::RenderedStatements => accelerators.rendered_statements = true,
+        }
+    }
+    accelerators
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -359,6 +383,18 @@ pub struct Config {
     )]
     pub rate_limit_burst: u32,
 
+    /// Store accelerators to use (docs/adr/): `all`, `none`, or a list of
+    /// `kept-connections`, `sqlite-reader`, `rendered-statements`. Each one left out takes
+    /// SeaORM's plain path instead, with the same answers and more CPU per request.
+    #[arg(
+        long,
+        env = "INVITATIONS_STORE_ACCELERATORS",
+        value_delimiter = ',',
+        default_value = "all",
+        global = true
+    )]
+    pub store_accelerators: Vec<StoreAccelerator>,
+
     /// Log format; the level comes from RUST_LOG (default `info`).
     #[arg(long, env = "INVITATIONS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
     pub log_format: LogFormat,
@@ -369,6 +405,7 @@ pub struct Config {
 pub struct Settings {
     pub listen_addr: SocketAddr,
     pub store: StoreSettings,
+    pub store_accelerators: crate::store::Accelerators,
     pub jwt: JwtSettings,
     pub page_token_secret: Secret,
     pub server: ServerSettings,
@@ -647,6 +684,7 @@ impl Config {
         Ok(Settings {
             listen_addr: self.listen_addr,
             store: self.store_settings()?,
+            store_accelerators: accelerators(&self.store_accelerators),
             jwt,
             page_token_secret,
             server,

@@ -53,7 +53,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
-        let store = Store::connect(&settings.store)
+        let store = Store::connect_with(&settings.store, settings.store_accelerators)
             .await
             .map_err(StartupError::Connect)?;
         let listener = TcpListener::bind(settings.listen_addr)

@@ -59,6 +59,38 @@ const MAX_EXPECTED_ROWS: usize = 1024;
 /// `objid = 762145127`, `objsubid = 1`.
 pub const MIGRATION_LOCK_KEY: i64 = i64::from_be_bytes(*b"invt-mig");
 
+/// Which accelerators the store uses (docs/adr/0001 to 0003). All are on by default; turning
+/// one off takes SeaORM's plain path for what it replaces, with the same answers: for an
+/// operator who suspects one, for the benchmark that measures what each buys, and for the
+/// test that holds them equal (`accelerators_answer_as_the_plain_path_does`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accelerators {
+    /// PostgreSQL connections kept between requests (`hot_connections`).
+    pub kept_connections: bool,
+    /// SQLite pages read with rusqlite (`sqlite_reader`).
+    pub sqlite_reader: bool,
+    /// List's and Cancel's statements rendered once per shape (`statements`).
+    pub rendered_statements: bool,
+}
+
+impl Default for Accelerators {
+    fn default() -> Self {
+        Self {
+            kept_connections: true,
+            sqlite_reader: true,
+            rendered_statements: true,
+        }
+    }
+}
+
+impl Accelerators {
+    pub const NONE: Self = Self {
+        kept_connections: false,
+        sqlite_reader: false,
+        rendered_statements: false,
+    };
+}
+
 /// How to reach the database.
 #[derive(Debug, Clone)]
 pub struct StoreSettings {
@@ -80,7 +112,7 @@ pub struct Store {
     /// requests (see `hot_connections`).
     hot_connections: Option<Arc<HotConnections>>,
     /// The hot statements' SQL, rendered once per shape (see `statements`).
-    statements: Arc<RenderedStatements>,
+    statements: Option<Arc<RenderedStatements>>,
     state: Arc<StoreState>,
 }
 
@@ -477,6 +509,14 @@ impl Store {
     /// Connects (creating a SQLite file if needed). SQLite runs in WAL mode so readers never
     /// block the writer, with a busy timeout so concurrent writers queue instead of failing.
     pub async fn connect(settings: &StoreSettings) -> Result<Self, DbErr> {
+        Self::connect_with(settings, Accelerators::default()).await
+    }
+
+    /// [`Store::connect`], with only the accelerators given.
+    pub async fn connect_with(
+        settings: &StoreSettings,
+        accelerators: Accelerators,
+    ) -> Result<Self, DbErr> {
         let mut options = ConnectOptions::new(settings.url.expose().to_owned());
         let busy = settings.sqlite_busy_timeout;
         options
@@ -512,16 +552,23 @@ impl Store {
                     .foreign_keys(true)
             });
         let db = Database::connect(options).await?;
-        let sqlite_readers = sqlite_reader::readers_for(
-            &db,
-            settings.url.expose(),
-            settings.max_connections,
-            settings.acquire_timeout,
-            busy,
-        );
-        let hot_connections = (db.get_database_backend() == DbBackend::Postgres)
+        let sqlite_readers = if accelerators.sqlite_reader {
+            sqlite_reader::readers_for(
+                &db,
+                settings.url.expose(),
+                settings.max_connections,
+                settings.acquire_timeout,
+                busy,
+            )
+        } else {
+            None
+        };
+        let hot_connections = (accelerators.kept_connections
+            && db.get_database_backend() == DbBackend::Postgres)
             .then(|| Arc::new(HotConnections::new(settings.max_connections)));
-        let statements = Arc::new(RenderedStatements::new(db.get_database_backend()));
+        let statements = accelerators
+            .rendered_statements
+            .then(|| Arc::new(RenderedStatements::new(db.get_database_backend())));
         Ok(Self {
             db,
             sqlite_readers,
@@ -690,9 +737,11 @@ impl Store {
 impl InvitationRepository for Store {
     async fn list(&self, filter: &ListFilter<'_>) -> Result<Vec<Invitation>, Error> {
         let backend = self.backend();
-        let statement = self.statements.list(filter, || {
-            Tenant::of(filter.enterprise).page(filter, backend)
-        });
+        let page = || Tenant::of(filter.enterprise).page(filter, backend);
+        let statement = match &self.statements {
+            Some(rendered) => rendered.list(filter, page),
+            None => page(),
+        };
         // The limit is a validated page size plus one.
         let expected_rows = usize::try_from(filter.limit)
             .unwrap_or(usize::MAX)
@@ -775,10 +824,14 @@ impl InvitationRepository for Store {
         let tenant = Tenant::of(enterprise);
         let Some(key) = key else {
             let backend = self.backend();
-            let statement = self.statements.cancel(
-                statements::cancel_values(enterprise, id, expected, change, now),
-                || tenant.cancel(id, expected, change, now, backend),
-            );
+            let cancel = || tenant.cancel(id, expected, change, now, backend);
+            let statement = match &self.statements {
+                Some(rendered) => rendered.cancel(
+                    statements::cancel_values(enterprise, id, expected, change, now),
+                    cancel,
+                ),
+                None => cancel(),
+            };
             return Ok(match self.write_returning(statement).await? {
                 Some(invitation) => CancelOutcome::Cancelled(Box::new(invitation)),
                 None => CancelOutcome::NoMatch,

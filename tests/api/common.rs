@@ -294,6 +294,21 @@ impl TestApp {
         (running.client, running.shutdown, running.server)
     }
 
+    /// Another server on this app's database, with its settings changed by `adjust`.
+    pub async fn replica_with(
+        &self,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> (
+        InvitationServiceClient<Channel>,
+        oneshot::Sender<()>,
+        JoinHandle<()>,
+    ) {
+        let mut settings = self.settings.clone();
+        adjust(&mut settings);
+        let running = Running::start(&settings, true).await;
+        (running.client, running.shutdown, running.server)
+    }
+
     /// Stops the server and drops the test's database.
     pub async fn finish(self) {
         let _ = self.shutdown.send(());

@@ -2,6 +2,7 @@
 //! client, on SQLite and (with TEST_DATABASE_URL) PostgreSQL.
 mod common;
 
+mod accelerators;
 mod attacks;
 mod auth;
 mod authorization;
