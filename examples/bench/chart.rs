@@ -1,5 +1,8 @@
 //! The chart: throughput and p99 against concurrency, as SVG.
 
+use crate::report::{combined, get, medians};
+use crate::results::Results;
+
 /// Throughput and p99 against concurrency, for the largest single-enterprise dataset.
 pub(crate) fn chart(results: &Results) -> String {
     let m = medians(&results.records);

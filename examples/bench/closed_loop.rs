@@ -1,5 +1,13 @@
 //! Measurements: the closed loop every variant is driven by, and the sample it yields.
 
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct Sample {
     pub(crate) rps: f64,

@@ -1,5 +1,24 @@
 //! One dataset: seed, start both servers, alternate the three variants, record.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use invitations::proto::invitations::v1 as pb;
+use prost::Message as _;
+use tonic::metadata::{Ascii, MetadataValue};
+
+use crate::db::Db;
+use crate::grpc_load::{cancel_targets, connect_clients, tokens_for};
+use crate::measure::{Ctx, RACE_IDS};
+use crate::noop::start_noop;
+use crate::pgbench::PgBench;
+use crate::plan::{DEEP_PAGES, FLAT_PAIR, Layout, PAGE_SIZE, Plan, StoreKind};
+use crate::results::{DatasetInfo, Record};
+use crate::seed::Clock;
+use crate::service::{AbortOnDrop, DatabaseWork, keep_database_work_on_core_1, start_service};
+
 const PG_BENCH_DB: &str = "invitations_bench";
 
 /// The page token of the page after `DEEP_PAGES` pages of 50, by walking with pages of 1000
@@ -225,8 +244,8 @@ pub(crate) async fn run_dataset(
 /// List on a small and a large table at once: both seeded, a service on each, and in every
 /// round the sizes alternate as the variants do. Measured as two datasets one after the
 /// other, the two sizes are minutes apart, and the machine's drift over those minutes shows
-/// up as a size effect (round 9: the bare SQL 13 to 16 % faster on 1M rows than on 1k at
-/// c >= 8 in two runs, flat when alternated).
+/// up as a size effect (the bare SQL was measured 13 to 16 % faster on 1M rows than on 1k at
+/// c >= 8 in two runs, and flat when alternated).
 pub(crate) async fn run_flat_pair(
     plan: &Plan,
     store: StoreKind,

@@ -1,5 +1,14 @@
 //! Databases: a fresh one per dataset, migrated by the service's own store, seeded in batches.
 
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use invitations::store::{Store, StoreSettings};
+use sea_orm::sqlx::{self, AssertSqlSafe, Row as _};
+
+use crate::plan::{Layout, StoreKind};
+use crate::seed::{Clock, seed_sql};
+
 pub(crate) async fn sqlite_pool(path: &Path, connections: u32) -> sqlx::SqlitePool {
     use sqlx::sqlite::{
         SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
@@ -147,7 +156,14 @@ impl Db {
     }
 
     /// Seeds rows in batches (one statement per batch).
-    pub(crate) async fn seed(&self, layout: Layout, from: u64, count: u64, clock: Clock, pool: bool) {
+    pub(crate) async fn seed(
+        &self,
+        layout: Layout,
+        from: u64,
+        count: u64,
+        clock: Clock,
+        pool: bool,
+    ) {
         const BATCH: u64 = 250_000;
         let mut at = from;
         while at < from + count {

@@ -1,5 +1,15 @@
 //! EXPLAIN: every List filter combination and Cancel on the 1M-row table.
 
+use std::time::Instant;
+
+use invitations::domain::{InvitationStatus, Timestamp};
+use sea_orm::sqlx::{self, AssertSqlSafe, Row as _};
+
+use crate::db::{Db, sqlite_pool};
+use crate::plan::{Layout, Plan, StoreKind};
+use crate::seed::{Clock, POOL_PREFIX, admin_uuid, enterprise_uuid, mk_uuid};
+use crate::sql::{cancel_sql, list_filter_sql};
+
 pub(crate) async fn explain(plan: &Plan, store: StoreKind) -> String {
     use InvitationStatus::*;
     let size = plan.sizes.iter().copied().max().unwrap_or(1_000_000);

@@ -1,6 +1,25 @@
 //! The gRPC load generator: connections, callers' tokens, and the List and Cancel loops.
 
-pub(crate) async fn connect_clients(addr: SocketAddr, conc: usize) -> Vec<InvitationServiceClient<Channel>> {
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use invitations::auth::{Authenticator, ENTERPRISE_ADMIN};
+use invitations::domain::{EnterpriseId, Etag, InvitationId, UserRef, Version};
+use invitations::proto::invitations::v1 as pb;
+use invitations::proto::invitations::v1::invitation_service_client::InvitationServiceClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
+
+use crate::closed_loop::{Sample, Span, closed_loop, splitmix};
+use crate::plan::Layout;
+use crate::seed::{POOL_PREFIX, admin_uuid, enterprise_uuid, mk_uuid};
+use crate::service::{JWT_ISSUER, JWT_SECRET};
+
+pub(crate) async fn connect_clients(
+    addr: SocketAddr,
+    conc: usize,
+) -> Vec<InvitationServiceClient<Channel>> {
     let channels = connect_channels(addr, conc).await;
     channels
         .into_iter()
@@ -27,7 +46,7 @@ pub(crate) async fn connect_channels(addr: SocketAddr, conc: usize) -> Vec<Chann
 /// encoded, and the next page's token is skipped. Parsing every item into a `pb::Invitation`
 /// (about 15 strings apiece) took the load generator about 98 µs of CPU per 50-item page,
 /// as much as the no-op server spent answering it, so the "transport limit" was the load
-/// generator's limit (BENCHMARKS.md, round 7). The API tests check what the items hold.
+/// generator's limit. The API tests check what the items hold.
 #[derive(Clone, PartialEq, prost::Message)]
 struct ListedPage {
     #[prost(bytes = "bytes", repeated, tag = "1")]

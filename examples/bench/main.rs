@@ -26,34 +26,43 @@
 //! ```
 //! See BENCHMARKS.md for the figures and what they mean.
 
-// ------------------------------------------------------------------------------------------
+mod chart;
+mod closed_loop;
+mod dataset;
+mod db;
+mod explain;
+mod grpc_load;
+mod measure;
+mod noop;
+mod pgbench;
+mod plan;
+mod report;
+mod results;
+mod seed;
+mod servers;
+mod service;
+mod sql;
+mod sqlite_direct;
+
+use std::io::Write as _;
+use std::sync::{Arc, Mutex};
+
+use clap::Parser;
+
+use crate::chart::chart;
+use crate::dataset::{run_dataset, run_flat_pair};
+use crate::explain::explain;
+use crate::noop::serve_noop;
+use crate::plan::{FLAT_PAIR, Opts, Plan, plan_from};
+use crate::report::report;
+use crate::results::{DatasetInfo, Record, Results, load_results, machine_info, merge_into_file};
+use crate::servers::{pin_self_to_core_1, stop_servers_on_signal};
 
 /// Merges `fresh` into the results file (a dataset measured now replaces its old figures)
 /// and redraws the chart; called after every dataset, so a long run keeps what it measured.
 fn save(plan: &Plan, fresh: &Results) {
     if let Some(path) = &plan.out {
-        // Merge: replace the datasets measured now, keep the others.
-        let mut all = load_results(path);
-        let measured = |store: &str, layout: &str, size: u64, kind: &str| {
-            fresh
-                .datasets
-                .iter()
-                .any(|d| d.store == store && d.layout == layout && d.size == size && d.kind == kind)
-        };
-        let record_kind = |r: &Record| if r.op == FLAT_PAIR { FLAT_PAIR } else { "" };
-        all.records
-            .retain(|r| !measured(&r.store, &r.layout, r.size, record_kind(r)));
-        all.datasets
-            .retain(|d| !measured(&d.store, &d.layout, d.size, &d.kind));
-        all.records.extend(fresh.records.clone());
-        all.datasets.extend(fresh.datasets.clone());
-        all.machine = fresh.machine.clone();
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).expect("results dir");
-        }
-        std::fs::write(path, serde_json::to_string_pretty(&all).expect("json"))
-            .expect("write results");
-        println!("results: {}", path.display());
+        let all = merge_into_file(path, fresh);
         if let Some(chart_path) = &plan.chart {
             std::fs::write(chart_path, chart(&all)).expect("write the chart");
             println!("chart: {}", chart_path.display());

@@ -1,6 +1,25 @@
 //! One measurement of one dataset: an op, a variant (service, transport or database limit)
 //! and a concurrency, recorded.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use invitations::domain::Timestamp;
+use tonic::metadata::{Ascii, MetadataValue};
+
+use crate::closed_loop::{Sample, Span};
+use crate::db::{Db, sqlite_pool};
+use crate::grpc_load::{
+    ListLoad, cancel_targets, connect_channels, connect_clients, grpc_cancel, grpc_list,
+};
+use crate::pgbench::{PgBench, PgSpan, pg_cancel_script, pg_list_script};
+use crate::plan::{FLAT_PAIR, Layout, PAGE_SIZE, Plan, StoreKind};
+use crate::results::{DatasetInfo, Record};
+use crate::seed::{ID_PREFIX, POOL_PREFIX, mk_uuid};
+use crate::sqlite_direct::{sqlite_cancel, sqlite_list};
+
 /// How many ids the cancel race (many cancels of one invitation) uses, and cancels per id.
 pub(crate) const RACE_IDS: usize = 40;
 const RACE_PER_ID: usize = 16;

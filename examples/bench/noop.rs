@@ -1,5 +1,21 @@
 //! The no-op InvitationService: the transport limit.
 
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use invitations::domain::{EmailAddress, InvitationId, InvitationStatus, Timestamp, Version};
+use invitations::proto::invitations::v1 as pb;
+use invitations::proto::invitations::v1::invitation_service_server::{
+    InvitationService, InvitationServiceServer,
+};
+
+use crate::plan::{Layout, Plan};
+use crate::seed::{Clock, POOL_PREFIX, mk_uuid, seeded_invitation};
+use crate::servers::{ChildGuard, Running, Server, pinned};
+use crate::service::service_settings;
+
 #[derive(Clone)]
 struct Noop {
     items: Arc<Vec<pb::Invitation>>,

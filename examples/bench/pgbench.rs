@@ -1,5 +1,15 @@
 //! The database limit on PostgreSQL: pgbench with a custom script of the service's SQL.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::closed_loop::{Sample, sample_from};
+use crate::plan::{PAGE_SIZE, Plan, StoreKind};
+use crate::seed::admin_uuid;
+use crate::sql::{cancel_sql, list_sql};
+
 pub(crate) struct PgBench {
     bin: PathBuf,
     url: String,

@@ -1,5 +1,10 @@
 //! The command line, and the plan it becomes: what a run does, with every default filled in.
 
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+
 pub(crate) const PAGE_SIZE: u64 = 50;
 const ENTERPRISES_SPREAD: u64 = 1000;
 /// The page after this many pages of 50 is the "deep page".

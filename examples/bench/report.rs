@@ -1,5 +1,10 @@
 //! Summaries and targets: the medians, the tables in Markdown, MET and MISSED.
 
+use std::collections::BTreeMap;
+
+use crate::plan::FLAT_PAIR;
+use crate::results::{Record, Results};
+
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;

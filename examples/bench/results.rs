@@ -1,5 +1,15 @@
 //! The results: what a run records, and the file that keeps them across runs.
 
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::closed_loop::Sample;
+use crate::plan::FLAT_PAIR;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Record {
     pub(crate) store: String,
@@ -112,4 +122,31 @@ pub(crate) fn load_results(path: &Path) -> Results {
         .ok()
         .and_then(|text| serde_json::from_str(&text).ok())
         .unwrap_or_default()
+}
+
+/// Merges `fresh` into the results file at `path` (a dataset measured now replaces its old
+/// figures), writes it, and answers what the file now holds.
+pub(crate) fn merge_into_file(path: &Path, fresh: &Results) -> Results {
+    // Merge: replace the datasets measured now, keep the others.
+    let mut all = load_results(path);
+    let measured = |store: &str, layout: &str, size: u64, kind: &str| {
+        fresh
+            .datasets
+            .iter()
+            .any(|d| d.store == store && d.layout == layout && d.size == size && d.kind == kind)
+    };
+    let record_kind = |r: &Record| if r.op == FLAT_PAIR { FLAT_PAIR } else { "" };
+    all.records
+        .retain(|r| !measured(&r.store, &r.layout, r.size, record_kind(r)));
+    all.datasets
+        .retain(|d| !measured(&d.store, &d.layout, d.size, &d.kind));
+    all.records.extend(fresh.records.clone());
+    all.datasets.extend(fresh.datasets.clone());
+    all.machine = fresh.machine.clone();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).expect("results dir");
+    }
+    std::fs::write(path, serde_json::to_string_pretty(&all).expect("json")).expect("write results");
+    println!("results: {}", path.display());
+    all
 }

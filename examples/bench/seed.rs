@@ -1,5 +1,13 @@
 //! The seeded data: deterministic, so the harness, SQL and pgbench agree without a lookup.
 
+use invitations::domain::{
+    CancelReason, EmailAddress, EnterpriseId, Invitation, InvitationId, InvitationStatus, RoleRef,
+    Scope, Timestamp, UserRef, Version,
+};
+use uuid::Uuid;
+
+use crate::plan::{Layout, StoreKind};
+
 pub(crate) const COLUMNS: [&str; 20] = [
     "id",
     "enterprise_id",

@@ -1,5 +1,13 @@
 //! Servers: in-process tasks or pinned child processes, stopped on drop or on a signal.
 
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+
 /// The server processes started and not yet reaped, for [`stop_servers_on_signal`].
 static SERVER_PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 

@@ -1,6 +1,19 @@
 //! The service under test: its benchmark settings, how it starts (in-process or as a pinned
 //! process), and where the database's work for it runs (`--pin-db`).
 
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use invitations::config::{Config, Secret};
+use invitations::startup::Application;
+use sea_orm::sqlx;
+
+use crate::plan::Plan;
+use crate::servers::{ChildGuard, Running, Server, free_port, pinned, wait_ready};
+
 pub(crate) const JWT_SECRET: &str = "benchmark-secret-that-is-at-least-32-bytes-long";
 pub(crate) const JWT_ISSUER: &str = "invitations";
 
@@ -134,10 +147,10 @@ impl DatabaseWork {
 ///
 /// A loopback send wakes its receiver on the sender's core when the sender is alone there,
 /// so with the server pinned to core 0 the PostgreSQL backends it queried ran beside it and
-/// its core filled while core 1 idled (BENCHMARKS.md, rounds 3, 7 and 9). Only the service's
-/// backends move: pgbench's, the database limit, keep both cores. On SQLite the same work
-/// runs on the service's own threads, which move likewise, so both stores get the same
-/// split: core 0 the server's request handling, core 1 the load generator and the database.
+/// its core filled while core 1 idled. Only the service's backends move: pgbench's, the
+/// database limit, keep both cores. On SQLite the same work runs on the service's own
+/// threads, which move likewise, so both stores get the same split: core 0 the server's
+/// request handling, core 1 the load generator and the database.
 pub(crate) async fn keep_database_work_on_core_1(work: DatabaseWork, moved: Arc<AtomicU64>) {
     let pool = match &work {
         DatabaseWork::PostgresBackends { database_url } => {
@@ -179,7 +192,7 @@ pub(crate) async fn keep_database_work_on_core_1(work: DatabaseWork, moved: Arc<
 }
 
 /// Aborts a background task when dropped.
-pub(crate) struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();

@@ -1,6 +1,12 @@
 //! The SQL the service runs (src/store/mod.rs, as SeaORM renders it), for the database limit
 //! and the query plans.
 
+use invitations::domain::{InvitationStatus, Timestamp};
+use uuid::Uuid;
+
+use crate::plan::{DEEP_PAGES, PAGE_SIZE, StoreKind};
+use crate::seed::{COLUMNS, Clock, ID_PREFIX, enterprise_uuid, mk_uuid};
+
 /// What the service's reads select and its writes return (`READ_COLUMNS` in
 /// `src/store/mod.rs`): every column but the link hash, which never leaves the table.
 pub(crate) const READ_COLUMNS: &[&str] = COLUMNS.split_last().expect("columns").1;

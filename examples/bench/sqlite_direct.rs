@@ -1,5 +1,18 @@
 //! The database limit on SQLite: the service's SQL driven directly, without the service.
 
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use invitations::domain::Timestamp;
+use sea_orm::sqlx::{self, AssertSqlSafe};
+use uuid::Uuid;
+
+use crate::closed_loop::{Sample, Span, closed_loop, splitmix};
+use crate::plan::PAGE_SIZE;
+use crate::seed::{POOL_PREFIX, admin_uuid, enterprise_uuid, mk_uuid};
+use crate::sql::{READ_COLUMNS, cancel_sql, list_sql};
+
 /// The SQLite read path at its cheapest: rusqlite connections with the service's reader
 /// settings (`src/store/sqlite_reader.rs`), one blocking task per page, every value of every
 /// row touched in place, the statement prepared once per connection.
