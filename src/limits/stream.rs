@@ -22,6 +22,11 @@ use super::{ResponseSize, StreamKind};
 use crate::config::ServerSettings;
 use crate::domain::{Error, StreamLimitScope};
 
+/// The least time an answer gets to reach a reading client once it is ready, even when its
+/// handler used up nearly all of the request timeout: the watchdog closes the connection,
+/// with every call on it, so a slow handler must not make a reading client lose it.
+const MIN_SEND_WINDOW: Duration = Duration::from_secs(1);
+
 /// The limits, shared by every connection of the replica.
 #[derive(Debug)]
 struct Shared {
@@ -217,9 +222,9 @@ where
                 .remove::<ResponseSize>()
                 .map_or(0, |size| size.0);
             let tracked = match (&connection, kind.is_long_lived()) {
-                (Some(connection), false) => {
-                    Some(connection.response_started(started + shared.response_deadline))
-                }
+                (Some(connection), false) => Some(connection.response_started(
+                    (started + shared.response_deadline).max(Instant::now() + MIN_SEND_WINDOW),
+                )),
                 _ => None,
             };
             if let Some(connection) = &connection {
