@@ -13,6 +13,7 @@ mod entity;
 mod hot_connections;
 mod idempotency;
 mod queries;
+mod rows;
 mod sqlite_reader;
 mod statements;
 
@@ -22,25 +23,25 @@ use std::time::Duration;
 
 use invitations_migrations::{Migrator, MigratorTrait};
 use sea_orm::sea_query::Values;
-use sea_orm::sqlx::postgres::{PgConnectOptions, PgRow, PgValueFormat};
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgRow};
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, EntityTrait,
     RuntimeErr, SqlErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
 };
 use sea_query_sqlx::SqlxValues;
-use uuid::Uuid;
 
 use crate::domain::Error;
 use crate::domain::{
-    CancelChange, CancelOutcome, CancelReason, EmailAddress, EnterpriseId, IdempotencyKey,
-    InsertOutcome, Invitation, InvitationId, InvitationRepository, InvitationStatus, LinkTokenHash,
-    ListFilter, PriorResponse, RequestId, RoleRef, Scope, Timestamp, UserRef, Version,
+    CancelChange, CancelOutcome, EmailAddress, EnterpriseId, IdempotencyKey, InsertOutcome,
+    Invitation, InvitationId, InvitationRepository, LinkTokenHash, ListFilter, PriorResponse,
+    RequestId, Timestamp, UserRef, Version,
 };
 use crate::secret::DatabaseUrl;
 use entity::{Entity, Model};
 use hot_connections::{HotConnection, HotConnections};
-use queries::{READ_COLUMNS, Tenant};
+use queries::Tenant;
+use rows::{StoredRow, into_domain, model_into_domain};
 pub use sqlite_reader::READER_THREAD_NAME as SQLITE_READER_THREAD_NAME;
 use sqlite_reader::SqliteReaders;
 use statements::RenderedStatements;
@@ -171,233 +172,6 @@ fn is_transaction_conflict(error: &DbErr) -> bool {
         }
         _ => false,
     }
-}
-
-fn corrupt(id: uuid::Uuid, column: &str) -> Error {
-    Error::Internal(format!("stored invitation {id} has an invalid {column}"))
-}
-
-/// One stored invitation, borrowed from wherever it was read (a sqlx row or a SeaORM model).
-struct StoredRow<'a> {
-    id: Uuid,
-    enterprise_id: Uuid,
-    scope: &'a str,
-    email_constraint: &'a str,
-    // References are kept as bytes: `UserRef::from_stored` and `RoleRef::from_stored` read
-    // them without a UTF-8 check first.
-    role: &'a [u8],
-    status: &'a str,
-    invited_by: &'a [u8],
-    pending_human_actor_ref: Option<&'a [u8]>,
-    challenge_ref: Option<&'a str>,
-    created_at: i64,
-    updated_at: i64,
-    expires_at: i64,
-    accepted_at: Option<i64>,
-    accepted_by: Option<&'a [u8]>,
-    cancelled_at: Option<i64>,
-    cancel_reason: Option<&'a str>,
-    cancelled_by: Option<&'a [u8]>,
-    version: i64,
-}
-
-impl<'a> StoredRow<'a> {
-    fn of_model(row: &'a Model) -> Self {
-        Self {
-            id: row.id,
-            enterprise_id: row.enterprise_id,
-            scope: &row.scope,
-            email_constraint: &row.email_constraint,
-            role: row.role.as_bytes(),
-            status: &row.status,
-            invited_by: row.invited_by.as_bytes(),
-            pending_human_actor_ref: row.pending_human_actor_ref.as_deref().map(str::as_bytes),
-            challenge_ref: row.challenge_ref.as_deref(),
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-            expires_at: row.expires_at,
-            accepted_at: row.accepted_at,
-            accepted_by: row.accepted_by.as_deref().map(str::as_bytes),
-            cancelled_at: row.cancelled_at,
-            cancel_reason: row.cancel_reason.as_deref(),
-            cancelled_by: row.cancelled_by.as_deref().map(str::as_bytes),
-            version: row.version,
-        }
-    }
-
-    /// Reads a row selected with [`READ_COLUMNS`], by position. The columns are this
-    /// table's, selected by name, so their types are known: `try_get_unchecked` skips sqlx's
-    /// per-column type-compatibility check (a clone and compare of the type info, about 5 %
-    /// of a List's CPU); a value that does not decode is still an error, never a panic.
-    fn of_sqlx<R>(row: &'a R) -> Result<Self, sea_orm::sqlx::Error>
-    where
-        R: sea_orm::sqlx::Row,
-        usize: sea_orm::sqlx::ColumnIndex<R>,
-        Uuid: sea_orm::sqlx::Decode<'a, R::Database>,
-        &'a str: sea_orm::sqlx::Decode<'a, R::Database>,
-        &'a [u8]: sea_orm::sqlx::Decode<'a, R::Database>,
-        i64: sea_orm::sqlx::Decode<'a, R::Database>,
-    {
-        Ok(Self {
-            id: row.try_get_unchecked(0)?,
-            enterprise_id: row.try_get_unchecked(1)?,
-            scope: row.try_get_unchecked(2)?,
-            email_constraint: row.try_get_unchecked(3)?,
-            role: row.try_get_unchecked(4)?,
-            status: row.try_get_unchecked(5)?,
-            invited_by: row.try_get_unchecked(6)?,
-            pending_human_actor_ref: row.try_get_unchecked(7)?,
-            challenge_ref: row.try_get_unchecked(8)?,
-            created_at: row.try_get_unchecked(9)?,
-            updated_at: row.try_get_unchecked(10)?,
-            expires_at: row.try_get_unchecked(11)?,
-            accepted_at: row.try_get_unchecked(12)?,
-            accepted_by: row.try_get_unchecked(13)?,
-            cancelled_at: row.try_get_unchecked(14)?,
-            cancel_reason: row.try_get_unchecked(15)?,
-            cancelled_by: row.try_get_unchecked(16)?,
-            version: row.try_get_unchecked(17)?,
-        })
-    }
-
-    /// Reads a PostgreSQL row selected with [`READ_COLUMNS`], from its values' bytes.
-    /// sqlx prepares every statement the store runs, so values come in PostgreSQL's binary
-    /// format: a `uuid` is its 16 bytes, a `bigint` 8 bytes big-endian, text its UTF-8
-    /// bytes. Going through sqlx's `Decode` cost about 150 instructions a value (its
-    /// per-value dispatch, NULL and length checks through boxed errors), 18 values a row
-    /// (BENCHMARKS.md, round 5). A value in any other shape is an error, never a panic.
-    fn of_postgres(row: &'a PgRow) -> Result<Self, sea_orm::sqlx::Error> {
-        let values = PgValues::of(row)?;
-        Ok(Self {
-            id: values.uuid(0)?,
-            enterprise_id: values.uuid(1)?,
-            scope: values.text(2)?,
-            email_constraint: values.text(3)?,
-            role: values.bytes(4)?,
-            status: values.text(5)?,
-            invited_by: values.bytes(6)?,
-            pending_human_actor_ref: values.optional_bytes(7),
-            challenge_ref: values.optional_text(8)?,
-            created_at: values.bigint(9)?,
-            updated_at: values.bigint(10)?,
-            expires_at: values.bigint(11)?,
-            accepted_at: values.optional_bigint(12)?,
-            accepted_by: values.optional_bytes(13),
-            cancelled_at: values.optional_bigint(14)?,
-            cancel_reason: values.optional_text(15)?,
-            cancelled_by: values.optional_bytes(16),
-            version: values.bigint(17)?,
-        })
-    }
-}
-
-/// The values of one PostgreSQL row in binary format, by position (see
-/// [`StoredRow::of_postgres`]); `None` is NULL.
-struct PgValues<'a>([Option<&'a [u8]>; READ_COLUMNS.len()]);
-
-impl<'a> PgValues<'a> {
-    /// Every value's bytes, read in one pass. Each `try_get_raw` clones the column's type
-    /// and hands back a value that the caller moves; read one accessor at a time, with the
-    /// checks between them, that was a tenth of the server's CPU on a List (`perf`, round 11).
-    fn of(row: &'a PgRow) -> Result<Self, sea_orm::sqlx::Error> {
-        use sea_orm::sqlx::{Row, ValueRef};
-        let mut values = [None; READ_COLUMNS.len()];
-        for (index, slot) in values.iter_mut().enumerate() {
-            let value = row.try_get_raw(index)?;
-            if value.is_null() {
-                continue;
-            }
-            if value.format() != PgValueFormat::Binary {
-                return Err(Self::failure(index, "a value in text format"));
-            }
-            *slot = Some(value.as_bytes().map_err(|e| Self::failure(index, e))?);
-        }
-        Ok(Self(values))
-    }
-
-    fn optional_bytes(&self, index: usize) -> Option<&'a [u8]> {
-        self.0[index]
-    }
-
-    fn optional_text(&self, index: usize) -> Result<Option<&'a str>, sea_orm::sqlx::Error> {
-        self.optional_bytes(index)
-            .map(|bytes| std::str::from_utf8(bytes).map_err(|e| Self::failure(index, e)))
-            .transpose()
-    }
-
-    fn optional_bigint(&self, index: usize) -> Result<Option<i64>, sea_orm::sqlx::Error> {
-        self.optional_bytes(index)
-            .map(|bytes| {
-                <[u8; 8]>::try_from(bytes)
-                    .map(i64::from_be_bytes)
-                    .map_err(|_| Self::failure(index, "not a bigint"))
-            })
-            .transpose()
-    }
-
-    fn bytes(&self, index: usize) -> Result<&'a [u8], sea_orm::sqlx::Error> {
-        Self::required(index, self.optional_bytes(index))
-    }
-
-    fn text(&self, index: usize) -> Result<&'a str, sea_orm::sqlx::Error> {
-        Self::required(index, self.optional_text(index)?)
-    }
-
-    fn bigint(&self, index: usize) -> Result<i64, sea_orm::sqlx::Error> {
-        Self::required(index, self.optional_bigint(index)?)
-    }
-
-    fn uuid(&self, index: usize) -> Result<Uuid, sea_orm::sqlx::Error> {
-        Uuid::from_slice(self.bytes(index)?).map_err(|_| Self::failure(index, "not a uuid"))
-    }
-
-    fn required<T>(index: usize, value: Option<T>) -> Result<T, sea_orm::sqlx::Error> {
-        value.ok_or_else(|| Self::failure(index, sea_orm::sqlx::error::UnexpectedNullError))
-    }
-
-    fn failure(
-        index: usize,
-        source: impl Into<sea_orm::sqlx::error::BoxDynError>,
-    ) -> sea_orm::sqlx::Error {
-        sea_orm::sqlx::Error::ColumnDecode {
-            index: index.to_string(),
-            source: source.into(),
-        }
-    }
-}
-
-fn into_domain(row: StoredRow<'_>) -> Result<Invitation, Error> {
-    let id = row.id;
-    let user =
-        |raw: &[u8], column: &str| UserRef::from_stored(raw).ok_or_else(|| corrupt(id, column));
-    let optional_user = |raw: Option<&[u8]>, column: &str| raw.map(|r| user(r, column)).transpose();
-    Ok(Invitation {
-        id: InvitationId::from_uuid(id),
-        enterprise: EnterpriseId::from_uuid(row.enterprise_id),
-        scope: Scope::from_stored(row.scope.to_owned()).map_err(|_| corrupt(id, "scope"))?,
-        role: RoleRef::from_stored(row.role).ok_or_else(|| corrupt(id, "role"))?,
-        stored_status: InvitationStatus::parse_stored(row.status)
-            .ok_or_else(|| corrupt(id, "status"))?,
-        invited_by: user(row.invited_by, "invited_by")?,
-        pending_human_actor: optional_user(row.pending_human_actor_ref, "pending_human_actor_ref")?,
-        accepted_by: optional_user(row.accepted_by, "accepted_by")?,
-        cancelled_by: optional_user(row.cancelled_by, "cancelled_by")?,
-        email: EmailAddress::from_stored(row.email_constraint.to_owned()),
-        challenge_ref: row.challenge_ref.map(str::to_owned),
-        created_at: Timestamp::from_unix_micros(row.created_at),
-        updated_at: Timestamp::from_unix_micros(row.updated_at),
-        expires_at: Timestamp::from_unix_micros(row.expires_at),
-        accepted_at: row.accepted_at.map(Timestamp::from_unix_micros),
-        cancelled_at: row.cancelled_at.map(Timestamp::from_unix_micros),
-        cancel_reason: row
-            .cancel_reason
-            .map(|reason| CancelReason::from_stored(reason.to_owned())),
-        version: Version::from_stored(row.version),
-    })
-}
-
-fn model_into_domain(row: &Model) -> Result<Invitation, Error> {
-    into_domain(StoredRow::of_model(row))
 }
 
 fn sqlx_failure(error: sea_orm::sqlx::Error) -> Error {
@@ -981,6 +755,7 @@ mod tests {
         use sea_orm::{Iden, Iterable};
 
         use super::entity::Column;
+        use super::queries::READ_COLUMNS;
         // StoredRow::of_sqlx reads by position in the entity's declaration order.
         let declared: Vec<String> = Column::iter()
             .filter(|c| !matches!(c, Column::LinkTokenHash | Column::EmailNormalized))
