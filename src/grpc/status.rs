@@ -93,6 +93,16 @@ const OVERLOAD_RETRY_DELAY: Duration = Duration::from_millis(100);
 /// How long a client should wait before opening another long-lived stream.
 const STREAM_RETRY_DELAY: Duration = Duration::from_secs(1);
 
+/// RetryInfo and metadata `retryAfterMs`: every row that asks the client to come back.
+fn ask_to_retry(
+    details: &mut ErrorDetails,
+    metadata: &mut HashMap<String, String>,
+    delay: Duration,
+) {
+    details.set_retry_info(Some(delay));
+    metadata.insert("retryAfterMs".into(), millis_ceil(delay));
+}
+
 /// Milliseconds, rounded up, so a client that waits this long is never early.
 fn millis_ceil(delay: Duration) -> String {
     delay.as_micros().div_ceil(1000).to_string()
@@ -299,8 +309,7 @@ pub fn row(error: &Error) -> ErrorRow {
             )
         }
         Error::RateLimited { retry_after } => {
-            details.set_retry_info(Some(*retry_after));
-            metadata.insert("retryAfterMs".into(), millis_ceil(*retry_after));
+            ask_to_retry(&mut details, &mut metadata, *retry_after);
             (
                 Code::ResourceExhausted,
                 429,
@@ -310,8 +319,7 @@ pub fn row(error: &Error) -> ErrorRow {
             )
         }
         Error::Overloaded => {
-            details.set_retry_info(Some(OVERLOAD_RETRY_DELAY));
-            metadata.insert("retryAfterMs".into(), millis_ceil(OVERLOAD_RETRY_DELAY));
+            ask_to_retry(&mut details, &mut metadata, OVERLOAD_RETRY_DELAY);
             (
                 Code::ResourceExhausted,
                 429,
@@ -321,8 +329,7 @@ pub fn row(error: &Error) -> ErrorRow {
             )
         }
         Error::CallerOverloaded { limit } => {
-            details.set_retry_info(Some(OVERLOAD_RETRY_DELAY));
-            metadata.insert("retryAfterMs".into(), millis_ceil(OVERLOAD_RETRY_DELAY));
+            ask_to_retry(&mut details, &mut metadata, OVERLOAD_RETRY_DELAY);
             metadata.insert("maxConcurrentRequestsPerCaller".into(), limit.to_string());
             (
                 Code::ResourceExhausted,
@@ -333,8 +340,7 @@ pub fn row(error: &Error) -> ErrorRow {
             )
         }
         Error::StreamLimit { scope, limit } => {
-            details.set_retry_info(Some(STREAM_RETRY_DELAY));
-            metadata.insert("retryAfterMs".into(), millis_ceil(STREAM_RETRY_DELAY));
+            ask_to_retry(&mut details, &mut metadata, STREAM_RETRY_DELAY);
             metadata.insert("scope".into(), scope.as_str().into());
             metadata.insert("maxStreams".into(), limit.to_string());
             (
@@ -346,8 +352,7 @@ pub fn row(error: &Error) -> ErrorRow {
             )
         }
         Error::ResponsesUnread { limit } => {
-            details.set_retry_info(Some(OVERLOAD_RETRY_DELAY));
-            metadata.insert("retryAfterMs".into(), millis_ceil(OVERLOAD_RETRY_DELAY));
+            ask_to_retry(&mut details, &mut metadata, OVERLOAD_RETRY_DELAY);
             metadata.insert("maxUnsentBytes".into(), limit.to_string());
             (
                 Code::ResourceExhausted,
@@ -375,11 +380,7 @@ pub fn row(error: &Error) -> ErrorRow {
             "The request conflicted with a concurrent one; retry it.",
         ),
         Error::DatabaseUnavailable(_) => {
-            details.set_retry_info(Some(DATABASE_RETRY_DELAY));
-            metadata.insert(
-                "retryAfterMs".into(),
-                DATABASE_RETRY_DELAY.as_millis().to_string(),
-            );
+            ask_to_retry(&mut details, &mut metadata, DATABASE_RETRY_DELAY);
             (
                 Code::Unavailable,
                 503,
