@@ -4,11 +4,15 @@ use std::time::Instant;
 
 use invitations::domain::{InvitationStatus, Timestamp};
 use sea_orm::sqlx::{self, AssertSqlSafe, Row as _};
+use sea_orm::{DbBackend, Value};
 
 use crate::db::{Db, sqlite_pool};
-use crate::plan::{Layout, Plan, StoreKind};
-use crate::seed::{Clock, POOL_PREFIX, admin_uuid, enterprise_uuid, mk_uuid};
-use crate::sql::{cancel_sql, list_filter_sql};
+use crate::plan::{DEEP_PAGES, Layout, PAGE_SIZE, Plan, StoreKind};
+
+/// The last row of the first `DEEP_PAGES` pages: a deep cursor's position.
+const DEEP_CURSOR_ROW: u64 = DEEP_PAGES * PAGE_SIZE - 1;
+use crate::seed::{Clock, ID_PREFIX, POOL_PREFIX, enterprise_uuid, mk_uuid};
+use crate::sql::{self, ListShape, Slot};
 
 pub(crate) async fn explain(plan: &Plan, store: StoreKind) -> String {
     use InvitationStatus::*;
@@ -92,8 +96,11 @@ pub(crate) async fn explain(plan: &Plan, store: StoreKind) -> String {
                     .collect()
             };
             for (i, (name, scope, email, statuses, cursor)) in combos.iter().enumerate() {
-                let (sql, params) =
-                    list_filter_sql(store, clock, *scope, *email, statuses, *cursor);
+                let list = sql::list(
+                    DbBackend::Postgres,
+                    &shape(clock, *scope, *email, statuses, *cursor),
+                );
+                let (sql, params) = (list.sql(), list.pg_literals(no_slots));
                 out += &format!(
                     "\n## List: {name}\n\n    {sql}\n\nGeneric plan (a cached prepared statement; what the service runs with plan_cache_mode = force_generic_plan):\n\n"
                 );
@@ -113,22 +120,8 @@ pub(crate) async fn explain(plan: &Plan, store: StoreKind) -> String {
                 .await;
                 run("RESET plan_cache_mode".into()).await;
             }
-            let sql = cancel_sql(|i| format!("${i}"));
-            let now = Timestamp::now().unix_micros();
-            let params = [
-                "'cancelled'".to_owned(),
-                now.to_string(),
-                format!("'users/{}'", admin_uuid()),
-                "NULL".into(),
-                now.to_string(),
-                "2".into(),
-                "NULL".into(),
-                format!("'{}'::uuid", mk_uuid(POOL_PREFIX, 7)),
-                format!("'{}'::uuid", enterprise_uuid(0)),
-                "1".into(),
-                "'pending'".into(),
-                now.to_string(),
-            ];
+            let cancel = sql::cancel(DbBackend::Postgres);
+            let (sql, params) = (cancel.sql(), cancel.pg_literals(pool_invitation_7));
             out += &format!(
                 "\n## Cancel (in a rolled-back transaction)\n\n    {sql}\n\nGeneric plan:\n\n"
             );
@@ -147,17 +140,11 @@ pub(crate) async fn explain(plan: &Plan, store: StoreKind) -> String {
         StoreKind::Sqlite => {
             let pool = sqlite_pool(db.sqlite_path.as_ref().expect("path"), 1).await;
             for (name, scope, email, statuses, cursor) in &combos {
-                let (sql, params) =
-                    list_filter_sql(store, clock, *scope, *email, statuses, *cursor);
-                let mut literal = String::new();
-                let mut it = params.iter();
-                for ch in sql.chars() {
-                    if ch == '?' {
-                        literal += it.next().expect("param");
-                    } else {
-                        literal.push(ch);
-                    }
-                }
+                let list = sql::list(
+                    DbBackend::Sqlite,
+                    &shape(clock, *scope, *email, statuses, *cursor),
+                );
+                let (sql, literal) = (list.sql(), list.sqlite_literal(no_slots));
                 let rows = sqlx::query(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {literal}")))
                     .fetch_all(&pool)
                     .await
@@ -180,19 +167,8 @@ pub(crate) async fn explain(plan: &Plan, store: StoreKind) -> String {
                     started.elapsed().as_secs_f64() * 1e3 / 20.0
                 );
             }
-            let sql = cancel_sql(|_| "?".to_owned());
-            let now = Timestamp::now().unix_micros();
-            let literal = cancel_sql(|i| match i {
-                1 => "'cancelled'".into(),
-                3 => format!("'users/{}'", admin_uuid()),
-                4 | 7 => "NULL".into(),
-                6 => "2".into(),
-                8 => format!("X'{}'", mk_uuid(POOL_PREFIX, 7).simple()),
-                9 => format!("X'{}'", enterprise_uuid(0).simple()),
-                10 => "1".into(),
-                11 => "'pending'".into(),
-                _ => now.to_string(),
-            });
+            let cancel = sql::cancel(DbBackend::Sqlite);
+            let (sql, literal) = (cancel.sql(), cancel.sqlite_literal(pool_invitation_7));
             let rows = sqlx::query(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {literal}")))
                 .fetch_all(&pool)
                 .await
@@ -206,4 +182,41 @@ pub(crate) async fn explain(plan: &Plan, store: StoreKind) -> String {
     }
     db.drop_db().await;
     out
+}
+
+/// A List filter combination of the EXPLAIN, on enterprise 0 at this instant.
+fn shape(
+    clock: Clock,
+    scope: bool,
+    email: bool,
+    statuses: &[InvitationStatus],
+    cursor: bool,
+) -> ListShape {
+    ListShape {
+        enterprise: Some(enterprise_uuid(0)),
+        scope,
+        email: email.then(|| "user1234@example.com".to_owned()),
+        statuses: statuses.to_vec(),
+        after: cursor.then(|| {
+            Some((
+                clock.created_at(DEEP_CURSOR_ROW),
+                mk_uuid(ID_PREFIX, DEEP_CURSOR_ROW),
+            ))
+        }),
+        now: Some(Timestamp::now().unix_micros()),
+    }
+}
+
+fn no_slots(slot: Slot) -> Value {
+    unreachable!("the EXPLAIN gives every value of a List: {slot:?}")
+}
+
+/// The cancel of pool invitation 7 of enterprise 0, now.
+fn pool_invitation_7(slot: Slot) -> Value {
+    match slot {
+        Slot::Enterprise => enterprise_uuid(0).into(),
+        Slot::Id => mk_uuid(POOL_PREFIX, 7).into(),
+        Slot::Now => Timestamp::now().unix_micros().into(),
+        Slot::CursorCreatedAt | Slot::CursorId => unreachable!("a cancel has no cursor"),
+    }
 }

@@ -5,10 +5,12 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use sea_orm::DbBackend;
+
 use crate::closed_loop::{Sample, sample_from};
-use crate::plan::{PAGE_SIZE, Plan, StoreKind};
-use crate::seed::admin_uuid;
-use crate::sql::{cancel_sql, list_sql};
+use crate::plan::{Plan, StoreKind};
+use crate::seed::enterprise_uuid;
+use crate::sql::{self, ListShape, Slot};
 
 pub(crate) struct PgBench {
     bin: PathBuf,
@@ -121,7 +123,7 @@ impl PgBench {
 
 fn pg_enterprise_expr(var: &str, enterprises: u64) -> String {
     if enterprises == 1 {
-        "'e0000000-0000-4000-8000-000000000000'::uuid".to_owned()
+        format!("'{}'::uuid", enterprise_uuid(0))
     } else {
         format!(
             "('e0000000-0000-4000-8000-' || lpad(to_hex({var}::bigint % {enterprises}), 12, '0'))::uuid"
@@ -129,38 +131,54 @@ fn pg_enterprise_expr(var: &str, enterprises: u64) -> String {
     }
 }
 
+/// `Store::list`'s statement for a random enterprise; a deep page's cursor comes from the
+/// variables `cc` (created_at) and `ci` (the row number of the id).
 pub(crate) fn pg_list_script(enterprises: u64, deep: bool) -> String {
-    let ent = pg_enterprise_expr(":e", enterprises);
-    let cursor = deep.then_some((
-        ":cc::bigint",
-        "('a0000000-0000-4000-8000-' || lpad(to_hex(:ci::bigint), 12, '0'))::uuid",
-    ));
+    let list = sql::list(DbBackend::Postgres, &ListShape::page(deep)).pg_text(|slot| match slot {
+        Slot::Enterprise => pg_enterprise_expr(":e", enterprises),
+        Slot::CursorCreatedAt => ":cc::bigint".into(),
+        Slot::CursorId => {
+            "('a0000000-0000-4000-8000-' || lpad(to_hex(:ci::bigint), 12, '0'))::uuid".into()
+        }
+        Slot::Id | Slot::Now => unreachable!("a first page binds neither"),
+    });
     format!(
-        "\\set e random(0, {})\n{};\n",
-        enterprises.saturating_sub(1),
-        list_sql(&ent, cursor, &(PAGE_SIZE + 1).to_string())
+        "\\set e random(0, {})\n{list};\n",
+        enterprises.saturating_sub(1)
     )
 }
 
+/// `Store::cancel`'s statement on pool invitation `k` (each client walks its own range), at
+/// the instant `now`.
 pub(crate) fn pg_cancel_script(enterprises: u64) -> String {
-    let admin = format!("'users/{}'", admin_uuid());
-    let params = move |i: usize| -> String {
-        match i {
-            1 => "'cancelled'".into(),
-            2 | 5 => ":now::bigint".into(),
-            3 => admin.clone(),
-            4 => "NULL".into(),
-            6 => "2".into(),
-            7 => "NULL".into(),
-            8 => "('c0000000-0000-4000-8000-' || lpad(to_hex(:k::bigint), 12, '0'))::uuid".into(),
-            9 => pg_enterprise_expr(":k", enterprises),
-            10 => "1".into(),
-            11 => "'pending'".into(),
-            _ => ":now::bigint".into(),
+    let cancel = sql::cancel(DbBackend::Postgres).pg_text(|slot| match slot {
+        Slot::Enterprise => pg_enterprise_expr(":k", enterprises),
+        Slot::Id => {
+            "('c0000000-0000-4000-8000-' || lpad(to_hex(:k::bigint), 12, '0'))::uuid".into()
         }
-    };
-    format!(
-        "\\set n :n + 1\n\\set k :base + :client_id * :per + :n - 1\n{};\n",
-        cancel_sql(params)
-    )
+        Slot::Now => ":now::bigint".into(),
+        Slot::CursorCreatedAt | Slot::CursorId => unreachable!("a cancel has no cursor"),
+    });
+    format!("\\set n :n + 1\n\\set k :base + :client_id * :per + :n - 1\n{cancel};\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scripts_run_the_services_statements_with_pgbench_variables() {
+        let list = pg_list_script(1000, true);
+        assert!(list.contains(":e::bigint % 1000"), "{list}");
+        assert!(list.contains("(:cc::bigint, ('a0000000"), "{list}");
+        assert!(!list.contains('$'), "{list}");
+        let cancel = pg_cancel_script(1);
+        assert!(
+            cancel.contains(&format!("'{}'::uuid", enterprise_uuid(0))),
+            "{cancel}"
+        );
+        assert!(cancel.contains("to_hex(:k::bigint)"), "{cancel}");
+        assert!(cancel.contains(":now::bigint"), "{cancel}");
+        assert!(!cancel.contains('$'), "{cancel}");
+    }
 }

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use invitations::domain::Timestamp;
 use sea_orm::sqlx::{self, AssertSqlSafe};
+use sea_orm::{DbBackend, Value};
 use uuid::Uuid;
 
 use crate::closed_loop::{Sample, Span, closed_loop, splitmix};
-use crate::plan::PAGE_SIZE;
-use crate::seed::{POOL_PREFIX, admin_uuid, enterprise_uuid, mk_uuid};
-use crate::sql::{READ_COLUMNS, cancel_sql, list_sql};
+use crate::seed::{POOL_PREFIX, enterprise_uuid, mk_uuid};
+use crate::sql::{self, ListShape, READ_COLUMN_COUNT, Slot, to_rusqlite};
 
 /// The SQLite read path at its cheapest: rusqlite connections with the service's reader
 /// settings (`src/store/sqlite_reader.rs`), one blocking task per page, every value of every
@@ -63,14 +63,13 @@ pub(crate) async fn sqlite_list(
     span: Span,
 ) -> Sample {
     let readers = SqliteDirectReaders::open(path, conc);
-    let sql: Arc<str> = if cursor.is_some() {
-        list_sql("?", Some(("?", "?")), "?").into()
-    } else {
-        list_sql("?", None, "?").into()
-    };
+    let page = Arc::new(sql::list(
+        DbBackend::Sqlite,
+        &ListShape::page(cursor.is_some()),
+    ));
     closed_loop(conc, span, move |index, _| {
         let readers = readers.clone();
-        let sql = sql.clone();
+        let page = page.clone();
         async move {
             let permit = readers
                 .permits
@@ -88,18 +87,18 @@ pub(crate) async fn sqlite_list(
                     .pop()
                     .expect("a reader per permit");
                 let page = (|| {
-                    let mut statement = connection.prepare_cached(&sql)?;
-                    let mut params: Vec<rusqlite::types::Value> =
-                        vec![rusqlite::types::Value::Blob(ent.as_bytes().to_vec())];
-                    if let Some((c, id)) = cursor {
-                        params.push(rusqlite::types::Value::Integer(c));
-                        params.push(rusqlite::types::Value::Blob(id.as_bytes().to_vec()));
-                    }
-                    params.push(rusqlite::types::Value::Integer((PAGE_SIZE + 1) as i64));
-                    let mut rows = statement.query(rusqlite::params_from_iter(params))?;
+                    let mut statement = connection.prepare_cached(page.sql())?;
+                    let params = page.values_with(|slot| match slot {
+                        Slot::Enterprise => ent.into(),
+                        Slot::CursorCreatedAt => cursor.expect("a cursor").0.into(),
+                        Slot::CursorId => cursor.expect("a cursor").1.into(),
+                        Slot::Id | Slot::Now => unreachable!("a page binds neither"),
+                    });
+                    let mut rows = statement
+                        .query(rusqlite::params_from_iter(params.iter().map(to_rusqlite)))?;
                     let mut count = 0usize;
                     while let Some(row) = rows.next()? {
-                        for column in 0..READ_COLUMNS.len() {
+                        for column in 0..READ_COLUMN_COUNT {
                             std::hint::black_box(row.get_ref(column)?);
                         }
                         count += 1;
@@ -126,26 +125,22 @@ pub(crate) async fn sqlite_cancel(
     conc: usize,
     span: Span,
 ) -> Sample {
-    let sql: Arc<str> = cancel_sql(|_| "?".to_owned()).into();
-    let admin = format!("users/{}", admin_uuid());
+    let cancel = Arc::new(sql::cancel(DbBackend::Sqlite));
+    let text: Arc<str> = cancel.sql().into();
     closed_loop(conc, span, move |index, _| {
-        let (pool, sql, admin) = (pool.clone(), sql.clone(), admin.clone());
+        let (pool, cancel, text) = (pool.clone(), cancel.clone(), text.clone());
         async move {
             let k = base + index as u64;
             let now = Timestamp::now().unix_micros();
-            let rows = sqlx::query(AssertSqlSafe(sql))
-                .bind("cancelled")
-                .bind(now)
-                .bind(admin)
-                .bind(Option::<String>::None)
-                .bind(now)
-                .bind(2i64)
-                .bind(Option::<Vec<u8>>::None)
-                .bind(mk_uuid(POOL_PREFIX, k))
-                .bind(enterprise_uuid(k % enterprises))
-                .bind(1i64)
-                .bind("pending")
-                .bind(now)
+            let values = cancel.values_with(|slot| match slot {
+                Slot::Enterprise => enterprise_uuid(k % enterprises).into(),
+                Slot::Id => mk_uuid(POOL_PREFIX, k).into(),
+                Slot::Now => now.into(),
+                Slot::CursorCreatedAt | Slot::CursorId => unreachable!("a cancel has no cursor"),
+            });
+            let rows = values
+                .iter()
+                .fold(sqlx::query(AssertSqlSafe(text)), bind)
                 .fetch_all(&pool)
                 .await
                 .map_err(|e| format!("SQL: {e}"))?;
@@ -157,4 +152,18 @@ pub(crate) async fn sqlite_cancel(
         }
     })
     .await
+}
+
+/// A sea-query value bound as SeaORM binds it on SQLite.
+fn bind<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    value: &Value,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    match to_rusqlite(value) {
+        rusqlite::types::Value::Null => query.bind(Option::<i64>::None),
+        rusqlite::types::Value::Integer(n) => query.bind(n),
+        rusqlite::types::Value::Real(x) => query.bind(x),
+        rusqlite::types::Value::Text(s) => query.bind(s),
+        rusqlite::types::Value::Blob(b) => query.bind(b),
+    }
 }

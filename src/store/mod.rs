@@ -12,7 +12,7 @@
 mod entity;
 mod hot_connections;
 mod idempotency;
-mod queries;
+pub mod queries;
 mod rows;
 mod sqlite_reader;
 mod statements;
