@@ -7,7 +7,8 @@
 //!   the first generation's; its responses that carry invitations are `crate::grpc::wire`'s,
 //!   which encode straight from the domain invitation into the same bytes (see that module
 //!   for why, and for the test that holds them to the generated messages' bytes). Its codec
-//!   is that module's `SizedCodec`, which sizes a response's buffer once.
+//!   is `crate::grpc::codec::ServerCodec`: prost's, with tonic's response buffer sized for a
+//!   page.
 //!
 //! `protoc` comes from the `protoc-bin-vendored` crate so that a fresh clone builds with
 //! cargo alone; a `PROTOC` environment variable still wins for those who want their own.
@@ -36,7 +37,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(false)
         .out_dir(&server_dir)
-        .codec_path("crate::grpc::wire::SizedCodec")
+        .codec_path("crate::grpc::codec::ServerCodec")
         .extern_path(".invitations.v1", "crate::proto::invitations::v1")
         .extern_path(
             ".invitations.v1.Invitation",

@@ -1,5 +1,6 @@
 //! The tonic adapter: parse the request into a domain command, call the domain, convert the
 //! result. No rules live here. Telemetry per RPC is the `middleware::ObserveLayer`'s.
+pub mod codec;
 pub mod convert;
 pub mod status;
 pub mod wire;

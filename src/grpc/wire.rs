@@ -2,72 +2,22 @@
 //! invitation into the response buffer.
 //!
 //! prost's generated `Invitation` owns a `String` per field. Building one per item meant
-//! formatting five resource names into fresh strings, encoding them, then freeing them all;
-//! on a page of 50 that was about a tenth of a List's CPU in the service (BENCHMARKS.md,
-//! round 4). The server the service runs (`proto::server`, see `build.rs`) holds this type
+//! formatting five resource names into fresh strings, encoding them, then freeing them all
+//! (what skipping that buys, measured: `docs/adr/0005-invitation-wire-encoder.md`). The server the service runs (`proto::server`, see `build.rs`) holds this type
 //! where the generated one had `Invitation`. It writes exactly the bytes prost writes for
 //! [`wire_invitation`](super::wire_invitation)'s message, field for field and in the same
 //! order; `the_bytes_are_the_generated_messages` holds it to that over arbitrary
 //! invitations.
-use std::marker::PhantomData;
 
 use prost::bytes::{Buf, BufMut};
 use prost::encoding::{self, DecodeContext, WireType};
 use prost::{DecodeError, Message};
 use prost_types::Timestamp as WireTimestamp;
-use tonic::Status;
-use tonic::codec::{Codec, EncodeBuf, Encoder};
 use uuid::Uuid;
 
 use crate::domain::{EnterpriseId, Etag, Invitation, RoleRef, Timestamp, UserRef};
 
 use super::convert::{wire_status, wire_timestamp};
-
-/// The server's codec: prost's, except that a response's buffer is reserved once, for the
-/// whole message, before it is written. prost's encoder lets tonic's 8 KiB buffer double as
-/// it fills, so a page of 50 (about 17 KiB) was copied twice more on its way out.
-#[derive(Debug, Clone)]
-pub struct SizedCodec<T, U>(PhantomData<(T, U)>);
-
-impl<T, U> Default for SizedCodec<T, U> {
-    fn default() -> Self {
-        Self(PhantomData)
-    }
-}
-
-impl<T, U> Codec for SizedCodec<T, U>
-where
-    T: Message + Send + 'static,
-    U: Message + Default + Send + 'static,
-{
-    type Encode = T;
-    type Decode = U;
-    type Encoder = SizedEncoder<T>;
-    type Decoder = tonic_prost::ProstDecoder<U>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        SizedEncoder(PhantomData)
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        tonic_prost::ProstCodec::<T, U>::default().decoder()
-    }
-}
-
-/// See [`SizedCodec`].
-#[derive(Debug, Clone)]
-pub struct SizedEncoder<T>(PhantomData<T>);
-
-impl<T: Message> Encoder for SizedEncoder<T> {
-    type Item = T;
-    type Error = Status;
-
-    fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        buf.reserve(item.encoded_len());
-        item.encode_raw(buf);
-        Ok(())
-    }
-}
 
 /// `invitations.v1.ListInvitationsResponse`, as the service sends it.
 #[derive(Clone, PartialEq, Message)]

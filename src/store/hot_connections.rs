@@ -3,19 +3,18 @@
 //!
 //! sqlx 0.9 pings every connection that goes back to its pool (`sqlx-core`
 //! `pool/connection.rs`, `return_to_pool`, in a task it spawns; there is no option to turn
-//! it off). That is a second round trip and a second wake-up of PostgreSQL per request;
-//! measured on List, about a tenth of the service's CPU and a seventh of PostgreSQL's
-//! (BENCHMARKS.md). A request here takes a connection that an earlier one left, and leaves
+//! it off). That is a second round trip and a second wake-up of PostgreSQL per request
+//! (what it costs, measured: `docs/adr/0001-kept-postgres-connections.md`). A request here
+//! takes a connection that an earlier one left, and leaves
 //! it for the next, so a busy service pings only when a connection goes back to the pool.
 //! Transactions still take their connections from the pool.
 //!
 //! Under overload (more requests than connections) a request that finds no kept connection,
 //! and the pool without one to give, waits for whichever comes first: a connection handed
-//! over by a request that finishes, in the order the waiters arrived, or one from the pool. Without the hand-over, a
-//! finishing request kept its connection for whichever request came next, and the ones
-//! already queued in the pool waited until the load fell: at 64 concurrent Lists on a
-//! 16-connection pool, a p99 of about 43 ms against a p50 of about 7 ms (BENCHMARKS.md,
-//! round 5).
+//! over by a request that finishes, in the order the waiters arrived, or one from the pool.
+//! Without the hand-over, a finishing request would keep its connection for whichever
+//! request came next, and the ones already queued in the pool would wait until the load
+//! fell: a tail latency many times the median under overload.
 //!
 //! What keeps the pool's guarantees:
 //! - only a connection whose statement ran to its end is kept; a failed or abandoned read

@@ -1,8 +1,8 @@
 //! The repository: the domain's port (`domain::InvitationRepository`), and the only place
 //! that knows SQL. Every statement is built in [`queries`] from a `Tenant`; this file runs
 //! them and answers with domain types. Three accelerators sit beside it, each replacing a
-//! library path the benchmark showed too slow for issue 4's targets (BENCHMARKS.md, "what
-//! the accelerators buy"): `hot_connections` (PostgreSQL connections kept between requests),
+//! library path the benchmark showed too slow for issue 4's targets (`docs/adr/`, one record
+//! each): `hot_connections` (PostgreSQL connections kept between requests),
 //! `sqlite_reader` (SQLite pages read with rusqlite), `statements` (the two hottest
 //! statements rendered once per shape), plus positional row decoding below.
 //!
@@ -180,8 +180,8 @@ fn sqlx_failure(error: sea_orm::sqlx::Error) -> Error {
 
 /// Runs a statement that SeaORM built, on SeaORM's pool, and maps the rows by position.
 /// SeaORM's own model mapping looks every column up by name and formats an error message
-/// for each NULL it meets (a row has up to eight): with the copies it makes, that was about
-/// a fifth of a List's CPU (BENCHMARKS.md, "Profile").
+/// for each NULL it meets (a row has up to eight), copying as it goes
+/// (`docs/adr/0004-positional-row-decoding.md`).
 async fn fetch_invitations(
     db: &DatabaseConnection,
     statement: Statement,

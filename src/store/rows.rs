@@ -69,8 +69,8 @@ impl<'a> StoredRow<'a> {
 
     /// Reads a row selected with [`READ_COLUMNS`], by position. The columns are this
     /// table's, selected by name, so their types are known: `try_get_unchecked` skips sqlx's
-    /// per-column type-compatibility check (a clone and compare of the type info, about 5 %
-    /// of a List's CPU); a value that does not decode is still an error, never a panic.
+    /// per-column type-compatibility check (a clone and compare of the type info on every
+    /// value); a value that does not decode is still an error, never a panic.
     pub(super) fn of_sqlx<R>(row: &'a R) -> Result<Self, sea_orm::sqlx::Error>
     where
         R: sea_orm::sqlx::Row,
@@ -105,9 +105,9 @@ impl<'a> StoredRow<'a> {
     /// Reads a PostgreSQL row selected with [`READ_COLUMNS`], from its values' bytes.
     /// sqlx prepares every statement the store runs, so values come in PostgreSQL's binary
     /// format: a `uuid` is its 16 bytes, a `bigint` 8 bytes big-endian, text its UTF-8
-    /// bytes. Going through sqlx's `Decode` cost about 150 instructions a value (its
-    /// per-value dispatch, NULL and length checks through boxed errors), 18 values a row
-    /// (BENCHMARKS.md, round 5). A value in any other shape is an error, never a panic.
+    /// bytes. sqlx's `Decode` goes through a per-value dispatch and NULL and length checks
+    /// that build boxed errors, 18 values a row (`docs/adr/0004-positional-row-decoding.md`).
+    /// A value in any other shape is an error, never a panic.
     pub(super) fn of_postgres(row: &'a PgRow) -> Result<Self, sea_orm::sqlx::Error> {
         let values = PgValues::of(row)?;
         Ok(Self {
@@ -139,8 +139,8 @@ struct PgValues<'a>([Option<&'a [u8]>; READ_COLUMNS.len()]);
 
 impl<'a> PgValues<'a> {
     /// Every value's bytes, read in one pass. Each `try_get_raw` clones the column's type
-    /// and hands back a value that the caller moves; read one accessor at a time, with the
-    /// checks between them, that was a tenth of the server's CPU on a List (`perf`, round 11).
+    /// and hands back a value that the caller moves: reading them all in one tight loop, and
+    /// checking each typed value afterwards, keeps that cost out of the per-column readers.
     fn of(row: &'a PgRow) -> Result<Self, sea_orm::sqlx::Error> {
         use sea_orm::sqlx::{Row, ValueRef};
         let mut values = [None; READ_COLUMNS.len()];

@@ -4,8 +4,8 @@
 //! channel, copying every value into an allocation of its own; a page of 51 rows is about a
 //! thousand copies, and returning the connection to the pool pings that thread once more.
 //! Here a page is one blocking task: the statement (prepared once per connection) runs to
-//! its end and the values are read in place into domain types (BENCHMARKS.md, "What this
-//! round changed").
+//! its end and the values are read in place into domain types (what it buys, measured:
+//! `docs/adr/0002-sqlite-reader.md`).
 //!
 //! The readers are connections of their own to the same file, opened lazily, at most
 //! [`SqliteReaders::MAX`] or the pool size, whichever is smaller. They are `query_only`:

@@ -2,7 +2,8 @@
 //! conditional write, rendered by SeaORM once per shape and then reused.
 //!
 //! Building a statement with sea-query allocates its whole expression tree and renders it to
-//! text on every call: 3 % of a List's CPU and 10 % of a Cancel's (BENCHMARKS.md). The text
+//! text on every call, a visible share of a Cancel's CPU (`docs/adr/0003-rendered-statements.md`
+//! has the figures). The text
 //! depends only on the shape of the request (which filters are present, which statuses), so
 //! it is rendered the first time a shape is seen, by the same SeaORM builder as before, and
 //! kept. The bind values of each call are listed here in the order the builder emits them;
