@@ -3,7 +3,8 @@
 //! tonic writes every response into a buffer of `BufferSettings::buffer_size` (8 KiB by
 //! default) that doubles as it fills; a page of 50 invitations is about 17 KiB, so it would
 //! be copied twice on its way out. `BufferSettings` is tonic's knob for that: a response
-//! starts in a buffer that holds a default page (a larger page still grows it). The buffer
+//! starts in a buffer that holds a default page of typical invitations (a larger page, or
+//! one with long optional fields, still grows it). The buffer
 //! lives only until the response is handed to the connection, so what it costs is
 //! [`RESPONSE_BUFFER_BYTES`] per response being written.
 use std::marker::PhantomData;
@@ -12,7 +13,8 @@ use prost::Message;
 use tonic::codec::{BufferSettings, Codec};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
-/// Where every response's buffer starts: a default page of 50 invitations fits.
+/// Where every response's buffer starts: a default page of 50 typical invitations fits
+/// (`a_default_page_fits_the_response_buffer`).
 pub const RESPONSE_BUFFER_BYTES: usize = 32 * 1024;
 
 /// tonic's default: how much of a stream's responses are buffered before they are flushed.
@@ -48,5 +50,60 @@ where
 
     fn decoder(&mut self) -> Self::Decoder {
         ProstCodec::<T, U>::default().decoder()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::domain::{
+        CancelReason, EmailAddress, EnterpriseId, Invitation, InvitationId, InvitationStatus,
+        RoleRef, Scope, Timestamp, UserRef, Version,
+    };
+    use crate::grpc::wire_invitation;
+    use crate::proto::invitations::v1 as pb;
+
+    /// A cancelled invitation: every field a page usually carries is set.
+    fn cancelled(n: u128) -> Invitation {
+        let enterprise = EnterpriseId::from_uuid(Uuid::from_u128(n << 64 | 1));
+        let at = Timestamp::from_unix_micros(1_767_225_600_123_456);
+        Invitation {
+            id: InvitationId::from_uuid(Uuid::from_u128(n << 64 | 2)),
+            enterprise,
+            scope: Scope::parse(&format!("{}/teams/blue", enterprise.resource_name()))
+                .expect("a scope"),
+            email: EmailAddress::parse("first.last@example.com").expect("an address"),
+            role: RoleRef::from_uuid(Uuid::from_u128(3)),
+            stored_status: InvitationStatus::Cancelled,
+            invited_by: UserRef::from_uuid(Uuid::from_u128(4)),
+            pending_human_actor: Some(UserRef::from_uuid(Uuid::from_u128(5))),
+            challenge_ref: None,
+            created_at: at,
+            updated_at: at,
+            expires_at: at,
+            accepted_at: None,
+            accepted_by: None,
+            cancelled_at: Some(at),
+            cancel_reason: CancelReason::parse("left the team").expect("a reason"),
+            cancelled_by: Some(UserRef::from_uuid(Uuid::from_u128(6))),
+            version: Version::FIRST.next(),
+        }
+    }
+
+    #[test]
+    fn a_default_page_fits_the_response_buffer() {
+        let page = pb::ListInvitationsResponse {
+            items: (0..50)
+                .map(|n| wire_invitation(cancelled(n), Timestamp::now()))
+                .collect(),
+            next_page_token: "t".repeat(120),
+        };
+        let framed = 5 + page.encoded_len();
+        assert!(
+            framed <= RESPONSE_BUFFER_BYTES,
+            "a page of 50 is {framed} bytes"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! Every statement the service runs, built with SeaORM: open this file to answer "what SQL
-//! runs on cancel?" ([`Tenant::cancel_update`]). Nothing here executes; `mod.rs` runs what
-//! these build (`statements.rs` keeps the rendered text of the two hottest ones).
+//! runs on cancel?" ([`Tenant::cancel`], and [`Tenant::cancel_update`] when the cancel keeps a
+//! replay record). Nothing here executes; `mod.rs` runs what these build.
 //!
 //! Tenancy is a constructor: every statement on an enterprise's rows starts from
 //! [`Tenant`], which cannot be built without an enterprise, so the enterprise filter is
