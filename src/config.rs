@@ -23,6 +23,7 @@ pub enum StoreAccelerator {
     None,
     KeptConnections,
     SqliteReader,
+    RenderedStatements,
 }
 
 fn accelerators(chosen: &[StoreAccelerator]) -> crate::store::Accelerators {
@@ -33,6 +34,7 @@ fn accelerators(chosen: &[StoreAccelerator]) -> crate::store::Accelerators {
             StoreAccelerator::None => {}
             StoreAccelerator::KeptConnections => accelerators.kept_connections = true,
             StoreAccelerator::SqliteReader => accelerators.sqlite_reader = true,
+            StoreAccelerator::RenderedStatements => accelerators.rendered_statements = true,
         }
     }
     accelerators
@@ -382,7 +384,7 @@ pub struct Config {
     pub rate_limit_burst: u32,
 
     /// Store accelerators to use (docs/adr/): `all`, `none`, or a list of
-    /// `kept-connections`, `sqlite-reader`. Each one left out takes
+    /// `kept-connections`, `sqlite-reader`, `rendered-statements`. Each one left out takes
     /// SeaORM's plain path instead, with the same answers and more CPU per request.
     #[arg(
         long,

@@ -7,6 +7,12 @@ pub mod invitations {
     }
 }
 
+/// The server the service runs: `invitations::v1`'s requests, and for responses that carry
+/// invitations, [`crate::grpc::wire`]'s messages.
+pub mod server {
+    include!(concat!(env!("OUT_DIR"), "/server/invitations.v1.rs"));
+}
+
 /// Descriptors of `invitations.v1`, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("invitations_descriptor");

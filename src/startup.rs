@@ -17,7 +17,7 @@ use crate::grpc::InvitationApi;
 use crate::health::{self, LIVENESS_SERVICE};
 use crate::limits::{Admission, Incoming, StreamLimitLayer};
 use crate::middleware::ObserveLayer;
-use crate::proto::invitations::v1::invitation_service_server::InvitationServiceServer;
+use crate::proto::server::invitation_service_server::InvitationServiceServer;
 use crate::rate_limit::RateLimiter;
 use crate::store::Store;
 

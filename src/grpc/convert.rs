@@ -113,8 +113,10 @@ fn domain_timestamp(at: &WireTimestamp) -> Result<Timestamp, ValueError> {
         .ok_or(ValueError::Malformed(SHAPE))
 }
 
-/// The invitation as a caller sees it at `now`: what the service sends (and the benchmark's
-/// no-op server, so both answer the same bytes).
+/// The invitation as a caller sees it at `now`, as the generated message a client decodes.
+/// The service itself sends [`super::WireInvitation`], which writes these same bytes without
+/// building the message; its tests hold it to this function, and the benchmark's no-op
+/// server answers with these.
 pub fn wire_invitation(invitation: Invitation, now: Timestamp) -> pb::Invitation {
     let status = wire_status(invitation.status_at(now)) as i32;
     let etag = invitation.etag().into_string();

@@ -3,6 +3,7 @@
 pub mod codec;
 pub mod convert;
 pub mod status;
+pub mod wire;
 
 use std::sync::Arc;
 
@@ -13,9 +14,11 @@ use crate::domain::{Error, Forbidden};
 use crate::domain::{InvitationRepository, InvitationService, Timestamp};
 use crate::limits::{Admission, ResponseSize, Slot};
 use crate::proto::invitations::v1 as pb;
-use crate::proto::invitations::v1::invitation_service_server::InvitationService as InvitationRpc;
+use crate::proto::server::invitation_service_server::InvitationService as InvitationRpc;
 
 pub use convert::wire_invitation;
+pub use wire::WireInvitation;
+use wire::{IssueInvitationTokenResponse, ListInvitationsResponse};
 
 /// Implements `invitations.v1.InvitationService`.
 #[derive(Clone)]
@@ -71,7 +74,7 @@ impl<R: InvitationRepository> InvitationRpc for InvitationApi<R> {
     async fn list_invitations(
         &self,
         request: Request<pb::ListInvitationsRequest>,
-    ) -> Result<Response<pb::ListInvitationsResponse>, Status> {
+    ) -> Result<Response<ListInvitationsResponse>, Status> {
         answer(
             async {
                 let admin = enterprise_admin(&request)?;
@@ -79,11 +82,11 @@ impl<R: InvitationRepository> InvitationRpc for InvitationApi<R> {
                 let query = convert::list_query(admin, request.into_inner())?;
                 let page = self.service.list(query).await?;
                 let evaluated_at = page.evaluated_at;
-                Ok(pb::ListInvitationsResponse {
+                Ok(ListInvitationsResponse {
                     items: page
                         .items
                         .into_iter()
-                        .map(|i| wire_invitation(i, evaluated_at))
+                        .map(|i| WireInvitation::new(i, evaluated_at))
                         .collect(),
                     next_page_token: page.next_page_token.unwrap_or_default(),
                 })
@@ -95,14 +98,14 @@ impl<R: InvitationRepository> InvitationRpc for InvitationApi<R> {
     async fn get_invitation(
         &self,
         request: Request<pb::GetInvitationRequest>,
-    ) -> Result<Response<pb::Invitation>, Status> {
+    ) -> Result<Response<WireInvitation>, Status> {
         answer(
             async {
                 let admin = enterprise_admin(&request)?;
                 let _slot = self.admit(&request)?;
                 let id = convert::invitation_id(&request.get_ref().invitation_id)?;
                 let invitation = self.service.get(admin.enterprise, id).await?;
-                Ok(wire_invitation(invitation, Timestamp::now()))
+                Ok(WireInvitation::new(invitation, Timestamp::now()))
             }
             .await,
         )
@@ -111,14 +114,14 @@ impl<R: InvitationRepository> InvitationRpc for InvitationApi<R> {
     async fn create_invitation(
         &self,
         request: Request<pb::CreateInvitationRequest>,
-    ) -> Result<Response<pb::Invitation>, Status> {
+    ) -> Result<Response<WireInvitation>, Status> {
         answer(
             async {
                 let admin = enterprise_admin(&request)?;
                 let _slot = self.admit(&request)?;
                 let command = convert::create_command(admin, request.into_inner())?;
                 let invitation = self.service.create(command).await?;
-                Ok(wire_invitation(invitation, Timestamp::now()))
+                Ok(WireInvitation::new(invitation, Timestamp::now()))
             }
             .await,
         )
@@ -127,7 +130,7 @@ impl<R: InvitationRepository> InvitationRpc for InvitationApi<R> {
     async fn cancel_invitation(
         &self,
         request: Request<pb::CancelInvitationRequest>,
-    ) -> Result<Response<pb::Invitation>, Status> {
+    ) -> Result<Response<WireInvitation>, Status> {
         answer(
             async {
                 let admin = enterprise_admin(&request)?;
@@ -135,7 +138,7 @@ impl<R: InvitationRepository> InvitationRpc for InvitationApi<R> {
                 let (metadata, _, message) = request.into_parts();
                 let command = convert::cancel_command(admin, &metadata, message)?;
                 let invitation = self.service.cancel(command).await?;
-                Ok(wire_invitation(invitation, Timestamp::now()))
+                Ok(WireInvitation::new(invitation, Timestamp::now()))
             }
             .await,
         )
@@ -144,7 +147,7 @@ impl<R: InvitationRepository> InvitationRpc for InvitationApi<R> {
     async fn issue_invitation_token(
         &self,
         request: Request<pb::IssueInvitationTokenRequest>,
-    ) -> Result<Response<pb::IssueInvitationTokenResponse>, Status> {
+    ) -> Result<Response<IssueInvitationTokenResponse>, Status> {
         answer(
             async {
                 let admin = enterprise_admin(&request)?;
@@ -152,8 +155,8 @@ impl<R: InvitationRepository> InvitationRpc for InvitationApi<R> {
                 let (metadata, _, message) = request.into_parts();
                 let command = convert::issue_token_command(admin, &metadata, message)?;
                 let (invitation, token) = self.service.issue_token(command).await?;
-                Ok(pb::IssueInvitationTokenResponse {
-                    invitation: Some(wire_invitation(invitation, Timestamp::now())),
+                Ok(IssueInvitationTokenResponse {
+                    invitation: Some(WireInvitation::new(invitation, Timestamp::now())),
                     token: token.reveal().to_owned(),
                 })
             }
@@ -164,7 +167,7 @@ impl<R: InvitationRepository> InvitationRpc for InvitationApi<R> {
     async fn accept_invitation(
         &self,
         request: Request<pb::AcceptInvitationRequest>,
-    ) -> Result<Response<pb::Invitation>, Status> {
+    ) -> Result<Response<WireInvitation>, Status> {
         answer(
             async {
                 let caller = caller(&request)?;
@@ -176,7 +179,7 @@ impl<R: InvitationRepository> InvitationRpc for InvitationApi<R> {
                 let command =
                     convert::accept_command(caller.subject, email, &request.get_ref().token)?;
                 let invitation = self.service.accept(command).await?;
-                Ok(wire_invitation(invitation, Timestamp::now()))
+                Ok(WireInvitation::new(invitation, Timestamp::now()))
             }
             .await,
         )

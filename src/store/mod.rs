@@ -1,10 +1,10 @@
 //! The repository: the domain's port (`domain::InvitationRepository`), and the only place
 //! that knows SQL. Every statement is built in [`queries`] from a `Tenant`; this file runs
-//! them and answers with domain types. Two accelerators sit beside it, each replacing a
+//! them and answers with domain types. Three accelerators sit beside it, each replacing a
 //! library path the benchmark showed too slow for issue 4's targets (`docs/adr/`, one record
-//! each): `hot_connections` (PostgreSQL connections kept between requests) and
-//! `sqlite_reader` (SQLite pages read with rusqlite), plus positional row decoding
-//! (`rows`).
+//! each): `hot_connections` (PostgreSQL connections kept between requests),
+//! `sqlite_reader` (SQLite pages read with rusqlite), `statements` (the two hottest
+//! statements rendered once per shape), plus positional row decoding below.
 //!
 //! Writes that depend on state are single conditional statements whose `rows_affected`
 //! (or `RETURNING` rows) decide the outcome, so no read-then-write race exists on either
@@ -15,6 +15,7 @@ mod idempotency;
 pub mod queries;
 mod rows;
 mod sqlite_reader;
+mod statements;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,6 +44,7 @@ use queries::Tenant;
 use rows::{StoredRow, into_domain, model_into_domain};
 pub use sqlite_reader::READER_THREAD_NAME as SQLITE_READER_THREAD_NAME;
 use sqlite_reader::SqliteReaders;
+use statements::RenderedStatements;
 
 /// Rows a SQLite connection may hand over before the reader takes them: a whole page of
 /// the largest size, plus the row that tells whether another page follows.
@@ -58,7 +60,7 @@ const MAX_EXPECTED_ROWS: usize = 1024;
 /// `objid = 762145127`, `objsubid = 1`.
 pub const MIGRATION_LOCK_KEY: i64 = i64::from_be_bytes(*b"invt-mig");
 
-/// Which accelerators the store uses (docs/adr/0001 and 0002). Both are on by default; turning
+/// Which accelerators the store uses (docs/adr/0001 to 0003). All are on by default; turning
 /// one off takes SeaORM's plain path for what it replaces, with the same answers: for an
 /// operator who suspects one, for the benchmark that measures what each buys, and for the
 /// test that holds them equal (`accelerators_answer_as_the_plain_path_does`).
@@ -68,6 +70,8 @@ pub struct Accelerators {
     pub kept_connections: bool,
     /// SQLite pages read with rusqlite (`sqlite_reader`).
     pub sqlite_reader: bool,
+    /// List's and Cancel's statements rendered once per shape (`statements`).
+    pub rendered_statements: bool,
 }
 
 impl Default for Accelerators {
@@ -75,6 +79,7 @@ impl Default for Accelerators {
         Self {
             kept_connections: true,
             sqlite_reader: true,
+            rendered_statements: true,
         }
     }
 }
@@ -83,6 +88,7 @@ impl Accelerators {
     pub const NONE: Self = Self {
         kept_connections: false,
         sqlite_reader: false,
+        rendered_statements: false,
     };
 }
 
@@ -106,6 +112,8 @@ pub struct Store {
     /// On PostgreSQL, the connections reads and single-statement writes keep between
     /// requests (see `hot_connections`).
     hot_connections: Option<Arc<HotConnections>>,
+    /// The hot statements' SQL, rendered once per shape (see `statements`).
+    statements: Option<Arc<RenderedStatements>>,
     state: Arc<StoreState>,
 }
 
@@ -332,10 +340,14 @@ impl Store {
         let hot_connections = (accelerators.kept_connections
             && db.get_database_backend() == DbBackend::Postgres)
             .then(|| Arc::new(HotConnections::new(settings.max_connections)));
+        let statements = accelerators
+            .rendered_statements
+            .then(|| Arc::new(RenderedStatements::new(db.get_database_backend())));
         Ok(Self {
             db,
             sqlite_readers,
             hot_connections,
+            statements,
             state: Arc::default(),
         })
     }
@@ -499,7 +511,11 @@ impl Store {
 impl InvitationRepository for Store {
     async fn list(&self, filter: &ListFilter<'_>) -> Result<Vec<Invitation>, Error> {
         let backend = self.backend();
-        let statement = Tenant::of(filter.enterprise).page(filter, backend);
+        let page = || Tenant::of(filter.enterprise).page(filter, backend);
+        let statement = match &self.statements {
+            Some(rendered) => rendered.list(filter, page),
+            None => page(),
+        };
         // The limit is a validated page size plus one.
         let expected_rows = usize::try_from(filter.limit)
             .unwrap_or(usize::MAX)
@@ -581,7 +597,15 @@ impl InvitationRepository for Store {
     ) -> Result<CancelOutcome, Error> {
         let tenant = Tenant::of(enterprise);
         let Some(key) = key else {
-            let statement = tenant.cancel(id, expected, change, now, self.backend());
+            let backend = self.backend();
+            let cancel = || tenant.cancel(id, expected, change, now, backend);
+            let statement = match &self.statements {
+                Some(rendered) => rendered.cancel(
+                    statements::cancel_values(enterprise, id, expected, change, now),
+                    cancel,
+                ),
+                None => cancel(),
+            };
             return Ok(match self.write_returning(statement).await? {
                 Some(invitation) => CancelOutcome::Cancelled(Box::new(invitation)),
                 None => CancelOutcome::NoMatch,

@@ -1,6 +1,7 @@
 //! Every statement the service runs, built with SeaORM: open this file to answer "what SQL
 //! runs on cancel?" ([`Tenant::cancel`], and [`Tenant::cancel_update`] when the cancel keeps a
-//! replay record). Nothing here executes; `mod.rs` runs what these build.
+//! replay record). Nothing here executes; `mod.rs` runs what these build (`statements.rs`
+//! keeps the rendered text of the two hottest, `Tenant::page` and `Tenant::cancel`).
 //!
 //! Tenancy is a constructor: every statement on an enterprise's rows starts from
 //! [`Tenant`], which cannot be built without an enterprise, so the enterprise filter is
