@@ -11,6 +11,7 @@ pub mod middleware;
 pub mod proto;
 pub mod rate_limit;
 pub mod secret;
+pub mod shutdown;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -11,7 +11,7 @@ async fn main() -> ExitCode {
     let database_url = cli.config.database_url.clone();
     telemetry::init(cli.config.log_format, &database_url);
     match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(reason) => {
             // A driver's error may quote the URL: its password never reaches the terminal.
             eprintln!("invitations: {}", database_url.redact(&reason.to_string()));
@@ -20,14 +20,15 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let settings = cli.config.settings()?;
-            Application::build(&settings)
+            let stopped = Application::build(&settings)
                 .await?
                 .run_until(invitations::startup::shutdown_signal())
                 .await?;
+            return Ok(stopped.exit_code());
         }
         Command::Migrate => {
             let store = invitations::store::Store::connect(&cli.config.store_settings()?).await?;
@@ -64,5 +65,5 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             );
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

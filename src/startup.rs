@@ -19,7 +19,30 @@ use crate::limits::{Admission, Incoming, StreamLimitLayer};
 use crate::middleware::ObserveLayer;
 use crate::proto::server::invitation_service_server::InvitationServiceServer;
 use crate::rate_limit::RateLimiter;
+use crate::shutdown::{CLOSE_BOUND, CallsInFlight, InFlightLayer};
 use crate::store::Store;
+
+/// The exit code of a `serve` that stopped on a signal but had to abandon calls at the
+/// drain timeout (their clients were answered UNAVAILABLE `SHUTTING_DOWN` and nothing they
+/// wrote was committed). 0 means every call was answered; 1 is a failure to start or serve.
+pub const EXIT_CALLS_ABANDONED: u8 = 3;
+
+/// How a shutdown ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    /// Calls still running at the drain timeout, ended without their answer.
+    pub abandoned_calls: usize,
+}
+
+impl Stopped {
+    pub fn exit_code(self) -> std::process::ExitCode {
+        if self.abandoned_calls == 0 {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::from(EXIT_CALLS_ABANDONED)
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -102,8 +125,12 @@ impl Application {
 
     /// Serves until `shutdown` completes, then: readiness NOT_SERVING at once, serving on
     /// for the grace delay, no new connections or calls, at most the drain timeout for
-    /// in-flight calls (tonic's own wait has no bound), and return.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
+    /// in-flight calls (tonic's own wait has no bound), then the calls still running are
+    /// abandoned (`shutdown.rs`) and the database pool gets at most [`CLOSE_BOUND`] to close.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<Stopped, StartupError> {
         let limits = self.settings.server;
         let (reporter, health_service) = tonic_health::server::health_reporter();
         health::set_readiness(&reporter, ServingStatus::NotServing).await;
@@ -146,6 +173,7 @@ impl Application {
             AuthInterceptor::new(self.authenticator.clone(), limiter),
         );
 
+        let calls = CallsInFlight::new();
         let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
             .timeout(limits.request_timeout)
@@ -158,6 +186,7 @@ impl Application {
             .max_concurrent_streams(limits.max_concurrent_streams)
             .layer(ObserveLayer::new(limits.max_request_bytes))
             .layer(StreamLimitLayer::new(&limits))
+            .layer(InFlightLayer::new(calls.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -175,7 +204,8 @@ impl Application {
             finished = &mut server => {
                 supervisor.abort();
                 janitor.abort();
-                return Ok(finished??);
+                finished??;
+                return Ok(Stopped { abandoned_calls: 0 });
             }
             () = shutdown => {}
         }
@@ -193,16 +223,32 @@ impl Application {
             "shutting down: draining in-flight calls"
         );
         let outcome = match tokio::time::timeout(limits.shutdown_drain, &mut server).await {
-            Ok(finished) => finished?.map_err(StartupError::from),
+            Ok(finished) => finished?
+                .map(|()| Stopped { abandoned_calls: 0 })
+                .map_err(StartupError::from),
             Err(_) => {
+                let abandoned_calls = calls.abandon();
                 tracing::warn!(
-                    "shutting down: drain timeout reached; abandoning the calls still running"
+                    abandoned_calls,
+                    "shutting down: drain timeout reached; abandoning the calls still running \
+                     (nothing they wrote is committed)"
                 );
                 server.abort();
-                Ok(())
+                Ok(Stopped { abandoned_calls })
             }
         };
-        self.store.close().await;
+        // An abandoned call's connection may still wait for the statement it sent; the pool
+        // would wait for it. The process exits instead, and the connection dies with it.
+        if tokio::time::timeout(CLOSE_BOUND, self.store.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                close_bound_ms = CLOSE_BOUND.as_millis() as u64,
+                "shutting down: the database pool did not close in time; its connections \
+                 close with the process"
+            );
+        }
         tracing::info!("stopped");
         outcome
     }

@@ -155,6 +155,10 @@ pub enum Error {
     /// The request message did not arrive completely within `timeout` of its headers.
     #[error("request message not received within {timeout:?}")]
     RequestReadTimeout { timeout: Duration },
+    /// The replica stopped before the call finished (its shutdown's drain timeout ran out):
+    /// nothing the call wrote is committed; retry it, on another replica.
+    #[error("server shutting down")]
+    ShuttingDown,
     /// The database gave up a transaction (serialization failure or deadlock): retry.
     #[error("transaction conflict")]
     TransactionConflict(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -372,6 +372,16 @@ pub fn row(error: &Error) -> ErrorRow {
                 "The request was not received in time.",
             )
         }
+        Error::ShuttingDown => {
+            ask_to_retry(&mut details, &mut metadata, OVERLOAD_RETRY_DELAY);
+            (
+                Code::Unavailable,
+                503,
+                "temporarily_unavailable",
+                "SHUTTING_DOWN",
+                "The server stopped before the request finished; retry it.",
+            )
+        }
         Error::TransactionConflict(_) => (
             Code::Aborted,
             409,
@@ -490,6 +500,7 @@ mod readme {
             Error::RequestReadTimeout {
                 timeout: Duration::from_secs(2),
             },
+            Error::ShuttingDown,
             Error::TransactionConflict(cause()),
             Error::Upstream(cause()),
             Error::DatabaseUnavailable(cause()),

@@ -24,7 +24,7 @@ use std::time::Duration;
 use invitations_migrations::{Migrator, MigratorTrait};
 use sea_orm::sea_query::Values;
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgRow};
-use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteSynchronous};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, EntityTrait,
     RuntimeErr, SqlErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
@@ -49,6 +49,11 @@ use statements::RenderedStatements;
 /// Rows a SQLite connection may hand over before the reader takes them: a whole page of
 /// the largest size, plus the row that tells whether another page follows.
 pub const SQLITE_ROW_CHANNEL: usize = 1024;
+
+/// How often (ms) a PostgreSQL backend running one of our statements checks that this
+/// process is still there: the longest a statement of a process that exited can still
+/// commit, if the lock it waits for is released just then.
+const CLIENT_CONNECTION_CHECK_INTERVAL_MS: &str = "250";
 
 /// The most rows a read makes room for before they arrive.
 const MAX_EXPECTED_ROWS: usize = 1024;
@@ -167,7 +172,7 @@ fn is_transaction_conflict(error: &DbErr) -> bool {
             if db.code().is_some_and(|code| {
                 code == "40001"
                     || code == "40P01"
-                    || code.parse::<u32>().is_ok_and(|sqlite| matches!(sqlite & 0xff, 5 | 6))
+                    || is_sqlite_busy(Some(&code))
             }))
         }
         _ => false,
@@ -176,6 +181,43 @@ fn is_transaction_conflict(error: &DbErr) -> bool {
 
 fn sqlx_failure(error: sea_orm::sqlx::Error) -> Error {
     classify(DbErr::Query(RuntimeErr::SqlxError(Arc::new(error))))
+}
+
+/// Puts a SQLite file in WAL mode (readers never block the writer), on every new connection.
+///
+/// Not one of sqlx's connect pragmas, because SQLite answers a switch of a new file to WAL
+/// with SQLITE_BUSY at once, without waiting for the busy timeout, when another connection
+/// is switching or writing the same file at that moment: three `migrate`s and a `serve`
+/// started together on an empty file (`tests/api/migrations.rs`). As a connect pragma that
+/// failed the connection, and `serve` exited. Here the switch is retried until the busy
+/// timeout runs out. Once the file is in WAL mode (the mode is kept in the file) the pragma
+/// only reads it. An in-memory database answers `memory` and stays so.
+async fn use_wal(
+    connection: &mut sea_orm::sqlx::SqliteConnection,
+    busy_timeout: Duration,
+) -> Result<(), sea_orm::sqlx::Error> {
+    const PAUSE: Duration = Duration::from_millis(5);
+    let give_up = tokio::time::Instant::now() + busy_timeout;
+    loop {
+        match sea_orm::sqlx::query("PRAGMA journal_mode = WAL")
+            .execute(&mut *connection)
+            .await
+        {
+            Err(sea_orm::sqlx::Error::Database(error))
+                if is_sqlite_busy(error.code().as_deref())
+                    && tokio::time::Instant::now() < give_up =>
+            {
+                tokio::time::sleep(PAUSE).await;
+            }
+            outcome => return outcome.map(drop),
+        }
+    }
+}
+
+/// SQLite's BUSY or LOCKED: primary codes 5 and 6, with their extended codes.
+fn is_sqlite_busy(code: Option<&str>) -> bool {
+    code.and_then(|code| code.parse::<u32>().ok())
+        .is_some_and(|code| matches!(code & 0xff, 5 | 6))
 }
 
 /// Runs a statement that SeaORM built, on SeaORM's pool, and maps the rows by position.
@@ -307,8 +349,18 @@ impl Store {
             // here is an equality on indexed columns plus a keyset range on an index that
             // starts with enterprise_id: the generic plan is the right one (the query plans
             // are in BENCHMARKS.md).
+            //
+            // A backend whose client is gone stops waiting (for a lock, say) and rolls back
+            // within `client_connection_check_interval`: a call abandoned at shutdown is
+            // not committed after the process exits (`shutdown.rs`). PostgreSQL 14 or later.
             .map_sqlx_postgres_opts(|o: PgConnectOptions| {
-                o.options([("plan_cache_mode", "force_generic_plan")])
+                o.options([
+                    ("plan_cache_mode", "force_generic_plan"),
+                    (
+                        "client_connection_check_interval",
+                        CLIENT_CONNECTION_CHECK_INTERVAL_MS,
+                    ),
+                ])
             })
             // No connection at start: the process comes up (liveness, health) even while
             // the database is down, and readiness says so.
@@ -320,10 +372,12 @@ impl Store {
                     // for all of them the thread finishes the statement without waiting
                     // for the reader row by row.
                     .row_buffer_size(SQLITE_ROW_CHANNEL)
-                    .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(busy)
                     .foreign_keys(true)
+            })
+            .map_sqlx_sqlite_pool_opts(move |pool| {
+                pool.after_connect(move |connection, _| Box::pin(use_wal(connection, busy)))
             });
         let db = Database::connect(options).await?;
         let sqlite_readers = if accelerators.sqlite_reader {

@@ -761,6 +761,7 @@ pub enum Row {
     StreamLimitReached,
     ResponsesUnread,
     RequestReadTimeout,
+    ShuttingDown,
     TransactionConflict,
     DatabaseUnavailable,
     UpstreamError,
@@ -772,7 +773,7 @@ pub enum Row {
 /// Written out rather than read from the server's table, so that a change there fails a test;
 /// `the_expected_rows_are_the_servers_rows` holds the two together.
 #[rustfmt::skip]
-const TABLE: [(Row, Code, u16, &str, &str, &str); 32] = [
+const TABLE: [(Row, Code, u16, &str, &str, &str); 33] = [
     (Row::MissingRequiredField, Code::InvalidArgument, 400, "invalid_request", "MISSING_REQUIRED_FIELD", "A required field is missing or invalid"),
     (Row::InvalidFormat, Code::InvalidArgument, 400, "invalid_request", "INVALID_FORMAT", "The request is invalid."),
     (Row::ValueTooLong, Code::InvalidArgument, 400, "invalid_request", "VALUE_TOO_LONG", "The request is invalid."),
@@ -801,6 +802,7 @@ const TABLE: [(Row, Code, u16, &str, &str, &str); 32] = [
     (Row::StreamLimitReached, Code::ResourceExhausted, 429, "rate_limited", "STREAM_LIMIT_REACHED", "Too many requests."),
     (Row::ResponsesUnread, Code::ResourceExhausted, 429, "rate_limited", "RESPONSES_UNREAD", "Too many requests."),
     (Row::RequestReadTimeout, Code::DeadlineExceeded, 408, "request_timeout", "REQUEST_READ_TIMEOUT", "The request was not received in time."),
+    (Row::ShuttingDown, Code::Unavailable, 503, "temporarily_unavailable", "SHUTTING_DOWN", "The server stopped before the request finished; retry it."),
     (Row::TransactionConflict, Code::Aborted, 409, "state_conflict", "TRANSACTION_CONFLICT", "The request conflicted with a concurrent one; retry it."),
     (Row::DatabaseUnavailable, Code::Unavailable, 503, "temporarily_unavailable", "DATABASE_UNAVAILABLE", "A downstream service is temporarily unavailable"),
     (Row::UpstreamError, Code::Unavailable, 502, "upstream_error", "UPSTREAM_ERROR", "An upstream service returned an unexpected error."),
@@ -879,6 +881,7 @@ impl Row {
             Row::RequestReadTimeout => Error::RequestReadTimeout {
                 timeout: Duration::from_secs(2),
             },
+            Row::ShuttingDown => Error::ShuttingDown,
             Row::TransactionConflict => Error::TransactionConflict(cause()),
             Row::DatabaseUnavailable => Error::DatabaseUnavailable(cause()),
             Row::UpstreamError => Error::Upstream(cause()),

@@ -17,4 +17,5 @@ mod migrations;
 mod operability;
 mod process;
 mod replicas;
+mod shutdown;
 mod tokens;

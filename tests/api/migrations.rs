@@ -6,6 +6,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use invitations::store::{Store, StoreSettings};
 use invitations_migrations::{Migrator, MigratorTrait};
 use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -223,5 +224,39 @@ async fn migrate_and_serve_started_together_on_an_empty_sqlite_file_all_succeed(
         let round = race(&url, DbBackend::Sqlite).await;
         eprintln!("sqlite round {number}: {:?}", round.elapsed);
         assert_all_succeeded(&round, number);
+    }
+}
+
+/// Stores opened at once on one new SQLite file, in one process, each migrating: the race
+/// the processes above run, without their start-up time, so many rounds fit in a second.
+/// SQLite answered the switch of a new file to WAL with BUSY at once (no busy timeout) in
+/// about one round in forty, which failed the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stores_opened_together_on_a_new_sqlite_file_all_connect_and_migrate() {
+    const STORE_ROUNDS: usize = 200;
+    const STORES: usize = 4;
+    for number in 1..=STORE_ROUNDS {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("invitations.db").display());
+        let opened: Vec<_> = (0..STORES)
+            .map(|_| {
+                let settings = StoreSettings {
+                    url: url.as_str().into(),
+                    max_connections: 2,
+                    acquire_timeout: Duration::from_secs(10),
+                    sqlite_busy_timeout: Duration::from_secs(5),
+                };
+                tokio::spawn(async move {
+                    let store = Store::connect(&settings).await?;
+                    store.migrate().await?;
+                    store.close().await;
+                    Ok::<_, sea_orm::DbErr>(())
+                })
+            })
+            .collect();
+        for store in opened {
+            let outcome = store.await.expect("join");
+            assert!(outcome.is_ok(), "round {number}: {outcome:?}");
+        }
     }
 }

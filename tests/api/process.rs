@@ -99,7 +99,12 @@ impl Served {
         self.logs.lock().expect("log sink").clone()
     }
 
-    fn signal(&self, name: &str) {
+    /// The SQLite file it serves (unless `DATABASE_URL` was given another).
+    pub fn sqlite_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("invitations.db")
+    }
+
+    pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .args([format!("-{name}"), self.child.id().to_string()])
             .status();
@@ -107,7 +112,7 @@ impl Served {
     }
 
     /// Waits for the exit, at most `within`.
-    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -129,7 +134,7 @@ impl Drop for Served {
     }
 }
 
-fn admin_token() -> (String, UserRef) {
+pub fn admin_token() -> (String, UserRef) {
     let admin = UserRef::from_uuid(Uuid::new_v4());
     let enterprise = EnterpriseId::from_uuid(Uuid::new_v4());
     let token = Authenticator::hs256(JWT_SECRET.as_bytes(), ISSUER, AUDIENCE).mint(
