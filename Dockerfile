@@ -38,6 +38,7 @@ WORKDIR /build
 #    A new workspace member, or a target with an explicit path, needs its manifest copied
 #    and a stub here too.
 COPY Cargo.toml Cargo.lock build.rs ./
+COPY vendor vendor
 COPY migrations/Cargo.toml migrations/Cargo.toml
 COPY proto proto
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \

@@ -17,5 +17,6 @@ mod migrations;
 mod operability;
 mod process;
 mod replicas;
+mod rotation;
 mod shutdown;
 mod tokens;
