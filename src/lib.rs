@@ -1,6 +1,7 @@
 //! Invitations: a gRPC service that lists and cancels user invitations under an enterprise
 //! scope. `main.rs` only parses configuration and calls [`startup::Application`].
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod dev;
 pub mod domain;

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use invitations::auth::{Authenticator, ENTERPRISE_ADMIN};
+use invitations::client::never_reached_the_server;
 use invitations::domain::{EnterpriseId, UserRef};
 use invitations::proto::invitations::v1::invitation_service_client::InvitationServiceClient;
 use invitations::proto::invitations::v1::{CreateInvitationRequest, ListInvitationsRequest};
@@ -255,34 +256,6 @@ async fn sigterm_drains_without_failing_an_accepted_rpc_and_exits_in_bound() {
     let logs = served.logs().join("\n");
     assert!(logs.contains("received SIGTERM"), "{logs}");
     assert!(logs.contains("\"stopped\""), "{logs}");
-}
-
-/// Whether a failed call is one the server never saw, so that retrying it is safe:
-/// - the connection was refused (the listener is closed);
-/// - the request was still queued in the client when its connection closed (hyper answers
-///   it `Canceled` "connection closed" and hands the request back unsent);
-/// - the server refused the stream (RST_STREAM REFUSED_STREAM, RFC 9113 §8.7);
-/// - the stream was opened after the server's graceful GOAWAY (reason NO_ERROR) announced a
-///   lower last stream id. tonic reports it as INTERNAL "h2 protocol error" with the
-///   `h2::Error` as its source (grpc/grpc-rust#612), hence the look at the source chain.
-///
-/// A stream at or below the last stream id is never failed by the GOAWAY (h2 finishes it;
-/// `rotation.rs` holds the case that h2 got wrong), so no other error is accepted here.
-pub fn never_reached_the_server(status: &tonic::Status) -> bool {
-    std::iter::successors(std::error::Error::source(status), |error| error.source()).any(|error| {
-        if let Some(h2) = error.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
-                || (h2.is_go_away()
-                    && h2.is_remote()
-                    && h2.reason() == Some(h2::Reason::NO_ERROR));
-        }
-        if let Some(hyper) = error.downcast_ref::<hyper::Error>() {
-            return hyper.is_canceled();
-        }
-        error
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

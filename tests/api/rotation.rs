@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use invitations::client::never_reached_the_server;
 use invitations::proto::invitations::v1::invitation_service_client::InvitationServiceClient;
 use invitations::proto::invitations::v1::{GetInvitationRequest, ListInvitationsRequest};
 use prost::Message;
@@ -20,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::common::authorized;
-use crate::process::{Served, admin_token, never_reached_the_server};
+use crate::process::{Served, admin_token};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 

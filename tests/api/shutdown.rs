@@ -81,10 +81,12 @@ async fn cancel_stuck_then_terminate(
     .expect("join");
     let exited_after = signalled.elapsed();
 
-    // Exited within grace + drain + the pool's close bound (plus slack for a slow machine),
-    // not when the 25 s busy timeout or the lock ran out; the code says calls were abandoned.
-    let bound = GRACE + DRAIN + CLOSE_BOUND + Duration::from_secs(1);
+    // Exited within grace + drain + the pool's close bound (plus slack for a loaded machine
+    // starting and stopping a process), not when the 25 s busy timeout or the lock ran out;
+    // the code says calls were abandoned.
+    let bound = GRACE + DRAIN + CLOSE_BOUND + Duration::from_secs(3);
     assert!(exited_after < bound, "exited after {exited_after:?}");
+    eprintln!("exited {exited_after:?} after SIGTERM");
     assert_eq!(
         exit.code(),
         Some(i32::from(EXIT_CALLS_ABANDONED)),
