@@ -11,12 +11,16 @@ use invitations::shutdown::CLOSE_BOUND;
 use invitations::startup::EXIT_CALLS_ABANDONED;
 use sea_orm::{ConnectionTrait, Database, DbBackend, Statement, TransactionTrait};
 use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
 use uuid::Uuid;
 
 use crate::common::{
     Backend, Row, assert_row, authorized, cancel_request, create_database, drop_database,
 };
+use crate::operability::READINESS;
 use crate::process::{Served, admin_token};
 
 const GRACE: Duration = Duration::from_millis(200);
@@ -179,4 +183,53 @@ async fn a_call_stuck_behind_a_postgres_row_lock_is_abandoned_and_not_committed(
     let after = stored(&url, DbBackend::Postgres).await;
     drop_database(&admin_url, &name).await;
     assert_eq!(after, before, "the abandoned cancel committed nothing");
+}
+
+/// A long-lived stream (health `Watch`, the one the service has today) does not hold the
+/// process either: its watcher sees NOT_SERVING at SIGTERM, the stream ends at the drain
+/// timeout, and the process exits 0 (a watch is not a call whose answer was lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_open_at_shutdown_ends_at_the_drain_timeout_and_the_exit_is_clean() {
+    let mut served = Served::start_ready(&environment(None), Duration::from_secs(10)).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", served.addr))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut updates = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: READINESS.into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = updates.message().await.expect("an update").expect("open");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+
+    let signalled = Instant::now();
+    served.signal("TERM");
+    let next = updates.message().await.expect("an update").expect("open");
+    assert_eq!(next.status, ServingStatus::NotServing as i32);
+    let (exit, _served) = tokio::task::spawn_blocking(move || {
+        let exit = served.wait_exit(Duration::from_secs(20));
+        (exit, served)
+    })
+    .await
+    .expect("join");
+    let exited_after = signalled.elapsed();
+
+    assert!(
+        exited_after >= GRACE + DRAIN,
+        "the watch held the drain: {exited_after:?}"
+    );
+    assert!(
+        exited_after < GRACE + DRAIN + CLOSE_BOUND + Duration::from_secs(3),
+        "exited after {exited_after:?}"
+    );
+    assert_eq!(exit.code(), Some(0), "{exit:?}");
+    let ended = tokio::time::timeout(Duration::from_secs(5), updates.message()).await;
+    assert!(
+        matches!(ended, Ok(Ok(None)) | Ok(Err(_))),
+        "the watch ended with the process: {ended:?}"
+    );
 }
