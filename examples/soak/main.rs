@@ -6,9 +6,11 @@
 //!
 //! ```sh
 //! cargo build --release --bins --examples
-//! target/release/examples/soak --seconds 1800 --out bench/soak.json     # the real one
+//! target/release/examples/soak --seconds 1800 --out bench/soak.json \
+//!     --chart bench/soak.svg                                             # the real one
 //! cargo run --example soak -- --seconds 30 --connection-age-ms 5000 \
 //!     --restart-every-s 10 --binary target/debug/invitations             # what CI runs
+//! target/release/examples/soak --from bench/soak.json --chart bench/soak.svg  # redraw
 //! ```
 //!
 //! It fails (exit 1) when a call failed without a documented error (a status without the
@@ -17,6 +19,8 @@
 //! 0 (3: it abandoned calls at its drain timeout) or did not come back.
 //! Each caller is an enterprise admin of its own enterprise; the invitee of an accepted
 //! invitation is a user with the verified address it was sent to.
+mod chart;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -48,7 +52,7 @@ const READINESS: &str = "invitations.v1.InvitationService";
 #[derive(Parser, Debug)]
 struct Opts {
     /// A PostgreSQL server where the soak creates (and drops) a database of its own.
-    #[arg(long, env = "TEST_DATABASE_URL")]
+    #[arg(long, env = "TEST_DATABASE_URL", default_value = "")]
     database_url: String,
     /// How long the load runs.
     #[arg(long, default_value_t = 1800)]
@@ -74,6 +78,12 @@ struct Opts {
     /// Where the report goes (JSON); it is printed in any case.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Where the chart goes (SVG): RSS, descriptors and database connections over time.
+    #[arg(long)]
+    chart: Option<PathBuf>,
+    /// Runs nothing: summarizes (and charts, with `--chart`) the report of an earlier run.
+    #[arg(long)]
+    from: Option<PathBuf>,
 }
 
 /// One replica: a fixed port, and the process serving on it now.
@@ -374,6 +384,19 @@ fn with_database(admin_url: &str, name: &str) -> String {
 #[tokio::main]
 async fn main() {
     let opts = Opts::parse();
+    if let Some(path) = &opts.from {
+        let text = std::fs::read_to_string(path).expect("read the report");
+        let report: serde_json::Value = serde_json::from_str(&text).expect("a soak report");
+        summarize(&report);
+        if let Some(chart_path) = &opts.chart {
+            std::fs::write(chart_path, chart::chart(&report)).expect("write the chart");
+        }
+        return;
+    }
+    if opts.database_url.is_empty() {
+        eprintln!("soak: needs a PostgreSQL server: --database-url or TEST_DATABASE_URL");
+        std::process::exit(2);
+    }
     let admin = PgPool::connect(&opts.database_url)
         .await
         .expect("connect to PostgreSQL");
@@ -507,6 +530,9 @@ async fn main() {
     let text = serde_json::to_string_pretty(&report).expect("a report");
     if let Some(path) = &opts.out {
         std::fs::write(path, &text).expect("write the report");
+    }
+    if let Some(path) = &opts.chart {
+        std::fs::write(path, chart::chart(&report)).expect("write the chart");
     }
     println!("{text}");
     summarize(&report);
