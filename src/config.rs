@@ -102,16 +102,17 @@ pub enum Command {
 pub struct Config {
     /// Database: `sqlite://FILE` (embedded, created if missing) or `postgres://USER@HOST/DB`.
     /// (The value is never shown by `--help`: it may hold a password.)
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true, global = true)]
+    #[arg(help_heading = "Database", long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true, global = true)]
     pub database_url: DatabaseUrl,
 
     /// Address the gRPC server listens on.
-    #[arg(long, env = "INVITATIONS_LISTEN_ADDR", default_value = DEFAULT_LISTEN_ADDR, global = true)]
+    #[arg(help_heading = "Server", long, env = "INVITATIONS_LISTEN_ADDR", default_value = DEFAULT_LISTEN_ADDR, global = true)]
     pub listen_addr: SocketAddr,
 
     /// HS256 secret that signs bearer tokens: at least 32 bytes. Required, except by `dev`,
     /// which makes one up.
     #[arg(
+        help_heading = "Auth",
         long,
         env = "INVITATIONS_JWT_HS256_SECRET",
         hide_env_values = true,
@@ -121,11 +122,17 @@ pub struct Config {
 
     /// A JWKS file of EdDSA (Ed25519) and RS256 public keys that also verify bearer tokens,
     /// by `kid`; each key must name its `alg`. Re-read when it changes.
-    #[arg(long, env = "INVITATIONS_JWT_JWKS_PATH", global = true)]
+    #[arg(
+        help_heading = "Auth",
+        long,
+        env = "INVITATIONS_JWT_JWKS_PATH",
+        global = true
+    )]
     pub jwt_jwks_path: Option<std::path::PathBuf>,
 
     /// Milliseconds between two looks at the JWKS file for changes.
     #[arg(
+        help_heading = "Auth",
         long,
         env = "INVITATIONS_JWT_JWKS_RELOAD_MS",
         default_value_t = 1000,
@@ -135,6 +142,7 @@ pub struct Config {
 
     /// Expected `iss` of bearer tokens.
     #[arg(
+        help_heading = "Auth",
         long,
         env = "INVITATIONS_JWT_ISSUER",
         default_value = "invitations",
@@ -144,6 +152,7 @@ pub struct Config {
 
     /// Expected `aud` of bearer tokens.
     #[arg(
+        help_heading = "Auth",
         long,
         env = "INVITATIONS_JWT_AUDIENCE",
         default_value = "invitations",
@@ -154,6 +163,7 @@ pub struct Config {
     /// Key that signs page tokens: at least 32 bytes. Every replica must share it. Derived
     /// from the JWT secret when unset.
     #[arg(
+        help_heading = "Auth",
         long,
         env = "INVITATIONS_PAGE_TOKEN_SECRET",
         hide_env_values = true,
@@ -163,6 +173,7 @@ pub struct Config {
 
     /// Largest number of database connections in the pool.
     #[arg(
+        help_heading = "Database",
         long,
         env = "INVITATIONS_DB_MAX_CONNECTIONS",
         default_value_t = 16,
@@ -172,6 +183,7 @@ pub struct Config {
 
     /// Milliseconds a request waits for a database connection before it is answered UNAVAILABLE.
     #[arg(
+        help_heading = "Database",
         long,
         env = "INVITATIONS_DB_ACQUIRE_TIMEOUT_MS",
         default_value_t = 2000,
@@ -181,6 +193,7 @@ pub struct Config {
 
     /// Milliseconds a SQLite writer waits for the write lock.
     #[arg(
+        help_heading = "Database",
         long,
         env = "INVITATIONS_SQLITE_BUSY_TIMEOUT_MS",
         default_value_t = 5000,
@@ -190,6 +203,7 @@ pub struct Config {
 
     /// Milliseconds between two database health checks.
     #[arg(
+        help_heading = "Health",
         long,
         env = "INVITATIONS_HEALTH_INTERVAL_MS",
         default_value_t = 1000,
@@ -199,6 +213,7 @@ pub struct Config {
 
     /// Failed health checks in a row before readiness turns NOT_SERVING.
     #[arg(
+        help_heading = "Health",
         long,
         env = "INVITATIONS_HEALTH_FAILURE_THRESHOLD",
         default_value_t = 3,
@@ -208,6 +223,7 @@ pub struct Config {
 
     /// Successful health checks in a row before readiness turns SERVING again.
     #[arg(
+        help_heading = "Health",
         long,
         env = "INVITATIONS_HEALTH_SUCCESS_THRESHOLD",
         default_value_t = 2,
@@ -218,6 +234,7 @@ pub struct Config {
     /// After SIGTERM/SIGINT: milliseconds to keep serving with readiness NOT_SERVING, so
     /// load balancers stop sending before the listener closes.
     #[arg(
+        help_heading = "Server",
         long,
         env = "INVITATIONS_SHUTDOWN_GRACE_MS",
         default_value_t = 5000,
@@ -227,6 +244,7 @@ pub struct Config {
 
     /// Then: milliseconds in-flight RPCs get to finish before the process exits anyway.
     #[arg(
+        help_heading = "Server",
         long,
         env = "INVITATIONS_SHUTDOWN_DRAIN_MS",
         default_value_t = 10000,
@@ -235,15 +253,16 @@ pub struct Config {
     pub shutdown_drain_ms: u64,
 
     /// Largest request message accepted, in bytes (larger: OUT_OF_RANGE).
-    #[arg(long, env = "INVITATIONS_MAX_REQUEST_BYTES", default_value_t = 64 * 1024, global = true)]
+    #[arg(help_heading = "Limits", long, env = "INVITATIONS_MAX_REQUEST_BYTES", default_value_t = 64 * 1024, global = true)]
     pub max_request_bytes: usize,
 
     /// Largest request metadata (HTTP/2 header list) accepted, in bytes.
-    #[arg(long, env = "INVITATIONS_MAX_METADATA_BYTES", default_value_t = 16 * 1024, global = true)]
+    #[arg(help_heading = "Limits", long, env = "INVITATIONS_MAX_METADATA_BYTES", default_value_t = 16 * 1024, global = true)]
     pub max_metadata_bytes: u32,
 
     /// RPCs in flight on this replica before new ones are refused with RESOURCE_EXHAUSTED.
     #[arg(
+        help_heading = "Limits",
         long,
         env = "INVITATIONS_MAX_CONCURRENT_REQUESTS",
         default_value_t = 256,
@@ -254,6 +273,7 @@ pub struct Config {
     /// RPCs in flight for one caller (`sub` within its enterprise) before its next ones are
     /// refused with RESOURCE_EXHAUSTED, so no single caller can take the replica's whole limit.
     #[arg(
+        help_heading = "Limits",
         long,
         env = "INVITATIONS_MAX_CONCURRENT_REQUESTS_PER_CALLER",
         default_value_t = 64,
@@ -264,6 +284,7 @@ pub struct Config {
     /// Milliseconds a request message may take to arrive completely after its headers;
     /// later, the call ends with DEADLINE_EXCEEDED (REQUEST_READ_TIMEOUT).
     #[arg(
+        help_heading = "Limits",
         long,
         env = "INVITATIONS_REQUEST_READ_TIMEOUT_MS",
         default_value_t = 2000,
@@ -274,6 +295,7 @@ pub struct Config {
     /// Client connections held at once; a connection over the limit is closed as soon as it
     /// is accepted.
     #[arg(
+        help_heading = "Limits",
         long,
         env = "INVITATIONS_MAX_CONNECTIONS",
         default_value_t = 1000,
@@ -283,6 +305,7 @@ pub struct Config {
 
     /// Concurrent HTTP/2 streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS).
     #[arg(
+        help_heading = "Limits",
         long,
         env = "INVITATIONS_MAX_CONCURRENT_STREAMS",
         default_value_t = 100,
@@ -293,6 +316,7 @@ pub struct Config {
     /// Requests still arriving (headers received, message not yet complete) on this replica,
     /// all connections together; more are refused with RESOURCE_EXHAUSTED.
     #[arg(
+        help_heading = "Limits",
         long,
         env = "INVITATIONS_MAX_PENDING_REQUESTS",
         default_value_t = 512,
@@ -302,6 +326,7 @@ pub struct Config {
 
     /// Open long-lived streams (health `Watch`, reflection) per connection.
     #[arg(
+        help_heading = "Limits",
         long,
         env = "INVITATIONS_MAX_WATCH_STREAMS_PER_CONNECTION",
         default_value_t = 16,
@@ -311,6 +336,7 @@ pub struct Config {
 
     /// Open long-lived streams (health `Watch`, reflection) on this replica.
     #[arg(
+        help_heading = "Limits",
         long,
         env = "INVITATIONS_MAX_WATCH_STREAMS",
         default_value_t = 1000,
@@ -320,16 +346,17 @@ pub struct Config {
 
     /// Bytes of responses not yet taken by their client, per connection; while a connection
     /// holds more, its new calls are refused with RESOURCE_EXHAUSTED (RESPONSES_UNREAD).
-    #[arg(long, env = "INVITATIONS_MAX_UNSENT_BYTES_PER_CONNECTION", default_value_t = 4 * 1024 * 1024, global = true)]
+    #[arg(help_heading = "Limits", long, env = "INVITATIONS_MAX_UNSENT_BYTES_PER_CONNECTION", default_value_t = 4 * 1024 * 1024, global = true)]
     pub max_unsent_bytes_per_connection: usize,
 
     /// Bytes of responses not yet taken by their clients, all connections together; while
     /// the replica holds more, new calls are refused with RESOURCE_EXHAUSTED.
-    #[arg(long, env = "INVITATIONS_MAX_UNSENT_BYTES", default_value_t = 32 * 1024 * 1024, global = true)]
+    #[arg(help_heading = "Limits", long, env = "INVITATIONS_MAX_UNSENT_BYTES", default_value_t = 32 * 1024 * 1024, global = true)]
     pub max_unsent_bytes: usize,
 
     /// Longest an RPC may run, in milliseconds; a shorter client deadline wins.
     #[arg(
+        help_heading = "Server",
         long,
         env = "INVITATIONS_REQUEST_TIMEOUT_MS",
         default_value_t = 10000,
@@ -339,6 +366,7 @@ pub struct Config {
 
     /// HTTP/2 keepalive ping interval in milliseconds.
     #[arg(
+        help_heading = "Server",
         long,
         env = "INVITATIONS_HTTP2_KEEPALIVE_INTERVAL_MS",
         default_value_t = 30000,
@@ -348,6 +376,7 @@ pub struct Config {
 
     /// How long a keepalive ping may go unanswered before the connection is closed.
     #[arg(
+        help_heading = "Server",
         long,
         env = "INVITATIONS_HTTP2_KEEPALIVE_TIMEOUT_MS",
         default_value_t = 10000,
@@ -358,6 +387,7 @@ pub struct Config {
     /// Milliseconds after which a connection is gracefully closed, so long-lived clients
     /// reconnect and spread over replicas.
     #[arg(
+        help_heading = "Server",
         long,
         env = "INVITATIONS_MAX_CONNECTION_AGE_MS",
         default_value_t = 300_000,
@@ -365,8 +395,22 @@ pub struct Config {
     )]
     pub max_connection_age_ms: u64,
 
+    /// Server reflection (v1 and v1alpha), which lets grpcurl and similar tools discover the
+    /// API without its .proto files: `true` or `false`. Health needs no token either way.
+    #[arg(
+        help_heading = "Server",
+        long,
+        env = "INVITATIONS_REFLECTION",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new(),
+        global = true
+    )]
+    pub reflection: bool,
+
     /// Requests per second each caller (`sub` within its enterprise) may make; 0 disables.
     #[arg(
+        help_heading = "Limits",
         long,
         env = "INVITATIONS_RATE_LIMIT_PER_SECOND",
         default_value_t = 50,
@@ -376,6 +420,7 @@ pub struct Config {
 
     /// Requests a caller may make at once above the steady rate.
     #[arg(
+        help_heading = "Limits",
         long,
         env = "INVITATIONS_RATE_LIMIT_BURST",
         default_value_t = 100,
@@ -387,6 +432,7 @@ pub struct Config {
     /// `kept-connections`, `sqlite-reader`, `rendered-statements`. Each one left out takes
     /// SeaORM's plain path instead, with the same answers and more CPU per request.
     #[arg(
+        help_heading = "Database",
         long,
         env = "INVITATIONS_STORE_ACCELERATORS",
         value_delimiter = ',',
@@ -396,7 +442,7 @@ pub struct Config {
     pub store_accelerators: Vec<StoreAccelerator>,
 
     /// Log format; the level comes from RUST_LOG (default `info`).
-    #[arg(long, env = "INVITATIONS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
+    #[arg(help_heading = "Telemetry", long, env = "INVITATIONS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
     pub log_format: LogFormat,
 }
 
@@ -410,6 +456,8 @@ pub struct Settings {
     pub page_token_secret: Secret,
     pub server: ServerSettings,
     pub health: HealthSettings,
+    /// Whether server reflection is served.
+    pub reflection: bool,
 }
 
 /// Transport limits, rate limits and shutdown timing.
@@ -689,6 +737,7 @@ impl Config {
             page_token_secret,
             server,
             health,
+            reflection: self.reflection,
         })
     }
 }

@@ -155,7 +155,13 @@ pub async fn run(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
         let random: String = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
         config.jwt_hs256_secret = Some(Secret::new(random));
     }
-    let settings = config.settings()?;
+    // Listening before the banner: a Ctrl-C right after it is a shutdown, not a kill.
+    let stop = shutdown_signal();
+    let mut settings = config.settings()?;
+    // Ctrl-C stops dev mode at once: no grace delay (no load balancer has to see it leave)
+    // and at most a second for calls in flight.
+    settings.server.shutdown_grace = Duration::ZERO;
+    settings.server.shutdown_drain = settings.server.shutdown_drain.min(Duration::from_secs(1));
     let app = Application::build(&settings).await?;
     app.store().migrate().await?;
     let demo = seed_demo(app.store()).await?;
@@ -233,6 +239,6 @@ Ctrl-C stops the server.
         invitee_email = pending_to_accept.email.as_str(),
         link = link.reveal(),
     );
-    app.run_until(shutdown_signal()).await?;
+    app.run_until(stop).await?;
     Ok(())
 }

@@ -23,11 +23,10 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
+            // Listening before anything else, so a SIGTERM during start-up is a shutdown.
+            let stop = invitations::startup::shutdown_signal();
             let settings = cli.config.settings()?;
-            let stopped = Application::build(&settings)
-                .await?
-                .run_until(invitations::startup::shutdown_signal())
-                .await?;
+            let stopped = Application::build(&settings).await?.run_until(stop).await?;
             return Ok(stopped.exit_code());
         }
         Command::Migrate => {

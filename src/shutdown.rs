@@ -21,15 +21,17 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tower::{Layer, Service};
 
 use crate::domain::Error;
 
-/// How long the process waits, once calls are abandoned, for the database pool to close
-/// before it exits anyway: an abandoned call's connection may still be waiting for the
-/// statement it sent, and the pool would wait for it.
+/// How long the process waits, once calls are abandoned, for their answers to be handed to
+/// their connections and for the database pool to close, before it exits anyway: an
+/// abandoned call's database connection may still be waiting for the statement it sent,
+/// and the pool would wait for it.
 pub const CLOSE_BOUND: Duration = Duration::from_secs(1);
 
 /// The calls running now, and the signal that ends them.
@@ -37,6 +39,8 @@ pub const CLOSE_BOUND: Duration = Duration::from_secs(1);
 pub struct CallsInFlight {
     running: AtomicUsize,
     abandoned: CancellationToken,
+    /// Woken when the last running call ends.
+    settled: Notify,
 }
 
 impl CallsInFlight {
@@ -51,8 +55,21 @@ impl CallsInFlight {
     /// Ends every call still running, and every call that starts from now on; returns how
     /// many were running.
     pub fn abandon(&self) -> usize {
+        let running = self.running();
         self.abandoned.cancel();
-        self.running()
+        running
+    }
+
+    /// Completes once no call is running: after [`CallsInFlight::abandon`], once every
+    /// abandoned call's answer has been handed to its connection.
+    pub async fn settled(&self) {
+        loop {
+            let settled = self.settled.notified();
+            if self.running() == 0 {
+                return;
+            }
+            settled.await;
+        }
     }
 }
 
@@ -68,7 +85,9 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.0.running.fetch_sub(1, Ordering::AcqRel);
+        if self.0.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.settled.notify_waiters();
+        }
     }
 }
 
@@ -170,6 +189,9 @@ mod tests {
         assert_eq!(calls.running(), 1);
 
         assert_eq!(calls.abandon(), 1);
+        tokio::time::timeout(Duration::from_secs(1), calls.settled())
+            .await
+            .expect("settled once the call is answered");
         let answer = call.await.expect("join").expect("answered");
         let status = tonic::Status::from_header_map(answer.headers()).expect("a status");
         assert_eq!(status.code(), tonic::Code::Unavailable);

@@ -152,8 +152,14 @@ impl Application {
                 .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
-        let reflection_v1 = reflection().build_v1()?;
-        let reflection_v1alpha = reflection().build_v1alpha()?;
+        let (reflection_v1, reflection_v1alpha) = if self.settings.reflection {
+            (
+                Some(reflection().build_v1()?),
+                Some(reflection().build_v1alpha()?),
+            )
+        } else {
+            (None, None)
+        };
 
         let page_tokens = PageTokenCodec::new(self.settings.page_token_secret.expose());
         let admission = Admission::new(
@@ -188,8 +194,8 @@ impl Application {
             .layer(StreamLimitLayer::new(&limits))
             .layer(InFlightLayer::new(calls.clone()))
             .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
+            .add_optional_service(reflection_v1)
+            .add_optional_service(reflection_v1alpha)
             .add_service(invitations)
             .serve_with_incoming_shutdown(
                 Incoming::new(self.listener, limits.max_connections),
@@ -237,12 +243,15 @@ impl Application {
                 Ok(Stopped { abandoned_calls })
             }
         };
-        // An abandoned call's connection may still wait for the statement it sent; the pool
-        // would wait for it. The process exits instead, and the connection dies with it.
-        if tokio::time::timeout(CLOSE_BOUND, self.store.close())
-            .await
-            .is_err()
-        {
+        // The abandoned calls' answers go out first (each on its connection's task). An
+        // abandoned call's database connection may still wait for the statement it sent,
+        // and the pool would wait for it: the process exits instead, and the connection
+        // dies with it.
+        let closed = async {
+            calls.settled().await;
+            self.store.close().await;
+        };
+        if tokio::time::timeout(CLOSE_BOUND, closed).await.is_err() {
             tracing::warn!(
                 close_bound_ms = CLOSE_BOUND.as_millis() as u64,
                 "shutting down: the database pool did not close in time; its connections \
@@ -274,30 +283,42 @@ async fn housekeeping(store: Store) {
     }
 }
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM (what Kubernetes sends).
-pub async fn shutdown_signal() {
-    let interrupt = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
+/// Completes on SIGINT (Ctrl-C) or SIGTERM (what Kubernetes sends). The handlers are
+/// installed when this is called, not when the future is first awaited: a signal that
+/// arrives while the server is still starting is then kept for the shutdown instead of
+/// killing the process on the spot.
+pub fn shutdown_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    {
+        use tokio::signal::unix::{Signal, SignalKind, signal};
+        async fn received(signal: std::io::Result<Signal>, name: &'static str) {
+            match signal {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for {name}");
+                    std::future::pending::<()>().await;
+                }
             }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
+        }
+        let interrupt = received(signal(SignalKind::interrupt()), "SIGINT");
+        let terminate = received(signal(SignalKind::terminate()), "SIGTERM");
+        async move {
+            tokio::select! {
+                () = interrupt => tracing::info!("received SIGINT"),
+                () = terminate => tracing::info!("received SIGTERM"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        async {
+            if let Err(error) = tokio::signal::ctrl_c().await {
+                tracing::error!(%error, "cannot listen for ctrl-c");
                 std::future::pending::<()>().await;
             }
+            tracing::info!("received Ctrl-C");
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => tracing::info!("received SIGINT"),
-        () = terminate => tracing::info!("received SIGTERM"),
     }
 }

@@ -1,7 +1,7 @@
 //! Logging, set up once at start. The level comes from `RUST_LOG` (default `info`). Every
 //! line passes through [`RedactingWriter`], so a library that quotes the database URL in an
 //! error cannot put its password in the logs; panics are redacted the same way.
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
@@ -10,8 +10,12 @@ use crate::config::{DatabaseUrl, LogFormat};
 
 pub fn init(format: LogFormat, database_url: &DatabaseUrl) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only for a person at a terminal: a log redirected to a file or collected by
+    // a container runtime would be full of escape sequences. NO_COLOR (no-color.org) wins.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(RedactingWriter {
             url: database_url.clone(),
         });

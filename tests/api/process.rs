@@ -503,3 +503,146 @@ fn database_passwords_are_never_printed() {
         }
     }
 }
+
+/// Pretty logs written to a pipe or a file carry no colour codes (a terminal gets them).
+#[test]
+fn pretty_logs_to_a_pipe_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = command(&dir)
+        .arg("migrate")
+        .env("INVITATIONS_LOG_FORMAT", "pretty")
+        .env("RUST_LOG", "debug")
+        .env_remove("NO_COLOR")
+        .output()
+        .expect("run migrate");
+    assert!(output.status.success(), "{output:?}");
+    let logs = String::from_utf8_lossy(&output.stderr);
+    assert!(logs.contains("INFO"), "some log lines: {logs}");
+    assert!(!logs.contains('\u{1b}'), "no escape sequences: {logs:?}");
+}
+
+/// `dev` stops at once on Ctrl-C: no grace delay, unlike `serve`.
+#[test]
+fn dev_mode_stops_at_once_on_ctrl_c() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = command(&dir)
+        .arg("dev")
+        .env("INVITATIONS_SHUTDOWN_GRACE_MS", "5000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start dev");
+    // The banner is printed once the server is up.
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let up = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|line| line.contains("invitations dev mode"));
+    assert!(up, "dev printed its banner");
+    std::thread::spawn(move || lines.for_each(drop));
+
+    let interrupted = Instant::now();
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    assert!(status.expect("kill").success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().expect("try_wait") {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "dev did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stopped_after = interrupted.elapsed();
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        stopped_after < Duration::from_millis(1500),
+        "stopped after {stopped_after:?}, not after the 5 s grace"
+    );
+}
+
+/// `--help` reads as a table of contents: every setting under its topic.
+#[test]
+fn help_groups_the_settings_by_topic() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = command(&dir).arg("--help").output().expect("run --help");
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    let mut topic = "";
+    let mut topics = Vec::new();
+    for line in help.lines() {
+        if !line.starts_with(' ') && line.ends_with(':') {
+            topic = line.trim_end_matches(':');
+            topics.push(topic.to_owned());
+        } else if let Some(flag) = line.trim_start().strip_prefix("--") {
+            let flag = flag.split_whitespace().next().unwrap_or_default();
+            assert!(
+                topic != "Options" || ["help", "version"].contains(&flag),
+                "--{flag} has no topic"
+            );
+        }
+    }
+    for wanted in [
+        "Server",
+        "Database",
+        "Auth",
+        "Limits",
+        "Health",
+        "Telemetry",
+    ] {
+        assert!(topics.iter().any(|t| t == wanted), "{wanted} in {topics:?}");
+    }
+}
+
+/// `INVITATIONS_REFLECTION=false`: reflection answers UNIMPLEMENTED in both versions, while
+/// calls and health (no token) still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_can_be_turned_off() {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let env = [("INVITATIONS_REFLECTION", "false")];
+    let served = Served::start_ready(&env, Duration::from_secs(10)).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", served.addr))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+
+    let list_services = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let v1_answer = v1::server_reflection_client::ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(tokio_stream::iter([list_services]))
+        .await;
+    let list_services = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let v1alpha_answer =
+        v1alpha::server_reflection_client::ServerReflectionClient::new(channel.clone())
+            .server_reflection_info(tokio_stream::iter([list_services]))
+            .await;
+    for answer in [v1_answer.map(drop), v1alpha_answer.map(drop)] {
+        let status = answer.expect_err("no reflection");
+        assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    }
+
+    let (token, _) = admin_token();
+    InvitationServiceClient::new(channel)
+        .list_invitations(authorized(&token, ListInvitationsRequest::default()))
+        .await
+        .expect("calls still work");
+    await_health(
+        served.addr,
+        READINESS,
+        ServingStatus::Serving,
+        Duration::from_secs(1),
+    )
+    .await;
+}

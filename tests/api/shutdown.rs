@@ -10,7 +10,6 @@ use invitations::proto::invitations::v1::{CreateInvitationRequest, Invitation};
 use invitations::shutdown::CLOSE_BOUND;
 use invitations::startup::EXIT_CALLS_ABANDONED;
 use sea_orm::{ConnectionTrait, Database, DbBackend, Statement, TransactionTrait};
-use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -100,10 +99,15 @@ async fn cancel_stuck_then_terminate(
         .await
         .expect("join")
         .expect_err("the stuck cancel is not answered OK");
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    // Its answer was sent before the process exited; a transport error would carry no row.
+    // Its answer goes out before the pool is closed; on a loaded machine the process may
+    // still exit before the client reads it, and the client sees the connection go instead.
     if status.get_details_error_info().is_some() {
         assert_row(&status, Row::ShuttingDown);
+    } else {
+        assert!(
+            std::error::Error::source(&status).is_some(),
+            "a transport error, if not the answer: {status:?}"
+        );
     }
     let logs = served.logs().join("\n");
     assert!(logs.contains("\"abandoned_calls\":1"), "{logs}");
