@@ -201,6 +201,19 @@ pub struct Config {
     )]
     pub sqlite_busy_timeout_ms: u64,
 
+    /// What a SQLite commit waits for: `full` (on disk before the answer; survives a power
+    /// loss) or `normal` (fewer fsyncs; the last commits can be lost if the machine, not
+    /// the process, crashes).
+    #[arg(
+        help_heading = "Database",
+        long,
+        env = "INVITATIONS_SQLITE_SYNCHRONOUS",
+        value_enum,
+        default_value_t = crate::store::SqliteSync::Full,
+        global = true
+    )]
+    pub sqlite_synchronous: crate::store::SqliteSync,
+
     /// Milliseconds between two database health checks.
     #[arg(
         help_heading = "Health",
@@ -573,6 +586,7 @@ impl Config {
             max_connections: self.db_max_connections,
             acquire_timeout: Duration::from_millis(self.db_acquire_timeout_ms),
             sqlite_busy_timeout: Duration::from_millis(self.sqlite_busy_timeout_ms),
+            sqlite_synchronous: self.sqlite_synchronous,
         })
     }
 

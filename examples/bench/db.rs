@@ -101,6 +101,7 @@ impl Db {
             max_connections: 1,
             acquire_timeout: Duration::from_secs(10),
             sqlite_busy_timeout: Duration::from_secs(5),
+            sqlite_synchronous: invitations::store::SqliteSync::default(),
         })
         .await
         .expect("connect");

@@ -107,6 +107,29 @@ pub struct StoreSettings {
     pub acquire_timeout: Duration,
     /// How long a SQLite writer waits for the write lock.
     pub sqlite_busy_timeout: Duration,
+    /// What a SQLite commit waits for (README, "Durability").
+    pub sqlite_synchronous: SqliteSync,
+}
+
+/// `PRAGMA synchronous` of every SQLite connection, in WAL mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SqliteSync {
+    /// A commit is on disk before it is answered: it survives a power loss or an OS crash.
+    #[default]
+    Full,
+    /// A commit survives the process crashing, but the last ones may be lost if the machine
+    /// does; faster commits (fewer fsyncs).
+    Normal,
+}
+
+impl SqliteSync {
+    /// The pragma's value.
+    pub fn pragma(self) -> &'static str {
+        match self {
+            Self::Full => "FULL",
+            Self::Normal => "NORMAL",
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -335,6 +358,7 @@ impl Store {
     ) -> Result<Self, DbErr> {
         let mut options = ConnectOptions::new(settings.url.expose().to_owned());
         let busy = settings.sqlite_busy_timeout;
+        let synchronous = settings.sqlite_synchronous;
         options
             .max_connections(settings.max_connections)
             .min_connections(1)
@@ -372,7 +396,10 @@ impl Store {
                     // for all of them the thread finishes the statement without waiting
                     // for the reader row by row.
                     .row_buffer_size(SQLITE_ROW_CHANNEL)
-                    .synchronous(SqliteSynchronous::Normal)
+                    .synchronous(match synchronous {
+                        SqliteSync::Full => SqliteSynchronous::Full,
+                        SqliteSync::Normal => SqliteSynchronous::Normal,
+                    })
                     .busy_timeout(busy)
                     .foreign_keys(true)
             })
@@ -387,6 +414,7 @@ impl Store {
                 settings.max_connections,
                 settings.acquire_timeout,
                 busy,
+                synchronous,
             )
         } else {
             None
@@ -817,6 +845,43 @@ mod tests {
             .collect();
         let read: Vec<String> = READ_COLUMNS.iter().map(|c| c.to_string()).collect();
         assert_eq!(read, declared);
+    }
+
+    /// Every writer connection of the pool has the configured `synchronous` (and WAL).
+    #[tokio::test]
+    async fn every_sqlite_connection_has_the_configured_synchronous() {
+        const CONNECTIONS: u32 = 3;
+        for (setting, pragma_value) in [(SqliteSync::Full, 2), (SqliteSync::Normal, 1)] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let url = format!("sqlite://{}", dir.path().join("sync.db").display());
+            let store = Store::connect(&StoreSettings {
+                url: url.as_str().into(),
+                max_connections: CONNECTIONS,
+                acquire_timeout: Duration::from_secs(5),
+                sqlite_busy_timeout: Duration::from_secs(5),
+                sqlite_synchronous: setting,
+            })
+            .await
+            .expect("connect");
+            let pool = store.db.get_sqlite_connection_pool();
+            let mut held = Vec::new();
+            for _ in 0..CONNECTIONS {
+                let mut connection = pool.acquire().await.expect("a connection");
+                let synchronous: i64 = sea_orm::sqlx::query_scalar("PRAGMA synchronous")
+                    .fetch_one(&mut *connection)
+                    .await
+                    .expect("synchronous");
+                let journal: String = sea_orm::sqlx::query_scalar("PRAGMA journal_mode")
+                    .fetch_one(&mut *connection)
+                    .await
+                    .expect("journal_mode");
+                assert_eq!(synchronous, pragma_value, "{setting:?}");
+                assert_eq!(journal, "wal");
+                held.push(connection);
+            }
+            drop(held);
+            store.close().await;
+        }
     }
 
     #[test]

@@ -31,7 +31,7 @@ use sea_orm::{DatabaseConnection, Statement};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use super::{StoredRow, into_domain};
+use super::{SqliteSync, StoredRow, into_domain};
 use crate::domain::Error;
 use crate::domain::Invitation;
 
@@ -48,6 +48,7 @@ pub(super) struct SqliteReaders {
     permits: Arc<Semaphore>,
     acquire_timeout: Duration,
     busy_timeout: Duration,
+    synchronous: SqliteSync,
     threads: ReaderThreads,
 }
 
@@ -91,6 +92,7 @@ impl SqliteReaders {
         max_connections: u32,
         acquire_timeout: Duration,
         busy_timeout: Duration,
+        synchronous: SqliteSync,
     ) -> Option<Self> {
         let options = SqliteConnectOptions::from_str(url).ok()?;
         let path = options.get_filename().to_path_buf();
@@ -114,6 +116,7 @@ impl SqliteReaders {
             permits: Arc::new(Semaphore::new(readers)),
             acquire_timeout,
             busy_timeout,
+            synchronous,
         })
     }
 
@@ -182,6 +185,9 @@ impl SqliteReaders {
         )?;
         connection.busy_timeout(self.busy_timeout)?;
         connection.pragma_update(None, "query_only", true)?;
+        // A reader commits nothing, but a connection with another setting than the
+        // writers' would be one more thing to explain (and to check).
+        connection.pragma_update(None, "synchronous", self.synchronous.pragma())?;
         // The query planner stability guarantee: one plan per statement whatever the bound
         // values, as `plan_cache_mode = force_generic_plan` on PostgreSQL. Without it SQLite
         // marks the statement for re-planning whenever a value it could plan by (LIMIT's,
@@ -203,9 +209,18 @@ pub(super) fn readers_for(
     max_connections: u32,
     acquire_timeout: Duration,
     busy_timeout: Duration,
+    synchronous: SqliteSync,
 ) -> Option<Arc<SqliteReaders>> {
     (db.get_database_backend() == sea_orm::DbBackend::Sqlite)
-        .then(|| SqliteReaders::for_url(url, max_connections, acquire_timeout, busy_timeout))
+        .then(|| {
+            SqliteReaders::for_url(
+                url,
+                max_connections,
+                acquire_timeout,
+                busy_timeout,
+                synchronous,
+            )
+        })
         .flatten()
         .map(Arc::new)
 }
@@ -329,7 +344,13 @@ mod tests {
     use super::*;
 
     fn readers(url: &str) -> Option<SqliteReaders> {
-        SqliteReaders::for_url(url, 16, Duration::from_secs(1), Duration::from_secs(1))
+        SqliteReaders::for_url(
+            url,
+            16,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            SqliteSync::Full,
+        )
     }
 
     #[test]
@@ -338,6 +359,30 @@ mod tests {
         assert!(readers("sqlite:invitations.db").is_some());
         assert!(readers("sqlite::memory:").is_none());
         assert!(readers("sqlite://shared?mode=memory&cache=shared").is_none());
+    }
+
+    /// Reader connections have the configured `synchronous`, as the writers do.
+    #[test]
+    fn readers_have_the_configured_synchronous() {
+        for (setting, pragma_value) in [(SqliteSync::Full, 2), (SqliteSync::Normal, 1)] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let path = dir.path().join("sync.db");
+            Connection::open(&path).expect("create the file");
+            let url = format!("sqlite://{}", path.display());
+            let readers = SqliteReaders::for_url(
+                &url,
+                2,
+                Duration::from_secs(1),
+                Duration::from_secs(1),
+                setting,
+            )
+            .expect("readers for a file");
+            let reader = readers.open().expect("a reader");
+            let synchronous: i64 = reader
+                .pragma_query_value(None, "synchronous", |row| row.get(0))
+                .expect("synchronous");
+            assert_eq!(synchronous, pragma_value, "{setting:?}");
+        }
     }
 
     #[test]
