@@ -9,17 +9,23 @@ use sea_orm::sqlx::{self, AssertSqlSafe, Row as _};
 use crate::plan::{Layout, StoreKind};
 use crate::seed::{Clock, seed_sql};
 
+/// The service's `synchronous`: INVITATIONS_SQLITE_SYNCHRONOUS as the service reads it.
+pub(crate) fn sqlite_synchronous() -> invitations::store::SqliteSync {
+    std::env::var("INVITATIONS_SQLITE_SYNCHRONOUS")
+        .ok()
+        .and_then(|value| clap::ValueEnum::from_str(&value, true).ok())
+        .unwrap_or_default()
+}
+
 pub(crate) async fn sqlite_pool(path: &Path, connections: u32) -> sqlx::SqlitePool {
-    use sqlx::sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-    };
-    // The service's options (src/store/mod.rs): WAL, synchronous NORMAL, busy timeout, the
-    // row channel.
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+    // The service's options (src/store/mod.rs): WAL, its `synchronous` (the service process
+    // inherits the harness's INVITATIONS_SQLITE_SYNCHRONOUS), busy timeout, the row channel.
     let options = SqliteConnectOptions::new()
         .filename(path)
         .row_buffer_size(invitations::store::SQLITE_ROW_CHANNEL)
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
+        .synchronous(sqlite_synchronous().sqlx_option())
         .busy_timeout(Duration::from_secs(5))
         .foreign_keys(true);
     SqlitePoolOptions::new()
@@ -101,7 +107,7 @@ impl Db {
             max_connections: 1,
             acquire_timeout: Duration::from_secs(10),
             sqlite_busy_timeout: Duration::from_secs(5),
-            sqlite_synchronous: invitations::store::SqliteSync::default(),
+            sqlite_synchronous: sqlite_synchronous(),
         })
         .await
         .expect("connect");

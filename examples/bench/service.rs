@@ -29,6 +29,7 @@ pub(crate) fn service_settings(
     config.rate_limit_per_second = 0;
     config.max_concurrent_requests_per_caller = 4096;
     config.max_concurrent_requests = 4096;
+    config.sqlite_synchronous = crate::db::sqlite_synchronous();
     if let Some(pool) = pool {
         config.db_max_connections = pool;
     }

@@ -130,6 +130,14 @@ impl SqliteSync {
             Self::Normal => "NORMAL",
         }
     }
+
+    /// The same, as sqlx's connect option.
+    pub fn sqlx_option(self) -> SqliteSynchronous {
+        match self {
+            Self::Full => SqliteSynchronous::Full,
+            Self::Normal => SqliteSynchronous::Normal,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -396,10 +404,7 @@ impl Store {
                     // for all of them the thread finishes the statement without waiting
                     // for the reader row by row.
                     .row_buffer_size(SQLITE_ROW_CHANNEL)
-                    .synchronous(match synchronous {
-                        SqliteSync::Full => SqliteSynchronous::Full,
-                        SqliteSync::Normal => SqliteSynchronous::Normal,
-                    })
+                    .synchronous(synchronous.sqlx_option())
                     .busy_timeout(busy)
                     .foreign_keys(true)
             })
