@@ -9,11 +9,12 @@
 //! [`InFlightLayer`] wraps every call; at the drain timeout [`CallsInFlight::abandon`]
 //! drops the future of each call still running (its client is answered UNAVAILABLE with
 //! `SHUTTING_DOWN`) and says how many there were. What a dropped call had written is
-//! rolled back by the database, not committed: its transaction is never committed by the
-//! process, which exits within [`CLOSE_BOUND`], and a database connection that dies with a
-//! transaction open loses it. A single statement still waiting for a PostgreSQL lock is
-//! ended by the server itself, which checks the client's socket while it waits (see
-//! `client_connection_check_interval` in `store::Store::connect`).
+//! rolled back, not committed: the process never commits it and exits within
+//! [`CLOSE_BOUND`]; on SQLite nothing outlives the process. On PostgreSQL the process first
+//! cancels the statements it still has running (`Store::cancel_running_statements`), so a
+//! single statement waiting for a lock ends at once instead of committing when the lock is
+//! released; and a backend whose client is gone stops within 250 ms in any case
+//! (`client_connection_check_interval`, `store/mod.rs`).
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -247,8 +247,20 @@ impl Application {
         // abandoned call's database connection may still wait for the statement it sent,
         // and the pool would wait for it: the process exits instead, and the connection
         // dies with it.
+        let abandoned = matches!(outcome, Ok(Stopped { abandoned_calls }) if abandoned_calls > 0);
         let closed = async {
             calls.settled().await;
+            if abandoned {
+                match self.store.cancel_running_statements().await {
+                    Ok(0) => {}
+                    Ok(cancelled) => {
+                        tracing::warn!(cancelled, "shutting down: abandoned statements cancelled");
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "shutting down: abandoned statements not cancelled");
+                    }
+                }
+            }
             self.store.close().await;
         };
         if tokio::time::timeout(CLOSE_BOUND, closed).await.is_err() {

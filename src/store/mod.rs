@@ -17,6 +17,7 @@ mod rows;
 mod sqlite_reader;
 mod statements;
 
+use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -30,6 +31,7 @@ use sea_orm::{
     RuntimeErr, SqlErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
 };
 use sea_query_sqlx::SqlxValues;
+use uuid::Uuid;
 
 use crate::domain::Error;
 use crate::domain::{
@@ -151,6 +153,10 @@ pub struct Store {
     /// The hot statements' SQL, rendered once per shape (see `statements`).
     statements: Option<Arc<RenderedStatements>>,
     state: Arc<StoreState>,
+    /// On PostgreSQL, how to open a connection of its own, outside the pool, and the
+    /// `application_name` every connection of this process carries (see
+    /// [`Store::cancel_running_statements`]).
+    postgres: Option<Arc<(PgConnectOptions, String)>>,
 }
 
 #[derive(Debug, Default)]
@@ -212,6 +218,17 @@ fn is_transaction_conflict(error: &DbErr) -> bool {
 
 fn sqlx_failure(error: sea_orm::sqlx::Error) -> Error {
     classify(DbErr::Query(RuntimeErr::SqlxError(Arc::new(error))))
+}
+
+/// The session settings of every PostgreSQL connection (`Store::connect_with` says why).
+fn postgres_options(options: PgConnectOptions) -> PgConnectOptions {
+    options.options([
+        ("plan_cache_mode", "force_generic_plan"),
+        (
+            "client_connection_check_interval",
+            CLIENT_CONNECTION_CHECK_INTERVAL_MS,
+        ),
+    ])
 }
 
 /// Puts a SQLite file in WAL mode (readers never block the writer), on every new connection.
@@ -365,6 +382,10 @@ impl Store {
         accelerators: Accelerators,
     ) -> Result<Self, DbErr> {
         let mut options = ConnectOptions::new(settings.url.expose().to_owned());
+        // Unique to this process, so that its own statements can be told apart from other
+        // replicas' in pg_stat_activity.
+        let application_name = format!("invitations {}", Uuid::new_v4().simple());
+        let named = application_name.clone();
         let busy = settings.sqlite_busy_timeout;
         let synchronous = settings.sqlite_synchronous;
         options
@@ -385,14 +406,8 @@ impl Store {
             // A backend whose client is gone stops waiting (for a lock, say) and rolls back
             // within `client_connection_check_interval`: a call abandoned at shutdown is
             // not committed after the process exits (`shutdown.rs`). PostgreSQL 14 or later.
-            .map_sqlx_postgres_opts(|o: PgConnectOptions| {
-                o.options([
-                    ("plan_cache_mode", "force_generic_plan"),
-                    (
-                        "client_connection_check_interval",
-                        CLIENT_CONNECTION_CHECK_INTERVAL_MS,
-                    ),
-                ])
+            .map_sqlx_postgres_opts(move |o: PgConnectOptions| {
+                postgres_options(o).application_name(&named)
             })
             // No connection at start: the process comes up (liveness, health) even while
             // the database is down, and readiness says so.
@@ -430,12 +445,22 @@ impl Store {
         let statements = accelerators
             .rendered_statements
             .then(|| Arc::new(RenderedStatements::new(db.get_database_backend())));
+        let postgres = (db.get_database_backend() == DbBackend::Postgres)
+            .then(|| PgConnectOptions::from_str(settings.url.expose()).ok())
+            .flatten()
+            .map(|options| {
+                Arc::new((
+                    postgres_options(options).application_name(&application_name),
+                    application_name,
+                ))
+            });
         Ok(Self {
             db,
             sqlite_readers,
             hot_connections,
             statements,
             state: Arc::default(),
+            postgres,
         })
     }
 
@@ -535,6 +560,30 @@ impl Store {
         if let Err(error) = self.db.close_by_ref().await {
             tracing::warn!(%error, "closing the database pool failed");
         }
+    }
+
+    /// Cancels every statement this process still has running on PostgreSQL (a cancel
+    /// request for each of its backends, `pg_cancel_backend`), on a connection of its own:
+    /// the pool may be held whole by the statements to cancel. For a shutdown's abandoned
+    /// calls: a statement waiting for a lock ends now, rolled back, instead of committing
+    /// whenever the lock is released. Returns how many were cancelled; 0 on SQLite, whose
+    /// writes end with the process.
+    pub async fn cancel_running_statements(&self) -> Result<u64, sea_orm::sqlx::Error> {
+        use sea_orm::sqlx::{ConnectOptions as _, Connection as _};
+        let Some(postgres) = &self.postgres else {
+            return Ok(0);
+        };
+        let (options, application_name) = postgres.as_ref();
+        let mut connection = options.connect().await?;
+        let cancelled: i64 = sea_orm::sqlx::query_scalar(
+            "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = $1 AND state = 'active' AND pid <> pg_backend_pid()",
+        )
+        .bind(application_name)
+        .fetch_one(&mut connection)
+        .await?;
+        let _ = connection.close().await;
+        Ok(u64::try_from(cancelled).unwrap_or(0))
     }
 
     /// A round trip to the database.
