@@ -88,7 +88,8 @@ pub(crate) async fn start_service(plan: &Plan, database_url: &str) -> Server {
     }
 }
 
-/// The name the service's PostgreSQL connections carry, so the harness can find their backends.
+/// The name the service's PostgreSQL connections carry (followed by the service's own
+/// suffix), so the harness can find their backends.
 const SERVICE_APPLICATION_NAME: &str = "invitations-bench-service";
 
 fn service_database_url(database_url: &str) -> String {
@@ -112,11 +113,14 @@ impl DatabaseWork {
     async fn ids(&self, pool: Option<&sqlx::PgPool>) -> Vec<i32> {
         match (self, pool) {
             (Self::PostgresBackends { .. }, Some(pool)) => {
-                sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE application_name = $1")
-                    .bind(SERVICE_APPLICATION_NAME)
-                    .fetch_all(pool)
-                    .await
-                    .unwrap_or_default()
+                // The service appends a suffix of its own to the name (src/store/mod.rs).
+                sqlx::query_scalar(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name LIKE $1 || ' %'",
+                )
+                .bind(SERVICE_APPLICATION_NAME)
+                .fetch_all(pool)
+                .await
+                .unwrap_or_default()
             }
             (Self::SqliteThreads { service_pid }, _) => {
                 // `comm` holds the first 15 bytes of a thread's name.

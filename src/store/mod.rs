@@ -383,8 +383,18 @@ impl Store {
     ) -> Result<Self, DbErr> {
         let mut options = ConnectOptions::new(settings.url.expose().to_owned());
         // Unique to this process, so that its own statements can be told apart from other
-        // replicas' in pg_stat_activity.
-        let application_name = format!("invitations {}", Uuid::new_v4().simple());
+        // replicas' in pg_stat_activity: the name the URL gives (or `invitations`), then a
+        // random suffix, within PostgreSQL's 63 bytes.
+        let given = PgConnectOptions::from_str(settings.url.expose())
+            .ok()
+            .and_then(|options| options.get_application_name().map(str::to_owned));
+        let base: String = given
+            .as_deref()
+            .unwrap_or("invitations")
+            .chars()
+            .take(30)
+            .collect();
+        let application_name = format!("{base} {}", Uuid::new_v4().simple());
         let named = application_name.clone();
         let busy = settings.sqlite_busy_timeout;
         let synchronous = settings.sqlite_synchronous;
