@@ -157,12 +157,19 @@ pub struct Store {
     /// `application_name` every connection of this process carries (see
     /// [`Store::cancel_running_statements`]).
     postgres: Option<Arc<(PgConnectOptions, String)>>,
+    /// How long a request waits for a connection (and for the first migration run).
+    acquire_timeout: Duration,
 }
 
 #[derive(Debug, Default)]
 struct StoreState {
     /// Migrations have been applied by this process: the schema is there.
     migrated: AtomicBool,
+    /// The first migration run of this process has ended, applied or failed. Until then a
+    /// call waits for it (see [`Store::usable`]).
+    first_migration_ended: AtomicBool,
+    /// Woken when a migration run ends.
+    migration_ended: tokio::sync::Notify,
     /// The health supervisor found the database unreachable (see `health::supervise`).
     down: AtomicBool,
 }
@@ -471,6 +478,7 @@ impl Store {
             statements,
             state: Arc::default(),
             postgres,
+            acquire_timeout: settings.acquire_timeout,
         })
     }
 
@@ -495,7 +503,7 @@ impl Store {
     ///
     /// A future migration that cannot run in a transaction (`CREATE INDEX CONCURRENTLY`)
     /// would need a session-level `pg_advisory_lock` on a dedicated connection instead.
-    pub async fn migrate(&self) -> Result<(), DbErr> {
+    async fn migrate_once(&self) -> Result<(), DbErr> {
         let run = self
             .db
             .begin_with_options(TransactionOptions {
@@ -515,6 +523,16 @@ impl Store {
         run.commit().await?;
         self.state.migrated.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Applies every pending migration, and tells the calls waiting for the first run.
+    pub async fn migrate(&self) -> Result<(), DbErr> {
+        let outcome = self.migrate_once().await;
+        self.state
+            .first_migration_ended
+            .store(true, Ordering::Release);
+        self.state.migration_ended.notify_waiters();
+        outcome
     }
 
     /// SQLite's planner has no statistics until something gathers them, and without them a
@@ -545,7 +563,15 @@ impl Store {
     }
 
     /// The connection to use for a request, or why there is none worth waiting for.
-    fn usable(&self) -> Result<&DatabaseConnection, Error> {
+    ///
+    /// A replica that has just started checks the schema before anything else; a call that
+    /// reaches it meanwhile (a client that connects without looking at readiness) waits for
+    /// that first run, at most the acquire timeout, instead of being refused. Once the first
+    /// run has failed (the database is down), calls fail fast until a run succeeds.
+    async fn usable(&self) -> Result<&DatabaseConnection, Error> {
+        if !self.state.migrated.load(Ordering::Acquire) {
+            self.first_migration().await;
+        }
         if !self.state.migrated.load(Ordering::Acquire) {
             return Err(Error::DatabaseUnavailable(
                 "the schema is not migrated yet".into(),
@@ -557,6 +583,20 @@ impl Store {
             ));
         }
         Ok(&self.db)
+    }
+
+    /// Until the first migration run ends, or the acquire timeout.
+    async fn first_migration(&self) {
+        let waited = async {
+            loop {
+                let ended = self.state.migration_ended.notified();
+                if self.state.first_migration_ended.load(Ordering::Acquire) {
+                    return;
+                }
+                ended.await;
+            }
+        };
+        let _ = tokio::time::timeout(self.acquire_timeout, waited).await;
     }
 
     /// Closes every pooled connection (for an orderly shutdown).
@@ -607,7 +647,7 @@ impl Store {
         statement: Statement,
         expected_rows: usize,
     ) -> Result<Vec<Invitation>, Error> {
-        let db = self.usable()?;
+        let db = self.usable().await?;
         match (&self.sqlite_readers, &self.hot_connections) {
             (Some(readers), _) => readers.fetch(statement).await,
             (None, Some(hot)) => {
@@ -620,7 +660,7 @@ impl Store {
 
     /// A conditional write returning [`READ_COLUMNS`] of the row it changed, if any.
     async fn write_returning(&self, statement: Statement) -> Result<Option<Invitation>, Error> {
-        let db = self.usable()?;
+        let db = self.usable().await?;
         let rows = match &self.hot_connections {
             // Never repeated: the first attempt may have been applied.
             Some(hot) => {
@@ -635,7 +675,7 @@ impl Store {
     /// Deletes responses older than the retention period; returns how many.
     pub async fn purge_expired_responses(&self, now: Timestamp) -> Result<u64, Error> {
         let deleted = queries::purge_lapsed_responses(now)
-            .exec(self.usable()?)
+            .exec(self.usable().await?)
             .await
             .map_err(classify)?;
         Ok(deleted.rows_affected)
@@ -687,7 +727,7 @@ impl InvitationRepository for Store {
         now: Timestamp,
     ) -> Result<InsertOutcome, Error> {
         let tenant = Tenant::of(invitation.enterprise);
-        let db = self.usable()?;
+        let db = self.usable().await?;
         let txn = db.begin().await.map_err(classify)?;
         tenant
             .expire_lapsed(&invitation.email, now)
@@ -757,7 +797,7 @@ impl InvitationRepository for Store {
                 None => CancelOutcome::NoMatch,
             });
         };
-        let db = self.usable()?;
+        let db = self.usable().await?;
         let txn = db.begin().await.map_err(classify)?;
         let Some(row) = tenant
             .cancel_update(id, expected, change, now)
@@ -798,7 +838,7 @@ impl InvitationRepository for Store {
     ) -> Result<Option<PriorResponse>, Error> {
         let Some(found) = Tenant::of(enterprise)
             .prior_response(request_id, now)
-            .one(self.usable()?)
+            .one(self.usable().await?)
             .await
             .map_err(classify)?
         else {

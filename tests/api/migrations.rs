@@ -261,3 +261,52 @@ async fn stores_opened_together_on_a_new_sqlite_file_all_connect_and_migrate() {
         }
     }
 }
+
+/// A call that reaches a replica before its first schema check has ended (a client that
+/// connects without looking at readiness, a replica just restarted) waits for that check
+/// instead of being refused DATABASE_UNAVAILABLE. The check is held up here by another
+/// session holding the migration lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_before_the_first_schema_check_waits_for_it() {
+    use invitations::proto::invitations::v1::ListInvitationsRequest;
+    use invitations::proto::invitations::v1::invitation_service_client::InvitationServiceClient;
+    use sea_orm::TransactionTrait;
+
+    let Some(Backend::Postgres(admin_url)) = Backend::postgres() else {
+        return;
+    };
+    let (name, url) = create_database(&admin_url).await;
+    let holder = Database::connect(&url).await.expect("connect");
+    let lock = holder.begin().await.expect("begin");
+    lock.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT pg_advisory_xact_lock($1)",
+        [invitations::store::MIGRATION_LOCK_KEY.into()],
+    ))
+    .await
+    .expect("take the migration lock");
+
+    let served = crate::process::Served::start(&[("DATABASE_URL", url.as_str())]);
+    let (token, _) = crate::process::admin_token();
+    let mut client = InvitationServiceClient::connect(format!("http://{}", served.addr))
+        .await
+        .expect("connect");
+    let call = tokio::spawn(async move {
+        client
+            .list_invitations(crate::common::authorized(
+                &token,
+                ListInvitationsRequest::default(),
+            ))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let waited = !call.is_finished();
+    lock.commit().await.expect("release the migration lock");
+    let answer = call.await.expect("join");
+    holder.close().await.expect("close");
+    drop(served);
+    drop_database(&admin_url, &name).await;
+
+    assert!(waited, "the call waited for the schema check: {answer:?}");
+    assert!(answer.is_ok(), "then it was answered: {answer:?}");
+}
