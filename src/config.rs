@@ -105,6 +105,25 @@ pub struct Config {
     #[arg(help_heading = "Database", long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true, global = true)]
     pub database_url: DatabaseUrl,
 
+    /// A file holding the database URL (as Kubernetes mounts secrets), instead of
+    /// DATABASE_URL.
+    #[arg(
+        help_heading = "Database",
+        long,
+        env = "DATABASE_URL_FILE",
+        global = true
+    )]
+    pub database_url_file: Option<std::path::PathBuf>,
+
+    /// A file holding the database password, put into DATABASE_URL (which then has none).
+    #[arg(
+        help_heading = "Database",
+        long,
+        env = "INVITATIONS_DATABASE_PASSWORD_FILE",
+        global = true
+    )]
+    pub database_password_file: Option<std::path::PathBuf>,
+
     /// Address the gRPC server listens on.
     #[arg(help_heading = "Server", long, env = "INVITATIONS_LISTEN_ADDR", default_value = DEFAULT_LISTEN_ADDR, global = true)]
     pub listen_addr: SocketAddr,
@@ -119,6 +138,15 @@ pub struct Config {
         global = true
     )]
     pub jwt_hs256_secret: Option<Secret>,
+
+    /// A file holding the HS256 secret, instead of INVITATIONS_JWT_HS256_SECRET.
+    #[arg(
+        help_heading = "Auth",
+        long,
+        env = "INVITATIONS_JWT_HS256_SECRET_FILE",
+        global = true
+    )]
+    pub jwt_hs256_secret_file: Option<std::path::PathBuf>,
 
     /// A JWKS file of EdDSA (Ed25519) and RS256 public keys that also verify bearer tokens,
     /// by `kid`; each key must name its `alg`. Re-read when it changes.
@@ -170,6 +198,15 @@ pub struct Config {
         global = true
     )]
     pub page_token_secret: Option<Secret>,
+
+    /// A file holding the page-token key, instead of INVITATIONS_PAGE_TOKEN_SECRET.
+    #[arg(
+        help_heading = "Auth",
+        long,
+        env = "INVITATIONS_PAGE_TOKEN_SECRET_FILE",
+        global = true
+    )]
+    pub page_token_secret_file: Option<std::path::PathBuf>,
 
     /// Largest number of database connections in the pool.
     #[arg(
@@ -524,6 +561,34 @@ fn is_example(value: &[u8]) -> bool {
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(pub String);
 
+/// A secret setting given as a file: its content, less one trailing line break (as `echo`
+/// and editors leave one; nothing else is trimmed). The content is never quoted in an error.
+fn read_secret_file(path: &std::path::Path, setting: &str) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        ConfigError(format!(
+            "cannot read {setting} ({}): {error}",
+            path.display()
+        ))
+    })?;
+    let text = match text.strip_suffix('\n') {
+        Some(line) => line.strip_suffix('\r').unwrap_or(line),
+        None => &text,
+    };
+    if text.is_empty() {
+        return Err(ConfigError(format!(
+            "{setting} ({}) is empty",
+            path.display()
+        )));
+    }
+    Ok(text.to_owned())
+}
+
+fn given_twice(setting: &str) -> ConfigError {
+    ConfigError(format!(
+        "{setting} and {setting}_FILE are both set: give one"
+    ))
+}
+
 fn derive_page_token_secret(jwt_secret: &Secret) -> Secret {
     // A separate key per purpose: a page token can never double as anything signed with
     // the JWT secret. HMAC accepts any key length.
@@ -588,6 +653,55 @@ impl Config {
             sqlite_busy_timeout: Duration::from_millis(self.sqlite_busy_timeout_ms),
             sqlite_synchronous: self.sqlite_synchronous,
         })
+    }
+
+    /// Reads the secrets given as files (`…_FILE`, as Kubernetes mounts secrets) into their
+    /// settings, once, before anything uses them. A secret given both ways is an error.
+    /// DATABASE_URL counts as given when it is not the default.
+    pub fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.jwt_hs256_secret_file {
+            if self.jwt_hs256_secret.is_some() {
+                return Err(given_twice("INVITATIONS_JWT_HS256_SECRET"));
+            }
+            let secret = read_secret_file(path, "INVITATIONS_JWT_HS256_SECRET_FILE")?;
+            self.jwt_hs256_secret = Some(Secret::new(secret));
+        }
+        if let Some(path) = &self.page_token_secret_file {
+            if self.page_token_secret.is_some() {
+                return Err(given_twice("INVITATIONS_PAGE_TOKEN_SECRET"));
+            }
+            let secret = read_secret_file(path, "INVITATIONS_PAGE_TOKEN_SECRET_FILE")?;
+            self.page_token_secret = Some(Secret::new(secret));
+        }
+        if let Some(path) = &self.database_url_file {
+            if self.database_url != DEFAULT_DATABASE_URL {
+                return Err(given_twice("DATABASE_URL"));
+            }
+            self.database_url = read_secret_file(path, "DATABASE_URL_FILE")?.into();
+        }
+        if let Some(path) = &self.database_password_file {
+            let password = read_secret_file(path, "INVITATIONS_DATABASE_PASSWORD_FILE")?;
+            let shape = || {
+                ConfigError(
+                    "INVITATIONS_DATABASE_PASSWORD_FILE needs a DATABASE_URL of the form \
+                     postgres://USER@HOST/DB, without a password"
+                        .into(),
+                )
+            };
+            let mut url = url::Url::parse(self.database_url.expose()).map_err(|_| shape())?;
+            if !url.scheme().starts_with("postgres") || url.username().is_empty() {
+                return Err(shape());
+            }
+            if url.password().is_some() {
+                return Err(ConfigError(
+                    "DATABASE_URL has a password and INVITATIONS_DATABASE_PASSWORD_FILE is set: give one"
+                        .into(),
+                ));
+            }
+            url.set_password(Some(&password)).map_err(|()| shape())?;
+            self.database_url = url.to_string().into();
+        }
+        Ok(())
     }
 
     pub fn jwt_settings(&self) -> Result<JwtSettings, ConfigError> {

@@ -7,7 +7,12 @@ use invitations::{dev, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Err(reason) = cli.config.read_secret_files() {
+        // Names the setting and the file, never what the file holds.
+        eprintln!("invitations: {reason}");
+        return ExitCode::FAILURE;
+    }
     let database_url = cli.config.database_url.clone();
     telemetry::init(cli.config.log_format, &database_url);
     match run(cli).await {

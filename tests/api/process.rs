@@ -646,3 +646,93 @@ async fn reflection_can_be_turned_off() {
     )
     .await;
 }
+
+/// Secrets given as files (`…_FILE`, as Kubernetes mounts them): the JWT secret signs the
+/// tokens `mint-token` prints, DATABASE_URL_FILE names the database `migrate` creates, and
+/// INVITATIONS_DATABASE_PASSWORD_FILE goes into a PostgreSQL URL; a file's trailing line
+/// break is not part of the secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_can_be_given_as_files() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = "a-file-secret-of-at-least-32-bytes-long";
+    let secret_file = dir.path().join("jwt-secret");
+    std::fs::write(&secret_file, format!("{secret}\n")).expect("write");
+    let token = command(&dir)
+        .env_remove("INVITATIONS_JWT_HS256_SECRET")
+        .env("INVITATIONS_JWT_HS256_SECRET_FILE", &secret_file)
+        .args(["mint-token", "--enterprise"])
+        .arg(format!("enterprises/{}", Uuid::new_v4()))
+        .output()
+        .expect("mint-token");
+    assert!(token.status.success(), "{token:?}");
+    let token = String::from_utf8(token.stdout).expect("utf-8");
+    Authenticator::hs256(secret.as_bytes(), ISSUER, AUDIENCE)
+        .verify(token.trim())
+        .expect("signed with the file's secret, without its line break");
+
+    let database = dir.path().join("from-file.db");
+    let url_file = dir.path().join("database-url");
+    std::fs::write(&url_file, format!("sqlite://{}\n", database.display())).expect("write");
+    let migrated = command(&dir)
+        .env_remove("DATABASE_URL")
+        .env("DATABASE_URL_FILE", &url_file)
+        .arg("migrate")
+        .output()
+        .expect("migrate");
+    assert!(migrated.status.success(), "{migrated:?}");
+    assert!(database.exists(), "the database the file names");
+
+    if let Some(crate::common::Backend::Postgres(admin_url)) = crate::common::Backend::postgres() {
+        // The machine's PostgreSQL trusts local connections, so any password is accepted:
+        // what this checks is that the URL with the password put in still works.
+        let (name, url) = crate::common::create_database(&admin_url).await;
+        let password_file = dir.path().join("database-password");
+        std::fs::write(&password_file, "pa/ss#w@rd:%\n").expect("write");
+        let migrated = command(&dir)
+            .env("DATABASE_URL", &url)
+            .env("INVITATIONS_DATABASE_PASSWORD_FILE", &password_file)
+            .arg("migrate")
+            .output()
+            .expect("migrate");
+        crate::common::drop_database(&admin_url, &name).await;
+        assert!(migrated.status.success(), "{migrated:?}");
+        let printed = String::from_utf8_lossy(&migrated.stderr);
+        assert!(!printed.contains("pa/ss#w@rd"), "{printed}");
+    }
+}
+
+/// A secret given both ways, or a file that cannot be read, stops start-up with one line that
+/// names the settings and never what the file holds.
+#[test]
+fn a_secret_given_twice_or_an_unreadable_file_fails_at_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret_file = dir.path().join("jwt-secret");
+    std::fs::write(&secret_file, "the-content-of-the-secret-file-0123456789").expect("write");
+    let missing = dir.path().join("missing");
+    let cases = [
+        (
+            vec![("INVITATIONS_JWT_HS256_SECRET_FILE", secret_file.as_os_str())],
+            "INVITATIONS_JWT_HS256_SECRET and INVITATIONS_JWT_HS256_SECRET_FILE are both set",
+        ),
+        (
+            vec![("INVITATIONS_PAGE_TOKEN_SECRET_FILE", missing.as_os_str())],
+            "cannot read INVITATIONS_PAGE_TOKEN_SECRET_FILE",
+        ),
+        (
+            vec![("DATABASE_URL_FILE", secret_file.as_os_str())],
+            "DATABASE_URL and DATABASE_URL_FILE are both set",
+        ),
+    ];
+    for (env, expected) in cases {
+        let mut command = command(&dir);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let output = command.arg("serve").output().expect("run");
+        let printed = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{printed}");
+        assert!(printed.contains(expected), "{printed}");
+        assert_eq!(printed.trim().lines().count(), 1, "one line: {printed}");
+        assert!(!printed.contains("the-content"), "{printed}");
+    }
+}
