@@ -458,6 +458,30 @@ pub struct Config {
     )]
     pub reflection: bool,
 
+    /// How long events (one per change of an invitation) are kept, as a duration such as
+    /// `7days`, `36h` or `90min`; older ones are deleted in small batches every few minutes.
+    #[arg(
+        help_heading = "Events",
+        long,
+        env = "INVITATIONS_EVENT_RETENTION",
+        default_value = "7days",
+        value_parser = parse_retention,
+        global = true
+    )]
+    pub event_retention: Duration,
+
+    /// Milliseconds between two sweeps that store pending invitations past their expiry as
+    /// expired, each with its `expired` event (one replica sweeps at a time). Reads show
+    /// EXPIRED from the moment `expires_at` passes either way.
+    #[arg(
+        help_heading = "Events",
+        long,
+        env = "INVITATIONS_EXPIRY_SWEEP_MS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub expiry_sweep_ms: u64,
+
     /// Requests per second each caller (`sub` within its enterprise) may make; 0 disables.
     #[arg(
         help_heading = "Limits",
@@ -500,6 +524,10 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen_addr: SocketAddr,
+    /// How long events are kept.
+    pub event_retention: Duration,
+    /// How often lapsed invitations are stored as expired.
+    pub expiry_sweep: Duration,
     pub store: StoreSettings,
     pub store_accelerators: crate::store::Accelerators,
     pub jwt: JwtSettings,
@@ -859,6 +887,8 @@ impl Config {
         };
         Ok(Settings {
             listen_addr: self.listen_addr,
+            event_retention: self.event_retention,
+            expiry_sweep: positive(self.expiry_sweep_ms, "INVITATIONS_EXPIRY_SWEEP_MS")?,
             store: self.store_settings()?,
             store_accelerators: accelerators(&self.store_accelerators),
             jwt,
@@ -868,4 +898,14 @@ impl Config {
             reflection: self.reflection,
         })
     }
+}
+
+/// A retention period: a human duration (`humantime`), at least a minute, so that a
+/// resuming watcher has time to come back.
+fn parse_retention(raw: &str) -> Result<Duration, String> {
+    let retention = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
+    if retention < Duration::from_secs(60) {
+        return Err("must be at least 1min".into());
+    }
+    Ok(retention)
 }

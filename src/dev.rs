@@ -5,11 +5,11 @@ use uuid::Uuid;
 
 use crate::auth::Authenticator;
 use crate::config::{Config, ConfigError, Secret};
+use crate::domain::{Actor, Error, EventRecord, EventType, InvitationRepository};
 use crate::domain::{
     CancelReason, EmailAddress, EnterpriseId, Invitation, InvitationId, InvitationStatus,
     LinkToken, RoleRef, Scope, Timestamp, UserRef, Version,
 };
-use crate::domain::{Error, InvitationRepository};
 use crate::startup::{Application, shutdown_signal};
 use crate::store::Store;
 
@@ -189,7 +189,7 @@ pub async fn run(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
             None,
             link.hash(),
             None,
-            now,
+            &EventRecord::of(EventType::LinkIssued, Actor::User(demo.admin), now),
         )
         .await?
         .ok_or("the demo link could not be issued")?;

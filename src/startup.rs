@@ -142,7 +142,14 @@ impl Application {
             reporter.clone(),
             self.settings.health,
         ));
-        let janitor = tokio::spawn(housekeeping(self.store.clone()));
+        let janitor = tokio::spawn(housekeeping(
+            self.store.clone(),
+            self.settings.event_retention,
+        ));
+        let sweeper = tokio::spawn(sweep_expiries(
+            self.store.clone(),
+            self.settings.expiry_sweep,
+        ));
 
         // Both reflection versions: grpcurl 1.8.7 and older speak only v1alpha. The error
         // detail and health types are registered so grpcurl can decode them.
@@ -210,6 +217,7 @@ impl Application {
             finished = &mut server => {
                 supervisor.abort();
                 janitor.abort();
+                sweeper.abort();
                 finished??;
                 return Ok(Stopped { abandoned_calls: 0 });
             }
@@ -217,6 +225,8 @@ impl Application {
         }
         supervisor.abort();
         janitor.abort();
+        // A sweep stopped mid-batch rolls back whole; the next process finishes it.
+        sweeper.abort();
         health::set_readiness(&reporter, ServingStatus::NotServing).await;
         tracing::info!(
             grace_ms = limits.shutdown_grace.as_millis() as u64,
@@ -275,9 +285,49 @@ impl Application {
     }
 }
 
-/// Every few minutes: refreshes SQLite's planner statistics, and deletes the stored responses
-/// of retried requests past their retention.
-async fn housekeeping(store: Store) {
+/// Invitations stored as expired per transaction by the expiry sweeper.
+const EXPIRY_SWEEP_BATCH: u64 = 100;
+
+/// Every `every`: the pending invitations past their expiry are stored as expired, each
+/// with its `expired` event, a batch per transaction, until none is left or another replica
+/// turns out to be the sweeper (`Store::expire_lapsed`). Reads derive EXPIRED by themselves
+/// meanwhile, so a row the sweeper has not reached yet reads the same.
+async fn sweep_expiries(store: Store, every: std::time::Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let mut expired = 0;
+        loop {
+            match store
+                .expire_lapsed(crate::domain::Timestamp::now(), EXPIRY_SWEEP_BATCH)
+                .await
+            {
+                Ok(Some(batch)) => {
+                    expired += batch;
+                    if batch < EXPIRY_SWEEP_BATCH {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "expiry sweep failed; the next one retries");
+                    break;
+                }
+            }
+        }
+        if expired > 0 {
+            tracing::info!(expired, "lapsed invitations stored as expired");
+        }
+    }
+}
+
+/// Events deleted per statement by the retention purge.
+const EVENT_PURGE_BATCH: u64 = 500;
+
+/// Every few minutes: refreshes SQLite's planner statistics, deletes the stored responses
+/// of retried requests past their retention, and the events past theirs.
+async fn housekeeping(store: Store, event_retention: std::time::Duration) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(300));
     loop {
         every.tick().await;
@@ -291,6 +341,18 @@ async fn housekeeping(store: Store) {
             Ok(0) => {}
             Ok(purged) => tracing::info!(purged, "expired idempotency keys purged"),
             Err(error) => tracing::debug!(%error, "idempotency key purge skipped"),
+        }
+        match store
+            .purge_lapsed_events(
+                crate::domain::Timestamp::now(),
+                event_retention,
+                EVENT_PURGE_BATCH,
+            )
+            .await
+        {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "events past their retention purged"),
+            Err(error) => tracing::debug!(%error, "event purge skipped"),
         }
     }
 }

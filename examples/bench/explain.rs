@@ -5,6 +5,7 @@ use std::time::Instant;
 use invitations::domain::{InvitationStatus, Timestamp};
 use sea_orm::sqlx::{self, AssertSqlSafe, Row as _};
 use sea_orm::{DbBackend, Value};
+use uuid::Uuid;
 
 use crate::db::{Db, sqlite_pool};
 use crate::plan::{DEEP_PAGES, Layout, PAGE_SIZE, Plan, StoreKind};
@@ -120,7 +121,7 @@ pub(crate) async fn explain(plan: &Plan, store: StoreKind) -> String {
                 .await;
                 run("RESET plan_cache_mode".into()).await;
             }
-            let cancel = sql::cancel(DbBackend::Postgres);
+            let cancel = sql::cancel();
             let (sql, params) = (cancel.sql(), cancel.pg_literals(pool_invitation_7));
             out += &format!(
                 "\n## Cancel (in a rolled-back transaction)\n\n    {sql}\n\nGeneric plan:\n\n"
@@ -167,7 +168,7 @@ pub(crate) async fn explain(plan: &Plan, store: StoreKind) -> String {
                     started.elapsed().as_secs_f64() * 1e3 / 20.0
                 );
             }
-            let cancel = sql::cancel(DbBackend::Sqlite);
+            let [cancel, _event] = sql::sqlite_cancel();
             let (sql, literal) = (cancel.sql(), cancel.sqlite_literal(pool_invitation_7));
             let rows = sqlx::query(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {literal}")))
                 .fetch_all(&pool)
@@ -217,6 +218,7 @@ fn pool_invitation_7(slot: Slot) -> Value {
         Slot::Enterprise => enterprise_uuid(0).into(),
         Slot::Id => mk_uuid(POOL_PREFIX, 7).into(),
         Slot::Now => Timestamp::now().unix_micros().into(),
+        Slot::EventId => Uuid::now_v7().into(),
         Slot::CursorCreatedAt | Slot::CursorId => unreachable!("a cancel has no cursor"),
     }
 }

@@ -140,7 +140,7 @@ pub(crate) fn pg_list_script(enterprises: u64, deep: bool) -> String {
         Slot::CursorId => {
             "('a0000000-0000-4000-8000-' || lpad(to_hex(:ci::bigint), 12, '0'))::uuid".into()
         }
-        Slot::Id | Slot::Now => unreachable!("a first page binds neither"),
+        Slot::Id | Slot::Now | Slot::EventId => unreachable!("a first page binds none of these"),
     });
     format!(
         "\\set e random(0, {})\n{list};\n",
@@ -151,12 +151,13 @@ pub(crate) fn pg_list_script(enterprises: u64, deep: bool) -> String {
 /// `Store::cancel`'s statement on pool invitation `k` (each client walks its own range), at
 /// the instant `now`.
 pub(crate) fn pg_cancel_script(enterprises: u64) -> String {
-    let cancel = sql::cancel(DbBackend::Postgres).pg_text(|slot| match slot {
+    let cancel = sql::cancel().pg_text(|slot| match slot {
         Slot::Enterprise => pg_enterprise_expr(":k", enterprises),
         Slot::Id => {
             "('c0000000-0000-4000-8000-' || lpad(to_hex(:k::bigint), 12, '0'))::uuid".into()
         }
         Slot::Now => ":now::bigint".into(),
+        Slot::EventId => "gen_random_uuid()".into(),
         Slot::CursorCreatedAt | Slot::CursorId => unreachable!("a cancel has no cursor"),
     });
     format!("\\set n :n + 1\n\\set k :base + :client_id * :per + :n - 1\n{cancel};\n")
@@ -179,6 +180,11 @@ mod tests {
         );
         assert!(cancel.contains("to_hex(:k::bigint)"), "{cancel}");
         assert!(cancel.contains(":now::bigint"), "{cancel}");
+        assert!(
+            cancel.contains("INSERT INTO \"invitation_events\""),
+            "{cancel}"
+        );
+        assert!(cancel.contains("gen_random_uuid()"), "{cancel}");
         assert!(!cancel.contains('$'), "{cancel}");
     }
 }

@@ -5,16 +5,17 @@
 //! every other value is the statement's own.
 
 use invitations::domain::{
-    CancelChange, EmailAddress, EnterpriseId, InvitationId, InvitationStatus, ListFilter,
-    PageCursor, Scope, StatusFilter, Timestamp, UserRef, Version,
+    Actor, CancelChange, EmailAddress, EnterpriseId, EventId, EventRecord, EventType, Invitation,
+    InvitationId, InvitationStatus, ListFilter, PageCursor, RoleRef, Scope, StatusFilter,
+    Timestamp, UserRef, Version,
 };
-use invitations::store::queries::{READ_COLUMNS, Tenant};
+use invitations::store::queries::{self, READ_COLUMNS, Tenant};
 use sea_orm::sea_query::{PostgresQueryBuilder, QueryBuilder};
-use sea_orm::{DbBackend, Statement, Value};
+use sea_orm::{DbBackend, QueryTrait, Statement, Value};
 use uuid::Uuid;
 
 use crate::plan::PAGE_SIZE;
-use crate::seed::admin_uuid;
+use crate::seed::{admin_uuid, role_uuid};
 
 /// How many columns a read returns (the service's `READ_COLUMNS`).
 pub(crate) const READ_COLUMN_COUNT: usize = READ_COLUMNS.len();
@@ -27,6 +28,8 @@ pub(crate) enum Slot {
     CursorCreatedAt,
     CursorId,
     Now,
+    /// A new event's id: unique per call.
+    EventId,
 }
 
 /// Stand-ins, chosen so that no statement's own value can equal one.
@@ -35,6 +38,7 @@ const ID: Uuid = Uuid::from_u128(0x5107_0000_0000_4000_8000_0000_0000_01d0);
 const CURSOR_ID: Uuid = Uuid::from_u128(0x5107_0000_0000_4000_8000_0000_0000_0c1d);
 const CURSOR_CREATED_AT: i64 = -5_107_000_001;
 const NOW: i64 = -5_107_000_002;
+const EVENT_ID: Uuid = Uuid::from_u128(0x5107_0000_0000_7000_8000_0000_0000_0e7e);
 
 /// One of the service's statements and, for each of its bound values, the slot it fills.
 pub(crate) struct Probe {
@@ -98,22 +102,71 @@ pub(crate) fn list(backend: DbBackend, shape: &ListShape) -> Probe {
     probe(Tenant::of(enterprise).page(&filter, backend))
 }
 
-/// `Store::cancel`'s statement (no idempotency key): the administrator cancels version 1,
-/// without a reason; the invitation, its enterprise and the instant are slots.
-pub(crate) fn cancel(backend: DbBackend) -> Probe {
+/// What a cancel (no idempotency key) writes: the administrator cancels version 1, without
+/// a reason; the invitation, its enterprise, the instant and the event's id are slots.
+fn cancel_change() -> (CancelChange, EventRecord) {
     let now = Timestamp::from_unix_micros(NOW);
+    let by = UserRef::from_uuid(admin_uuid());
     let change = CancelChange {
         at: now,
-        by: UserRef::from_uuid(admin_uuid()),
+        by,
         reason: None,
     };
+    let event = EventRecord {
+        id: EventId::from_uuid(EVENT_ID),
+        ..EventRecord::of(EventType::Cancelled, Actor::User(by), now)
+    };
+    (change, event)
+}
+
+/// `Store::cancel`'s statement on PostgreSQL: the conditional write and its event, one
+/// statement.
+pub(crate) fn cancel() -> Probe {
+    let (change, event) = cancel_change();
+    let now = change.at;
     probe(Tenant::of(EnterpriseId::from_uuid(ENTERPRISE)).cancel(
         InvitationId::from_uuid(ID),
         Version::FIRST,
         &change,
         now,
-        backend,
+        &event,
     ))
+}
+
+/// `Store::cancel`'s statements on SQLite, run in one transaction: the conditional write
+/// (returning the row, as SeaORM asks for it), then the event about the row it returned. The
+/// event's snapshot is a cancelled invitation as the write leaves one, its id and enterprise
+/// the call's.
+pub(crate) fn sqlite_cancel() -> [Probe; 2] {
+    let (change, event) = cancel_change();
+    let tenant = Tenant::of(EnterpriseId::from_uuid(ENTERPRISE));
+    let id = InvitationId::from_uuid(ID);
+    let write = queries::returning(
+        tenant.cancel_update(id, Version::FIRST, &change, change.at),
+        DbBackend::Sqlite,
+    );
+    let cancelled = Invitation {
+        id,
+        enterprise: EnterpriseId::from_uuid(ENTERPRISE),
+        scope: Scope::enterprise_root(EnterpriseId::from_uuid(ENTERPRISE)),
+        email: EmailAddress::parse("user1234@example.com").expect("an address"),
+        role: RoleRef::from_uuid(role_uuid()),
+        stored_status: InvitationStatus::Cancelled,
+        invited_by: change.by,
+        pending_human_actor: None,
+        challenge_ref: None,
+        created_at: change.at,
+        updated_at: change.at,
+        expires_at: change.at,
+        accepted_at: None,
+        accepted_by: None,
+        cancelled_at: Some(change.at),
+        cancel_reason: None,
+        cancelled_by: Some(change.by),
+        version: Version::FIRST.next(),
+    };
+    let record = queries::record_event(&event, &cancelled).build(DbBackend::Sqlite);
+    [probe(write), probe(record)]
 }
 
 fn probe(statement: Statement) -> Probe {
@@ -132,6 +185,7 @@ fn slot_of(value: &Value) -> Option<Slot> {
         (Value::from(CURSOR_ID), Slot::CursorId),
         (Value::from(CURSOR_CREATED_AT), Slot::CursorCreatedAt),
         (Value::from(NOW), Slot::Now),
+        (Value::from(EVENT_ID), Slot::EventId),
     ]
     .into_iter()
     .find_map(|(stand_in, slot)| (*value == stand_in).then_some(slot))
@@ -242,9 +296,16 @@ mod tests {
 
     #[test]
     fn every_slot_is_found_where_the_statement_binds_it() {
-        let cancel = cancel(DbBackend::Postgres);
-        for slot in [Slot::Enterprise, Slot::Id, Slot::Now] {
+        let cancel = cancel();
+        for slot in [Slot::Enterprise, Slot::Id, Slot::Now, Slot::EventId] {
             assert!(cancel.slots.contains(&Some(slot)), "{slot:?}");
+        }
+        let [write, record] = sqlite_cancel();
+        for slot in [Slot::Enterprise, Slot::Id, Slot::Now] {
+            assert!(write.slots.contains(&Some(slot)), "{slot:?}");
+        }
+        for slot in [Slot::Enterprise, Slot::Id, Slot::Now, Slot::EventId] {
+            assert!(record.slots.contains(&Some(slot)), "{slot:?}");
         }
         let page = list(DbBackend::Sqlite, &ListShape::page(true));
         for slot in [Slot::Enterprise, Slot::CursorCreatedAt, Slot::CursorId] {

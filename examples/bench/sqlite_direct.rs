@@ -92,7 +92,9 @@ pub(crate) async fn sqlite_list(
                         Slot::Enterprise => ent.into(),
                         Slot::CursorCreatedAt => cursor.expect("a cursor").0.into(),
                         Slot::CursorId => cursor.expect("a cursor").1.into(),
-                        Slot::Id | Slot::Now => unreachable!("a page binds neither"),
+                        Slot::Id | Slot::Now | Slot::EventId => {
+                            unreachable!("a page binds none of these")
+                        }
                     });
                     let mut rows = statement
                         .query(rusqlite::params_from_iter(params.iter().map(to_rusqlite)))?;
@@ -125,30 +127,34 @@ pub(crate) async fn sqlite_cancel(
     conc: usize,
     span: Span,
 ) -> Sample {
-    let cancel = Arc::new(sql::cancel(DbBackend::Sqlite));
-    let text: Arc<str> = cancel.sql().into();
+    let statements = Arc::new(sql::sqlite_cancel());
     closed_loop(conc, span, move |index, _| {
-        let (pool, cancel, text) = (pool.clone(), cancel.clone(), text.clone());
+        let (pool, statements) = (pool.clone(), statements.clone());
         async move {
             let k = base + index as u64;
             let now = Timestamp::now().unix_micros();
-            let values = cancel.values_with(|slot| match slot {
+            let fill = |slot| match slot {
                 Slot::Enterprise => enterprise_uuid(k % enterprises).into(),
                 Slot::Id => mk_uuid(POOL_PREFIX, k).into(),
                 Slot::Now => now.into(),
+                Slot::EventId => Uuid::now_v7().into(),
                 Slot::CursorCreatedAt | Slot::CursorId => unreachable!("a cancel has no cursor"),
-            });
-            let rows = values
-                .iter()
-                .fold(sqlx::query(AssertSqlSafe(text)), bind)
-                .fetch_all(&pool)
-                .await
-                .map_err(|e| format!("SQL: {e}"))?;
-            if rows.len() == 1 {
-                Ok(())
-            } else {
-                Err("NO_ROW".into())
+            };
+            let [write, record] = &*statements;
+            let failed = |e: sqlx::Error| format!("SQL: {e}");
+            let query = |probe: &sql::Probe| {
+                let text = AssertSqlSafe(probe.sql().to_owned());
+                probe.values_with(fill).iter().fold(sqlx::query(text), bind)
+            };
+            // As the store runs them: the write, then its event, in one transaction.
+            let mut txn = pool.begin().await.map_err(failed)?;
+            let rows = query(write).fetch_all(&mut *txn).await.map_err(failed)?;
+            if rows.len() != 1 {
+                return Err("NO_ROW".into());
             }
+            query(record).execute(&mut *txn).await.map_err(failed)?;
+            txn.commit().await.map_err(failed)?;
+            Ok(())
         }
     })
     .await

@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261123_000001_create_invitations;
 mod m20261123_000002_invitation_links;
 mod m20261123_000003_idempotency_keys;
+mod m20261206_000004_invitation_events;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_create_invitations::Migration),
             Box::new(m20261123_000002_invitation_links::Migration),
             Box::new(m20261123_000003_idempotency_keys::Migration),
+            Box::new(m20261206_000004_invitation_events::Migration),
         ]
     }
 }

@@ -1,6 +1,7 @@
 //! The invitation domain: validated value types, the invitation itself, and the rules of
 //! each operation. Nothing here knows about gRPC or SQL.
 mod error;
+mod event;
 mod invitation;
 mod link_token;
 mod page_token;
@@ -9,6 +10,7 @@ mod service;
 mod values;
 
 pub use error::{AuthFailure, Error, FieldViolation, Forbidden, StreamLimitScope, ViolationReason};
+pub use event::{Actor, DEFAULT_EVENT_RETENTION, EventId, EventRecord, EventType, InvitationEvent};
 pub use invitation::{Etag, Invitation, InvitationStatus, StatusFilter, Timestamp, Version};
 pub use link_token::{LINK_TOKEN_LEN, LinkToken, LinkTokenHash};
 pub use page_token::{PageCursor, PageTokenCodec};

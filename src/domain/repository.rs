@@ -4,6 +4,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::error::Error;
+use super::event::{EventRecord, InvitationEvent};
 use super::invitation::{Invitation, StatusFilter, Timestamp, Version};
 use super::link_token::LinkTokenHash;
 use super::page_token::PageCursor;
@@ -12,7 +13,10 @@ use super::values::{
 };
 
 /// Invitations, always within one enterprise (or found by a link token's hash, which is
-/// unique). Every write is one conditional statement whose outcome says what happened.
+/// unique). Every write is one conditional statement whose outcome says what happened, and
+/// every write that changes a row records its `event` about the row as changed, in the same
+/// transaction: a write that matches nothing, or rolls back, records none. A write is
+/// evaluated at its event's instant (`event.occurred_at`: "now" for effective statuses).
 pub trait InvitationRepository: Clone + Send + Sync + 'static {
     /// A page of `filter.enterprise`'s invitations, newest first (ties by id), after the
     /// cursor.
@@ -27,14 +31,16 @@ pub trait InvitationRepository: Clone + Send + Sync + 'static {
         id: InvitationId,
     ) -> impl Future<Output = Result<Option<Invitation>, Error>> + Send;
 
-    /// Inserts a pending invitation unless the enterprise has one for the same address.
+    /// Inserts a pending invitation unless the enterprise has one for the same address. A
+    /// pending invitation for the address found past its expiry is stored as expired first,
+    /// with its own event ([`EventRecord::expiry`]).
     fn insert_pending(
         &self,
         invitation: &Invitation,
-        now: Timestamp,
+        event: &EventRecord,
     ) -> impl Future<Output = Result<InsertOutcome, Error>> + Send;
 
-    /// Cancels the invitation if it is pending at `now` and still at `expected`; with a key,
+    /// Cancels the invitation if it is pending and still at `expected`; with a key,
     /// stores the response under it in the same transaction.
     fn cancel_pending(
         &self,
@@ -42,8 +48,8 @@ pub trait InvitationRepository: Clone + Send + Sync + 'static {
         id: InvitationId,
         expected: Version,
         change: &CancelChange,
-        now: Timestamp,
         key: Option<&IdempotencyKey>,
+        event: &EventRecord,
     ) -> impl Future<Output = Result<CancelOutcome, Error>> + Send;
 
     /// The response stored under `request_id`, if it is younger than the retention.
@@ -55,7 +61,7 @@ pub trait InvitationRepository: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<PriorResponse>, Error>> + Send;
 
     /// Gives a pending invitation a new link (replacing any previous one), if it is pending
-    /// at `now` and, when given, still at `expected`; `None` when nothing matched.
+    /// and, when given, still at `expected`; `None` when nothing matched.
     fn issue_link(
         &self,
         enterprise: EnterpriseId,
@@ -63,7 +69,7 @@ pub trait InvitationRepository: Clone + Send + Sync + 'static {
         expected: Option<Version>,
         link: LinkTokenHash,
         expires_at: Option<Timestamp>,
-        now: Timestamp,
+        event: &EventRecord,
     ) -> impl Future<Output = Result<Option<Invitation>, Error>> + Send;
 
     /// Accepts the pending invitation of `link` for the invitee whose address it is for;
@@ -73,13 +79,24 @@ pub trait InvitationRepository: Clone + Send + Sync + 'static {
         link: LinkTokenHash,
         invitee_email: &EmailAddress,
         invitee: UserRef,
-        now: Timestamp,
+        event: &EventRecord,
     ) -> impl Future<Output = Result<Option<Invitation>, Error>> + Send;
 
     fn find_by_link(
         &self,
         link: LinkTokenHash,
     ) -> impl Future<Output = Result<Option<Invitation>, Error>> + Send;
+
+    /// Up to `limit` of the enterprise's committed events after `position` (from the oldest
+    /// kept, without one), in position order. On PostgreSQL a transaction can commit a
+    /// position below one already visible: a reader that must see every event once reads
+    /// only up to a position below which nothing is still in flight.
+    fn events_after(
+        &self,
+        enterprise: EnterpriseId,
+        position: Option<i64>,
+        limit: u64,
+    ) -> impl Future<Output = Result<Vec<InvitationEvent>, Error>> + Send;
 }
 
 /// Which rows a list wants; see [`InvitationRepository::list`].

@@ -5,6 +5,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::error::{Error, Forbidden, ViolationReason};
+use super::event::{Actor, EventRecord, EventType};
 use super::invitation::{Etag, Invitation, InvitationStatus, StatusFilter, Timestamp, Version};
 use super::link_token::LinkToken;
 use super::page_token::{PageCursor, PageTokenCodec};
@@ -122,6 +123,7 @@ impl CancelCommand {
 #[derive(Debug, Clone)]
 pub struct IssueTokenCommand {
     pub enterprise: EnterpriseId,
+    pub actor: UserRef,
     pub id: InvitationId,
     /// Optional If-Match.
     pub if_match: Option<String>,
@@ -267,7 +269,8 @@ impl<R: InvitationRepository> InvitationService<R> {
             cancelled_by: None,
             version: Version::FIRST,
         };
-        match self.store.insert_pending(&invitation, now).await? {
+        let event = EventRecord::of(EventType::Created, Actor::User(command.actor), now);
+        match self.store.insert_pending(&invitation, &event).await? {
             InsertOutcome::Created => {
                 // Never a whole address in the logs.
                 tracing::info!(invitation = %invitation.id, email = %invitation.email.masked(), "invitation created");
@@ -304,6 +307,8 @@ impl<R: InvitationRepository> InvitationService<R> {
                 by: command.actor,
                 reason: command.reason.clone(),
             };
+            let event = EventRecord::of(EventType::Cancelled, Actor::User(command.actor), now)
+                .with_request_id(key.as_ref().map(|key| key.request_id));
             match self
                 .store
                 .cancel_pending(
@@ -311,8 +316,8 @@ impl<R: InvitationRepository> InvitationService<R> {
                     command.id,
                     version,
                     &change,
-                    now,
                     key.as_ref(),
+                    &event,
                 )
                 .await?
             {
@@ -410,6 +415,7 @@ impl<R: InvitationRepository> InvitationService<R> {
             None => Some(None),
             Some(raw) => Etag::version_if_of(raw, command.id).map(Some),
         };
+        let event = EventRecord::of(EventType::LinkIssued, Actor::User(command.actor), now);
         if let Some(expected) = expected
             && let Some(issued) = self
                 .store
@@ -419,7 +425,7 @@ impl<R: InvitationRepository> InvitationService<R> {
                     expected,
                     token.hash(),
                     expires_at,
-                    now,
+                    &event,
                 )
                 .await?
         {
@@ -466,9 +472,10 @@ impl<R: InvitationRepository> InvitationService<R> {
     pub async fn accept(&self, command: AcceptCommand) -> Result<Invitation, Error> {
         let now = Timestamp::now();
         let link = command.token.hash();
+        let event = EventRecord::of(EventType::Accepted, Actor::User(command.invitee), now);
         if let Some(accepted) = self
             .store
-            .accept_by_link(link, &command.email, command.invitee, now)
+            .accept_by_link(link, &command.email, command.invitee, &event)
             .await?
         {
             tracing::info!(invitation = %accepted.id, email = %accepted.email.masked(), "invitation accepted");

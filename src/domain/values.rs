@@ -105,6 +105,9 @@ impl RequestId {
     pub fn parse(raw: &str) -> Result<Self, ValueError> {
         parse_uuid(raw).map(Self)
     }
+    pub fn from_uuid(id: Uuid) -> Self {
+        Self(id)
+    }
     pub fn as_uuid(&self) -> Uuid {
         self.0
     }

@@ -362,6 +362,7 @@ pub fn issue_token_command(
     violations.finish(|| {
         Some(IssueTokenCommand {
             enterprise: admin.enterprise,
+            actor: admin.subject,
             id: id?,
             if_match: if_match?,
             expires_at: if expiry_given {

@@ -8,10 +8,12 @@
 //!
 //! Writes that depend on state are single conditional statements whose `rows_affected`
 //! (or `RETURNING` rows) decide the outcome, so no read-then-write race exists on either
-//! store.
+//! store. Each change commits with its event (`outbox`): in the same statement on
+//! PostgreSQL, in the same transaction on SQLite.
 mod entity;
 mod hot_connections;
 mod idempotency;
+mod outbox;
 pub mod queries;
 mod rows;
 mod sqlite_reader;
@@ -27,17 +29,18 @@ use sea_orm::sea_query::Values;
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgRow};
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, EntityTrait,
-    RuntimeErr, SqlErr, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, EntityTrait, RuntimeErr, SqlErr, SqliteTransactionMode, Statement, TransactionOptions,
+    TransactionTrait,
 };
 use sea_query_sqlx::SqlxValues;
 use uuid::Uuid;
 
 use crate::domain::Error;
 use crate::domain::{
-    CancelChange, CancelOutcome, EmailAddress, EnterpriseId, IdempotencyKey, InsertOutcome,
-    Invitation, InvitationId, InvitationRepository, LinkTokenHash, ListFilter, PriorResponse,
-    RequestId, Timestamp, UserRef, Version,
+    CancelChange, CancelOutcome, EmailAddress, EnterpriseId, EventRecord, IdempotencyKey,
+    InsertOutcome, Invitation, InvitationEvent, InvitationId, InvitationRepository, LinkTokenHash,
+    ListFilter, PriorResponse, RequestId, Timestamp, UserRef, Version,
 };
 use crate::secret::DatabaseUrl;
 use entity::{Entity, Model};
@@ -658,7 +661,108 @@ impl Store {
         }
     }
 
-    /// A conditional write returning [`READ_COLUMNS`] of the row it changed, if any.
+    /// A conditional write and its `event`, committed together; the row as the write left it,
+    /// or `None` (and no event) when the write matched nothing. `postgres` is the write as
+    /// one statement with its event (`queries::with_event`), when it is already built.
+    async fn change_with_event(
+        &self,
+        update: sea_orm::UpdateMany<Entity>,
+        event: &EventRecord,
+        postgres: Option<Statement>,
+    ) -> Result<Option<Invitation>, Error> {
+        if self.backend() == DbBackend::Postgres {
+            let statement = postgres.unwrap_or_else(|| queries::with_event(update, event));
+            return self.write_returning(statement).await;
+        }
+        let txn = self.usable().await?.begin().await.map_err(classify)?;
+        let changed = self.change_in(&txn, update, event).await?;
+        match changed {
+            Some(_) => txn.commit().await.map_err(classify)?,
+            None => txn.rollback().await.map_err(classify)?,
+        }
+        Ok(changed)
+    }
+
+    /// [`Store::change_with_event`] inside `txn`, which the caller commits.
+    async fn change_in(
+        &self,
+        txn: &DatabaseTransaction,
+        update: sea_orm::UpdateMany<Entity>,
+        event: &EventRecord,
+    ) -> Result<Option<Invitation>, Error> {
+        let backend = self.backend();
+        let statement = match backend {
+            DbBackend::Postgres => queries::with_event(update, event),
+            _ => queries::returning(update, backend),
+        };
+        let Some(row) = txn.query_one_raw(statement).await.map_err(classify)? else {
+            return Ok(None);
+        };
+        let invitation = model_into_domain(&rows::model_of_result(&row).map_err(classify)?)?;
+        if backend != DbBackend::Postgres {
+            queries::record_event(event, &invitation)
+                .exec_without_returning(txn)
+                .await
+                .map_err(classify)?;
+        }
+        Ok(Some(invitation))
+    }
+
+    /// Stores up to `batch` pending invitations found past their expiry at `now` as expired,
+    /// each with its `expired` event, in one transaction; returns how many, or `None` when
+    /// another replica is sweeping.
+    ///
+    /// One sweeper at a time: on PostgreSQL the transaction first takes an advisory lock
+    /// (`queries::try_become_sweeper`), and a replica that finds it taken skips this round;
+    /// on SQLite the transaction takes the write lock first (`BEGIN IMMEDIATE`). Each row is
+    /// one conditional write, like a cancel or an accept, so a cancel racing the sweeper has
+    /// one outcome: the second write to reach the row matches nothing.
+    pub async fn expire_lapsed(&self, now: Timestamp, batch: u64) -> Result<Option<u64>, Error> {
+        let txn = self
+            .usable()
+            .await?
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..TransactionOptions::default()
+            })
+            .await
+            .map_err(classify)?;
+        if self.backend() == DbBackend::Postgres {
+            let row = txn
+                .query_one_raw(queries::try_become_sweeper())
+                .await
+                .map_err(classify)?;
+            let sweeper = row
+                .map(|row| row.try_get_by_index::<bool>(0))
+                .transpose()
+                .map_err(classify)?;
+            if sweeper != Some(true) {
+                txn.rollback().await.map_err(classify)?;
+                return Ok(None);
+            }
+        }
+        let lapsed: Vec<(Uuid, Uuid)> = queries::lapsed_pending(now, batch)
+            .into_tuple()
+            .all(&txn)
+            .await
+            .map_err(classify)?;
+        let mut expired = 0;
+        for (id, enterprise) in lapsed {
+            let update = Tenant::of(EnterpriseId::from_uuid(enterprise))
+                .expire(InvitationId::from_uuid(id), now);
+            if self
+                .change_in(&txn, update, &EventRecord::expiry(now))
+                .await?
+                .is_some()
+            {
+                expired += 1;
+            }
+        }
+        txn.commit().await.map_err(classify)?;
+        Ok(Some(expired))
+    }
+
+    /// A statement returning [`READ_COLUMNS`] of the row it changed, if any.
     async fn write_returning(&self, statement: Statement) -> Result<Option<Invitation>, Error> {
         let db = self.usable().await?;
         let rows = match &self.hot_connections {
@@ -670,6 +774,31 @@ impl Store {
             None => fetch_invitations(db, statement, 1).await?,
         };
         Ok(rows.into_iter().next())
+    }
+
+    /// Deletes events older than `retention`, in batches of `batch` (each its own short
+    /// statement, so writers are never held up for long); returns how many.
+    pub async fn purge_lapsed_events(
+        &self,
+        now: Timestamp,
+        retention: Duration,
+        batch: u64,
+    ) -> Result<u64, Error> {
+        let cutoff = now.saturating_sub(retention);
+        let db = self.usable().await?;
+        let mut purged = 0;
+        loop {
+            let deleted = queries::purge_lapsed_events(cutoff, batch)
+                .exec(db)
+                .await
+                .map_err(classify)?
+                .rows_affected;
+            purged += deleted;
+            if deleted == 0 {
+                return Ok(purged);
+            }
+            tokio::task::yield_now().await;
+        }
     }
 
     /// Deletes responses older than the retention period; returns how many.
@@ -724,14 +853,15 @@ impl InvitationRepository for Store {
     async fn insert_pending(
         &self,
         invitation: &Invitation,
-        now: Timestamp,
+        event: &EventRecord,
     ) -> Result<InsertOutcome, Error> {
+        let now = event.occurred_at;
         let tenant = Tenant::of(invitation.enterprise);
         let db = self.usable().await?;
         let txn = db.begin().await.map_err(classify)?;
-        tenant
+        let lapsed = tenant
             .expire_lapsed(&invitation.email, now)
-            .exec(&txn)
+            .exec_with_returning(&txn)
             .await
             .map_err(classify)?;
         let inserted = tenant
@@ -740,6 +870,18 @@ impl InvitationRepository for Store {
             .await;
         match inserted {
             Ok(1) => {
+                // The expiries are recorded only with the create: when the create loses to
+                // another pending invitation, the transaction rolls back whole.
+                for row in &lapsed {
+                    queries::record_event(&EventRecord::expiry(now), &model_into_domain(row)?)
+                        .exec_without_returning(&txn)
+                        .await
+                        .map_err(classify)?;
+                }
+                queries::record_event(event, invitation)
+                    .exec_without_returning(&txn)
+                    .await
+                    .map_err(classify)?;
                 txn.commit().await.map_err(classify)?;
                 Ok(InsertOutcome::Created)
             }
@@ -778,24 +920,29 @@ impl InvitationRepository for Store {
         id: InvitationId,
         expected: Version,
         change: &CancelChange,
-        now: Timestamp,
         key: Option<&IdempotencyKey>,
+        event: &EventRecord,
     ) -> Result<CancelOutcome, Error> {
+        let now = event.occurred_at;
         let tenant = Tenant::of(enterprise);
         let Some(key) = key else {
-            let backend = self.backend();
-            let cancel = || tenant.cancel(id, expected, change, now, backend);
-            let statement = match &self.statements {
-                Some(rendered) => rendered.cancel(
-                    statements::cancel_values(enterprise, id, expected, change, now),
-                    cancel,
-                ),
-                None => cancel(),
-            };
-            return Ok(match self.write_returning(statement).await? {
-                Some(invitation) => CancelOutcome::Cancelled(Box::new(invitation)),
-                None => CancelOutcome::NoMatch,
+            let postgres = (self.backend() == DbBackend::Postgres).then(|| {
+                let cancel = || tenant.cancel(id, expected, change, now, event);
+                match &self.statements {
+                    Some(rendered) => rendered.cancel(
+                        statements::cancel_values(enterprise, id, expected, change, now, event),
+                        cancel,
+                    ),
+                    None => cancel(),
+                }
             });
+            let update = tenant.cancel_update(id, expected, change, now);
+            return Ok(
+                match self.change_with_event(update, event, postgres).await? {
+                    Some(invitation) => CancelOutcome::Cancelled(Box::new(invitation)),
+                    None => CancelOutcome::NoMatch,
+                },
+            );
         };
         let db = self.usable().await?;
         let txn = db.begin().await.map_err(classify)?;
@@ -810,6 +957,11 @@ impl InvitationRepository for Store {
             txn.rollback().await.map_err(classify)?;
             return Ok(CancelOutcome::NoMatch);
         };
+        let cancelled = model_into_domain(&row)?;
+        queries::record_event(event, &cancelled)
+            .exec_without_returning(&txn)
+            .await
+            .map_err(classify)?;
         let response = serde_json::to_string(&row)
             .map_err(|e| Error::Internal(format!("cannot serialise a response for replay: {e}")))?;
         tenant
@@ -827,7 +979,7 @@ impl InvitationRepository for Store {
             return Ok(CancelOutcome::RequestIdTaken);
         }
         txn.commit().await.map_err(classify)?;
-        Ok(CancelOutcome::Cancelled(Box::new(model_into_domain(&row)?)))
+        Ok(CancelOutcome::Cancelled(Box::new(cancelled)))
     }
 
     async fn prior_response(
@@ -864,11 +1016,11 @@ impl InvitationRepository for Store {
         expected: Option<Version>,
         link: LinkTokenHash,
         expires_at: Option<Timestamp>,
-        now: Timestamp,
+        event: &EventRecord,
     ) -> Result<Option<Invitation>, Error> {
-        let statement =
-            Tenant::of(enterprise).issue_link(id, expected, link, expires_at, now, self.backend());
-        self.write_returning(statement).await
+        let now = event.occurred_at;
+        let update = Tenant::of(enterprise).issue_link(id, expected, link, expires_at, now);
+        self.change_with_event(update, event, None).await
     }
 
     async fn accept_by_link(
@@ -876,15 +1028,32 @@ impl InvitationRepository for Store {
         link: LinkTokenHash,
         invitee_email: &EmailAddress,
         invitee: UserRef,
-        now: Timestamp,
+        event: &EventRecord,
     ) -> Result<Option<Invitation>, Error> {
-        let statement = queries::accept_by_link(link, invitee_email, invitee, now, self.backend());
-        self.write_returning(statement).await
+        let now = event.occurred_at;
+        let update = queries::accept_by_link(link, invitee_email, invitee, now);
+        self.change_with_event(update, event, None).await
     }
 
     async fn find_by_link(&self, link: LinkTokenHash) -> Result<Option<Invitation>, Error> {
         let statement = queries::by_link(link, self.backend());
         Ok(self.read_statement(statement, 1).await?.into_iter().next())
+    }
+
+    async fn events_after(
+        &self,
+        enterprise: EnterpriseId,
+        position: Option<i64>,
+        limit: u64,
+    ) -> Result<Vec<InvitationEvent>, Error> {
+        Tenant::of(enterprise)
+            .events_after(position, limit)
+            .all(self.usable().await?)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(outbox::into_domain_event)
+            .collect()
     }
 }
 

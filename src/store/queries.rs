@@ -1,13 +1,20 @@
 //! Every statement the service runs, built with SeaORM: open this file to answer "what SQL
-//! runs on cancel?" ([`Tenant::cancel`], and [`Tenant::cancel_update`] when the cancel keeps a
-//! replay record). Nothing here executes; `mod.rs` runs what these build (`statements.rs`
-//! keeps the rendered text of the two hottest, `Tenant::page` and `Tenant::cancel`).
+//! runs on cancel?" ([`Tenant::cancel`] on PostgreSQL; on SQLite, and when the cancel keeps
+//! a replay record, [`Tenant::cancel_update`] and [`record_event`] in one transaction).
+//! Nothing here executes; `mod.rs` runs what these build (`statements.rs` keeps the rendered
+//! text of the two hottest, `Tenant::page` and `Tenant::cancel`).
+//!
+//! Every change is written with its event (the outbox, `invitation_events`): [`with_event`]
+//! makes both one statement on PostgreSQL; elsewhere [`record_event`] follows the change in
+//! its transaction.
 //!
 //! Tenancy is a constructor: every statement on an enterprise's rows starts from
 //! [`Tenant`], which cannot be built without an enterprise, so the enterprise filter is
 //! written once. The one statement that is not an enterprise's is the invitee's lookup by
 //! link token ([`by_link`]): the token itself is the invitee's authority.
-use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::sea_query::{
+    Alias, CommonTableExpression, Expr, ExprTrait, OnConflict, Query, WithClause,
+};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, DbBackend, DeleteMany, EntityTrait, Insert,
     QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, Statement, UpdateMany,
@@ -16,10 +23,11 @@ use sea_orm::{
 use super::entity::active_model;
 use super::entity::{self, Column, Entity};
 use super::idempotency;
+use super::outbox;
 use crate::domain::{
-    CancelChange, EmailAddress, EnterpriseId, IDEMPOTENCY_RETENTION, IdempotencyKey, Invitation,
-    InvitationId, InvitationStatus, LinkTokenHash, ListFilter, RequestId, Timestamp, UserRef,
-    Version,
+    CancelChange, EmailAddress, EnterpriseId, EventRecord, IDEMPOTENCY_RETENTION, IdempotencyKey,
+    Invitation, InvitationId, InvitationStatus, LinkTokenHash, ListFilter, RequestId, Timestamp,
+    UserRef, Version,
 };
 
 /// What every read selects and every conditional write returns, in this order (the row
@@ -117,20 +125,22 @@ impl Tenant {
         readable(self.select().filter(Column::Id.eq(id.as_uuid())), backend)
     }
 
-    /// The cancel: one conditional write on (id, enterprise, version, effective pending at
-    /// `now`) that also revokes the link, returning the row as it is after.
+    /// The cancel on PostgreSQL: one statement that makes the conditional write of
+    /// [`Tenant::cancel_update`] and records `event` about the row it changed
+    /// ([`with_event`]), returning the row as it is after.
     pub fn cancel(
         self,
         id: InvitationId,
         expected: Version,
         change: &CancelChange,
         now: Timestamp,
-        backend: DbBackend,
+        event: &EventRecord,
     ) -> Statement {
-        returning(self.cancel_update(id, expected, change, now), backend)
+        with_event(self.cancel_update(id, expected, change, now), event)
     }
 
-    /// [`Tenant::cancel`] as SeaORM's update, for a transaction that stores its row.
+    /// The cancel's conditional write: on (id, enterprise, version, effective pending at
+    /// `now`), it also revokes the link.
     pub fn cancel_update(
         self,
         id: InvitationId,
@@ -158,7 +168,7 @@ impl Tenant {
     }
 
     /// A new link (replacing any previous one) and optionally a new expiry: one conditional
-    /// write on (id, enterprise, effective pending[, version]), returning the row after.
+    /// write on (id, enterprise, effective pending[, version]).
     pub fn issue_link(
         self,
         id: InvitationId,
@@ -166,8 +176,7 @@ impl Tenant {
         link: LinkTokenHash,
         expires_at: Option<Timestamp>,
         now: Timestamp,
-        backend: DbBackend,
-    ) -> Statement {
+    ) -> UpdateMany<Entity> {
         let mut update = self
             .update()
             .col_expr(Column::LinkTokenHash, Expr::value(link.0.to_vec()))
@@ -181,7 +190,7 @@ impl Tenant {
         if let Some(expected) = expected {
             update = update.filter(Column::Version.eq(expected.get()));
         }
-        returning(update, backend)
+        update
     }
 
     /// Pending invitations for `email` (of the tenant's rows they are applied to).
@@ -195,6 +204,18 @@ impl Tenant {
     /// passed is stored as expired (its version moves, as for every change), so that the
     /// unique index on pending rows only sees live ones.
     pub fn expire_lapsed(self, email: &EmailAddress, now: Timestamp) -> UpdateMany<Entity> {
+        self.expiry(now)
+            .filter(Column::EmailNormalized.eq(email.normalized()))
+    }
+
+    /// The sweeper's write: the invitation, if it is still pending and past its expiry at
+    /// `now`, stored as expired.
+    pub fn expire(self, id: InvitationId, now: Timestamp) -> UpdateMany<Entity> {
+        self.expiry(now).filter(Column::Id.eq(id.as_uuid()))
+    }
+
+    /// The tenant's pending rows past their expiry at `now`, stored as expired.
+    fn expiry(self, now: Timestamp) -> UpdateMany<Entity> {
         self.update()
             .col_expr(
                 Column::Status,
@@ -202,8 +223,7 @@ impl Tenant {
             )
             .col_expr(Column::UpdatedAt, Expr::value(now.unix_micros()))
             .col_expr(Column::Version, Expr::col(Column::Version).add(1))
-            .filter(Self::pending_for(email))
-            .filter(Column::ExpiresAt.lte(now.unix_micros()))
+            .filter(lapsed(now))
     }
 
     /// The create: an insert that does nothing when the unique index on pending rows (one per
@@ -217,6 +237,16 @@ impl Tenant {
     /// The pending invitation for `email` that a create collided with.
     pub fn pending_with_address(self, email: &EmailAddress) -> Select<Entity> {
         self.select().filter(Self::pending_for(email))
+    }
+
+    /// The tenant's events after `position` (all, without one), oldest first.
+    pub fn events_after(self, position: Option<i64>, limit: u64) -> Select<outbox::Entity> {
+        let mut query =
+            outbox::Entity::find().filter(outbox::Column::EnterpriseId.eq(self.0.as_uuid()));
+        if let Some(position) = position {
+            query = query.filter(outbox::Column::Position.gt(position));
+        }
+        query.order_by_asc(outbox::Column::Position).limit(limit)
     }
 
     /// The response stored under `request_id` within the retention period.
@@ -270,17 +300,15 @@ pub fn by_link(link: LinkTokenHash, backend: DbBackend) -> Statement {
     )
 }
 
-/// The accept: one conditional write on (link, effective pending, e-mail), returning the
-/// row after. The link stays, so the same invitee repeating the accept finds it accepted
-/// by them.
+/// The accept: one conditional write on (link, effective pending, e-mail). The link stays,
+/// so the same invitee repeating the accept finds it accepted by them.
 pub fn accept_by_link(
     link: LinkTokenHash,
     invitee_email: &EmailAddress,
     invitee: UserRef,
     now: Timestamp,
-    backend: DbBackend,
-) -> Statement {
-    let update = Entity::update_many()
+) -> UpdateMany<Entity> {
+    Entity::update_many()
         .col_expr(
             Column::Status,
             Expr::value(InvitationStatus::Accepted.as_str()),
@@ -291,8 +319,107 @@ pub fn accept_by_link(
         .col_expr(Column::Version, Expr::col(Column::Version).add(1))
         .filter(Column::LinkTokenHash.eq(link.0.to_vec()))
         .filter(Column::EmailNormalized.eq(invitee_email.normalized()))
-        .filter(effective_status_is(InvitationStatus::Pending, now));
-    returning(update, backend)
+        .filter(effective_status_is(InvitationStatus::Pending, now))
+}
+
+/// A change and its event as one statement, for PostgreSQL: a data-modifying `WITH` makes
+/// the conditional write, and the event copies the row as the write left it, so the two
+/// commit together or not at all, in one round trip. The statement returns the snapshot in
+/// [`READ_COLUMNS`] order (nothing when the write matched no row, and then no event).
+///
+/// ```sql
+/// WITH "changed" AS (UPDATE "invitations" SET ... WHERE ... RETURNING <READ_COLUMNS>)
+/// INSERT INTO "invitation_events" (<record>, <snapshot>)
+///   SELECT <record values>, <READ_COLUMNS> FROM "changed"
+///   RETURNING <snapshot>
+/// ```
+///
+/// SQLite has no data-modifying `WITH`: there the store runs the write and
+/// [`record_event`] in one transaction. Both write the same row (a test compares them).
+pub fn with_event(update: UpdateMany<Entity>, event: &EventRecord) -> Statement {
+    let changed = Alias::new("changed");
+    let mut change = update.into_query();
+    change.returning(Query::returning().columns(READ_COLUMNS));
+    let mut snapshot = Query::select();
+    snapshot
+        .exprs(outbox::record_values(event).map(Expr::val))
+        .columns(READ_COLUMNS)
+        .from(changed.clone());
+    let mut insert = Query::insert();
+    insert
+        .into_table(outbox::Entity)
+        .columns(
+            outbox::RECORD_COLUMNS
+                .into_iter()
+                .chain(outbox::SNAPSHOT_COLUMNS),
+        )
+        .select_from(snapshot)
+        // Proven infallible: the select lists as many values as the insert names columns
+        // (5 record values and the 18 columns of both tables; a test builds it).
+        .expect("one value per event column")
+        .returning(Query::returning().columns(outbox::SNAPSHOT_COLUMNS));
+    let with = WithClause::new()
+        .cte(
+            CommonTableExpression::new()
+                .query(change)
+                .table_name(changed)
+                .to_owned(),
+        )
+        .to_owned();
+    DbBackend::Postgres.build(&insert.with(with))
+}
+
+/// `event` about `invitation` (as the change left it), for a transaction that has made the
+/// change (and on SQLite, where [`with_event`] cannot run).
+pub fn record_event(event: &EventRecord, invitation: &Invitation) -> Insert<outbox::ActiveModel> {
+    outbox::Entity::insert(outbox::active_model(event, invitation))
+}
+
+/// The oldest `batch` events, of those that are older than `cutoff`: a purge in small
+/// batches, each a short statement that walks the primary key, so writers never wait long.
+pub fn purge_lapsed_events(cutoff: Timestamp, batch: u64) -> DeleteMany<outbox::Entity> {
+    let oldest = Query::select()
+        .column(outbox::Column::Position)
+        .from(outbox::Entity)
+        .order_by(outbox::Column::Position, sea_orm::Order::Asc)
+        .limit(batch)
+        .to_owned();
+    outbox::Entity::delete_many()
+        .filter(outbox::Column::Position.in_subquery(oldest))
+        .filter(outbox::Column::OccurredAt.lt(cutoff.unix_micros()))
+}
+
+/// Pending rows past their expiry at `now` (see `Invitation::status_at`).
+fn lapsed(now: Timestamp) -> Condition {
+    Condition::all()
+        .add(Column::Status.eq(InvitationStatus::Pending.as_str()))
+        .add(Column::ExpiresAt.lte(now.unix_micros()))
+}
+
+/// Key of the transaction-level advisory lock held by the replica sweeping expiries (the
+/// migration lock's key plus one).
+const SWEEPER_LOCK_KEY: i64 = 7_597_139_862_771_034_472;
+
+/// PostgreSQL: whether this transaction is now the one sweeper (`true`), or another
+/// replica's transaction is (`false`). The lock ends with the transaction.
+pub fn try_become_sweeper() -> Statement {
+    Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT pg_try_advisory_xact_lock($1)",
+        [SWEEPER_LOCK_KEY.into()],
+    )
+}
+
+/// Up to `batch` pending invitations of any enterprise past their expiry at `now`, the
+/// longest lapsed first (by the partial index on pending expiries): what the sweeper
+/// stores as expired next, as (id, enterprise).
+pub fn lapsed_pending(now: Timestamp, batch: u64) -> Select<Entity> {
+    Entity::find()
+        .select_only()
+        .columns([Column::Id, Column::EnterpriseId])
+        .filter(lapsed(now))
+        .order_by_asc(Column::ExpiresAt)
+        .limit(batch)
 }
 
 /// Every enterprise's responses older than the retention period (housekeeping).
@@ -324,16 +451,17 @@ fn effective_status_is(status: InvitationStatus, now: Timestamp) -> Condition {
     }
 }
 
+/// `update`, returning [`READ_COLUMNS`] of the row it changes: a write whose event follows
+/// in its transaction (SQLite).
+pub fn returning(update: UpdateMany<Entity>, backend: DbBackend) -> Statement {
+    let mut query = update.into_query();
+    query.returning(Query::returning().columns(READ_COLUMNS));
+    backend.build(&query)
+}
+
 /// `select`, reading [`READ_COLUMNS`] (never the link hash).
 fn readable(select: Select<Entity>, backend: DbBackend) -> Statement {
     select.select_only().columns(READ_COLUMNS).build(backend)
-}
-
-/// `update`, returning [`READ_COLUMNS`] of the row it changes.
-fn returning(update: UpdateMany<Entity>, backend: DbBackend) -> Statement {
-    let mut query = update.into_query();
-    query.returning(sea_orm::sea_query::Query::returning().columns(READ_COLUMNS));
-    backend.build(&query)
 }
 
 #[cfg(test)]
@@ -342,24 +470,30 @@ mod tests {
     use crate::domain::{InvitationId, UserRef};
 
     /// The SQL of the cancel, as PostgreSQL receives it: the statement this file exists to
-    /// show. A change to it is a change to the service's one conditional write.
+    /// show. A change to it is a change to the service's one conditional write and its event.
     #[test]
-    fn the_cancel_is_one_conditional_update() {
+    fn the_cancel_is_one_conditional_update_and_its_event() {
+        let now = Timestamp::from_unix_micros(2);
         let change = CancelChange {
-            at: Timestamp::from_unix_micros(2),
+            at: now,
             by: UserRef::from_uuid(uuid::Uuid::nil()),
             reason: None,
         };
+        let event = EventRecord::of(
+            crate::domain::EventType::Cancelled,
+            crate::domain::Actor::User(change.by),
+            now,
+        );
         let statement = Tenant::of(EnterpriseId::from_uuid(uuid::Uuid::nil())).cancel(
             InvitationId::from_uuid(uuid::Uuid::nil()),
             Version::FIRST,
             &change,
             Timestamp::from_unix_micros(1),
-            DbBackend::Postgres,
+            &event,
         );
         let sql = statement.sql;
         assert!(
-            sql.starts_with("UPDATE \"invitations\" SET \"status\" = $1"),
+            sql.starts_with("WITH \"changed\" AS (UPDATE \"invitations\" SET \"status\" = $1"),
             "{sql}"
         );
         for condition in [
@@ -372,7 +506,16 @@ mod tests {
             assert!(sql.contains(condition), "{condition} in {sql}");
         }
         assert!(sql.contains("\"link_token_hash\" = $"), "{sql}");
-        assert!(sql.contains(" RETURNING "), "{sql}");
+        assert!(
+            sql.contains(") INSERT INTO \"invitation_events\" ("),
+            "{sql}"
+        );
+        assert!(sql.contains(" FROM \"changed\" RETURNING "), "{sql}");
         assert!(!sql.contains("RETURNING \"link_token_hash\""), "{sql}");
+        assert_eq!(
+            statement.values.expect("bound values").0.len(),
+            12 + outbox::RECORD_COLUMNS.len(),
+            "the write's values, then the event's"
+        );
     }
 }

@@ -241,3 +241,31 @@ pub(super) fn into_domain(row: StoredRow<'_>) -> Result<Invitation, Error> {
 pub(super) fn model_into_domain(row: &Model) -> Result<Invitation, Error> {
     into_domain(StoredRow::of_model(row))
 }
+
+/// A row of [`READ_COLUMNS`] read by position from a SeaORM result (a statement run in a
+/// transaction), as a model without its link hash (never read).
+pub(super) fn model_of_result(row: &sea_orm::QueryResult) -> Result<Model, sea_orm::DbErr> {
+    Ok(Model {
+        id: row.try_get_by_index(0)?,
+        enterprise_id: row.try_get_by_index(1)?,
+        scope: row.try_get_by_index(2)?,
+        email_constraint: row.try_get_by_index(3)?,
+        // Not among the columns read; the domain folds the address itself.
+        email_normalized: String::new(),
+        role: row.try_get_by_index(4)?,
+        status: row.try_get_by_index(5)?,
+        invited_by: row.try_get_by_index(6)?,
+        pending_human_actor_ref: row.try_get_by_index(7)?,
+        challenge_ref: row.try_get_by_index(8)?,
+        created_at: row.try_get_by_index(9)?,
+        updated_at: row.try_get_by_index(10)?,
+        expires_at: row.try_get_by_index(11)?,
+        accepted_at: row.try_get_by_index(12)?,
+        accepted_by: row.try_get_by_index(13)?,
+        cancelled_at: row.try_get_by_index(14)?,
+        cancel_reason: row.try_get_by_index(15)?,
+        cancelled_by: row.try_get_by_index(16)?,
+        version: row.try_get_by_index(17)?,
+        link_token_hash: None,
+    })
+}

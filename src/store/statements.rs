@@ -1,5 +1,6 @@
 //! The SQL of the two statements every busy client runs, List's page and Cancel's
-//! conditional write, rendered by SeaORM once per shape and then reused.
+//! conditional write with its event (PostgreSQL), rendered by SeaORM once per shape and then
+//! reused.
 //!
 //! Building a statement with sea-query allocates its whole expression tree and renders it to
 //! text on every call, a visible share of a Cancel's CPU (`docs/adr/0003-rendered-statements.md`
@@ -14,9 +15,12 @@ use std::sync::OnceLock;
 use sea_orm::sea_query::{Value, Values};
 use sea_orm::{DbBackend, Statement};
 
+use super::outbox;
 use super::queries::filters_statuses;
 use super::{CancelChange, ListFilter};
-use crate::domain::{EnterpriseId, InvitationId, InvitationStatus, Timestamp, Version};
+use crate::domain::{
+    EnterpriseId, EventRecord, InvitationId, InvitationStatus, Timestamp, Version,
+};
 
 /// Scope present, e-mail present, cursor present, and one bit per status filtered on.
 const LIST_SHAPES: usize = 1 << (3 + InvitationStatus::ALL.len());
@@ -132,15 +136,16 @@ fn effective_status_values(values: &mut Vec<Value>, status: InvitationStatus, no
 }
 
 /// The cancel's bind values, in the order of `Tenant::cancel_update`'s assignments and
-/// conditions.
+/// conditions, then the event's (`queries::with_event`).
 pub(super) fn cancel_values(
     enterprise: EnterpriseId,
     id: InvitationId,
     expected: Version,
     change: &CancelChange,
     now: Timestamp,
+    event: &EventRecord,
 ) -> Values {
-    let mut values = Vec::with_capacity(12);
+    let mut values = Vec::with_capacity(12 + outbox::RECORD_COLUMNS.len());
     values.push(Value::from(InvitationStatus::Cancelled.as_str()));
     values.push(Value::from(change.at.unix_micros()));
     values.push(Value::from(change.by.to_string()));
@@ -154,6 +159,7 @@ pub(super) fn cancel_values(
     values.push(Value::from(id.as_uuid()));
     values.push(Value::from(expected.get()));
     effective_status_values(&mut values, InvitationStatus::Pending, now);
+    values.extend(outbox::record_values(event));
     Values(values)
 }
 
@@ -162,7 +168,10 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::domain::{CancelReason, EmailAddress, PageCursor, Scope, StatusFilter, UserRef};
+    use crate::domain::{
+        Actor, CancelReason, EmailAddress, EventType, PageCursor, RequestId, Scope, StatusFilter,
+        UserRef,
+    };
     use crate::store::queries::Tenant;
 
     const BACKENDS: [DbBackend; 2] = [DbBackend::Postgres, DbBackend::Sqlite];
@@ -214,23 +223,28 @@ mod tests {
         let enterprise = EnterpriseId::from_uuid(Uuid::from_u128(7));
         let id = InvitationId::from_uuid(Uuid::from_u128(9));
         let by = UserRef::from_uuid(Uuid::from_u128(11));
-        for backend in BACKENDS {
-            let rendered = RenderedStatements::new(backend);
-            for (version, reason) in [(1, None), (4, Some("no longer needed")), (9, None)] {
-                let change = CancelChange {
-                    at: Timestamp::from_unix_micros(5_000 + version),
-                    by,
-                    reason: reason.map(|r| CancelReason::from_stored(r.to_owned())),
-                };
-                let expected = Version::from_stored(version);
-                let now = Timestamp::from_unix_micros(6_000);
-                let build = || Tenant::of(enterprise).cancel(id, expected, &change, now, backend);
-                let built = build();
-                let reused =
-                    rendered.cancel(cancel_values(enterprise, id, expected, &change, now), build);
-                assert_eq!(reused.sql, built.sql);
-                assert_eq!(reused.values, built.values, "{}", built.sql);
-            }
+        let rendered = RenderedStatements::new(DbBackend::Postgres);
+        let cases = [
+            (1, None, None),
+            (4, Some("no longer needed"), Some(Uuid::from_u128(13))),
+            (9, None, None),
+        ];
+        for (version, reason, request_id) in cases {
+            let change = CancelChange {
+                at: Timestamp::from_unix_micros(5_000 + version),
+                by,
+                reason: reason.map(|r| CancelReason::from_stored(r.to_owned())),
+            };
+            let event = EventRecord::of(EventType::Cancelled, Actor::User(by), change.at)
+                .with_request_id(request_id.map(RequestId::from_uuid));
+            let expected = Version::from_stored(version);
+            let now = Timestamp::from_unix_micros(6_000);
+            let build = || Tenant::of(enterprise).cancel(id, expected, &change, now, &event);
+            let built = build();
+            let values = cancel_values(enterprise, id, expected, &change, now, &event);
+            let reused = rendered.cancel(values, build);
+            assert_eq!(reused.sql, built.sql);
+            assert_eq!(reused.values, built.values, "{}", built.sql);
         }
     }
 }

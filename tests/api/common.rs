@@ -256,6 +256,9 @@ impl TestApp {
         config.shutdown_drain_ms = 5000;
         // Most tests make many calls quickly; the rate-limit test turns it on.
         config.rate_limit_per_second = 0;
+        // Lapsed fixtures stay as stored (a sweep moves their version, hence their etag);
+        // the sweeper's tests set their own interval.
+        config.expiry_sweep_ms = 3_600_000;
         customize(&mut config);
         let settings = config.settings().expect("test settings are valid");
         let running = Running::start(&settings, migrate).await;

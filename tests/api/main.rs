@@ -9,6 +9,7 @@ mod authorization;
 mod cancel;
 mod create_get;
 mod db_faults;
+mod events;
 mod hostile;
 mod idempotency;
 mod links;

@@ -590,6 +590,7 @@ fn help_groups_the_settings_by_topic() {
         "Auth",
         "Limits",
         "Health",
+        "Events",
         "Telemetry",
     ] {
         assert!(topics.iter().any(|t| t == wanted), "{wanted} in {topics:?}");
