@@ -87,14 +87,19 @@ pub trait InvitationRepository: Clone + Send + Sync + 'static {
         link: LinkTokenHash,
     ) -> impl Future<Output = Result<Option<Invitation>, Error>> + Send;
 
-    /// Up to `limit` of the enterprise's committed events after `position` (from the oldest
-    /// kept, without one), in position order. On PostgreSQL a transaction can commit a
-    /// position below one already visible: a reader that must see every event once reads
-    /// only up to a position below which nothing is still in flight.
+    /// The highest position below which every event has committed or never will: a reader
+    /// that reads only up to it, and resumes after the last position it read, sees every
+    /// event exactly once. May wait for transactions in flight to end.
+    fn event_horizon(&self) -> impl Future<Output = Result<i64, Error>> + Send;
+
+    /// Up to `limit` of the enterprise's events after `position` (from the oldest kept,
+    /// without one) and up to `horizon` (see [`InvitationRepository::event_horizon`]), in
+    /// position order.
     fn events_after(
         &self,
         enterprise: EnterpriseId,
         position: Option<i64>,
+        horizon: i64,
         limit: u64,
     ) -> impl Future<Output = Result<Vec<InvitationEvent>, Error>> + Send;
 }

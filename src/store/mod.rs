@@ -60,6 +60,9 @@ pub const SQLITE_ROW_CHANNEL: usize = 1024;
 /// commit, if the lock it waits for is released just then.
 const CLIENT_CONNECTION_CHECK_INTERVAL_MS: &str = "250";
 
+/// How often the event horizon looks again at the transactions it waits for.
+const HORIZON_RECHECK: Duration = Duration::from_millis(2);
+
 /// The most rows a read makes room for before they arrive.
 const MAX_EXPECTED_ROWS: usize = 1024;
 
@@ -1040,14 +1043,65 @@ impl InvitationRepository for Store {
         Ok(self.read_statement(statement, 1).await?.into_iter().next())
     }
 
+    /// On PostgreSQL a position is taken when the event is inserted, before its transaction
+    /// commits, so a transaction can commit a higher position before a lower one is visible.
+    /// The horizon is the last position taken, once every transaction that was in flight
+    /// when it was read has ended: each one that took a position at or below it had an id
+    /// by then (its change came first), so it was among them. The wait is usually a few
+    /// milliseconds; a long transaction anywhere on the server delays it (never skips it).
+    /// On SQLite writers commit one at a time, in position order: the horizon is the last.
+    async fn event_horizon(&self) -> Result<i64, Error> {
+        let db = self.usable().await?;
+        let first_value = |row: Option<sea_orm::QueryResult>| -> Result<Option<i64>, Error> {
+            Ok(row
+                .map(|row| row.try_get_by_index::<Option<i64>>(0))
+                .transpose()
+                .map_err(classify)?
+                .flatten())
+        };
+        if self.backend() != DbBackend::Postgres {
+            let last = queries::last_position()
+                .into_tuple::<Option<i64>>()
+                .one(db)
+                .await
+                .map_err(classify)?;
+            return Ok(last.flatten().unwrap_or(0));
+        }
+        let last = first_value(
+            db.query_one_raw(queries::last_position_taken())
+                .await
+                .map_err(classify)?,
+        )?;
+        let snapshot: String = db
+            .query_one_raw(queries::transactions_in_flight())
+            .await
+            .map_err(classify)?
+            .map(|row| row.try_get_by_index(0))
+            .transpose()
+            .map_err(classify)?
+            .ok_or_else(|| Error::Internal("no snapshot".into()))?;
+        loop {
+            let in_flight = first_value(
+                db.query_one_raw(queries::still_in_flight(snapshot.clone()))
+                    .await
+                    .map_err(classify)?,
+            )?;
+            if in_flight == Some(0) {
+                return Ok(last.unwrap_or(0));
+            }
+            tokio::time::sleep(HORIZON_RECHECK).await;
+        }
+    }
+
     async fn events_after(
         &self,
         enterprise: EnterpriseId,
         position: Option<i64>,
+        horizon: i64,
         limit: u64,
     ) -> Result<Vec<InvitationEvent>, Error> {
         Tenant::of(enterprise)
-            .events_after(position, limit)
+            .events_after(position, horizon, limit)
             .all(self.usable().await?)
             .await
             .map_err(classify)?

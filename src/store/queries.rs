@@ -239,10 +239,17 @@ impl Tenant {
         self.select().filter(Self::pending_for(email))
     }
 
-    /// The tenant's events after `position` (all, without one), oldest first.
-    pub fn events_after(self, position: Option<i64>, limit: u64) -> Select<outbox::Entity> {
-        let mut query =
-            outbox::Entity::find().filter(outbox::Column::EnterpriseId.eq(self.0.as_uuid()));
+    /// The tenant's events after `position` (all, without one) and up to `horizon`, oldest
+    /// first.
+    pub fn events_after(
+        self,
+        position: Option<i64>,
+        horizon: i64,
+        limit: u64,
+    ) -> Select<outbox::Entity> {
+        let mut query = outbox::Entity::find()
+            .filter(outbox::Column::EnterpriseId.eq(self.0.as_uuid()))
+            .filter(outbox::Column::Position.lte(horizon));
         if let Some(position) = position {
             query = query.filter(outbox::Column::Position.gt(position));
         }
@@ -394,6 +401,39 @@ fn lapsed(now: Timestamp) -> Condition {
     Condition::all()
         .add(Column::Status.eq(InvitationStatus::Pending.as_str()))
         .add(Column::ExpiresAt.lte(now.unix_micros()))
+}
+
+/// PostgreSQL: the last position the outbox's sequence handed out, committed or not (NULL
+/// before the first). The sequence caches one value at a time (`bigserial`'s default), so
+/// no session can later take a position below it.
+pub fn last_position_taken() -> Statement {
+    Statement::from_string(
+        DbBackend::Postgres,
+        "SELECT pg_sequence_last_value(pg_get_serial_sequence('invitation_events', 'position'))",
+    )
+}
+
+/// PostgreSQL: the transactions in flight on the server now, as a snapshot's text.
+pub fn transactions_in_flight() -> Statement {
+    Statement::from_string(DbBackend::Postgres, "SELECT pg_current_snapshot()::text")
+}
+
+/// PostgreSQL: how many transactions of `snapshot` (from [`transactions_in_flight`]) are
+/// still in progress.
+pub fn still_in_flight(snapshot: String) -> Statement {
+    Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT count(*) FROM pg_snapshot_xip($1::pg_snapshot) AS x \
+         WHERE pg_xact_status(x) = 'in progress'",
+        [snapshot.into()],
+    )
+}
+
+/// SQLite: the highest position written.
+pub fn last_position() -> Select<outbox::Entity> {
+    outbox::Entity::find()
+        .select_only()
+        .column_as(outbox::Column::Position.max(), "last")
 }
 
 /// Key of the transaction-level advisory lock held by the replica sweeping expiries (the

@@ -469,6 +469,20 @@ impl HeldLock {
         self.transaction.rollback().await.expect("release the lock");
         self.connection.close().await.expect("close");
     }
+
+    /// Runs `statement` in the held transaction.
+    pub async fn execute(&self, statement: &str) {
+        self.transaction
+            .execute_unprepared(statement)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+
+    /// Commits what the held transaction did, and lets go.
+    pub async fn commit(self) {
+        self.transaction.commit().await.expect("commit");
+        self.connection.close().await.expect("close");
+    }
 }
 
 /// With writes blocked, a cancel of `invitation` that cannot finish, sent again until it holds

@@ -18,8 +18,9 @@ use crate::{on_both_stores, on_each_backend};
 
 /// Every event of the app's enterprise, oldest first.
 async fn events(app: &TestApp) -> Vec<InvitationEvent> {
+    let horizon = app.store.event_horizon().await.expect("horizon");
     app.store
-        .events_after(app.enterprise, None, 10_000)
+        .events_after(app.enterprise, None, horizon, 10_000)
         .await
         .expect("events read")
 }
@@ -245,7 +246,7 @@ async fn an_enterprise_reads_only_its_own_events(app: &TestApp) {
     let mine = events(app).await;
     let theirs = app
         .store
-        .events_after(other, None, 100)
+        .events_after(other, None, i64::MAX, 100)
         .await
         .expect("events read");
     assert_eq!((mine.len(), theirs.len()), (1, 1));
@@ -254,7 +255,7 @@ async fn an_enterprise_reads_only_its_own_events(app: &TestApp) {
     // Reading after a position returns what follows it.
     assert!(
         app.store
-            .events_after(app.enterprise, Some(mine[0].position), 100)
+            .events_after(app.enterprise, Some(mine[0].position), i64::MAX, 100)
             .await
             .expect("events read")
             .is_empty()
@@ -284,6 +285,114 @@ async fn events_past_their_retention_are_purged_in_batches(app: &TestApp) {
         .expect("purge");
     assert_eq!(purged, 5, "in three batches of at most two");
     assert!(events(app).await.is_empty());
+}
+
+/// PostgreSQL commits positions out of order: a transaction that took a position and has
+/// not committed holds the horizon below it, while later positions are already visible.
+async fn the_horizon_waits_for_a_position_still_in_flight(app: &TestApp) {
+    let first = app
+        .create(create_request("before@acme.example"))
+        .await
+        .expect("created");
+    let held = app.hold_lock("SELECT 1").await;
+    // The held transaction takes the next position (a copy of the first event, new id).
+    held.execute(&format!(
+        "INSERT INTO invitation_events (event_id, event_type, occurred_at, actor, request_id, \
+         invitation_id, enterprise_id, scope, email_constraint, role, status, invited_by, \
+         pending_human_actor_ref, challenge_ref, created_at, updated_at, expires_at, \
+         accepted_at, accepted_by, cancelled_at, cancel_reason, cancelled_by, version) \
+         SELECT '{}', event_type, occurred_at, actor, request_id, invitation_id, \
+         enterprise_id, scope, email_constraint, role, status, invited_by, \
+         pending_human_actor_ref, challenge_ref, created_at, updated_at, expires_at, \
+         accepted_at, accepted_by, cancelled_at, cancel_reason, cancelled_by, version \
+         FROM invitation_events WHERE invitation_id = '{}'",
+        Uuid::now_v7(),
+        first.id
+    ))
+    .await;
+    for n in 0..3 {
+        app.create(create_request(format!("after{n}@acme.example")))
+            .await
+            .expect("created");
+    }
+    // Read without a horizon, the three later events show and the held one is missing: a
+    // reader resuming after them would never see it.
+    let unbounded = app
+        .store
+        .events_after(app.enterprise, None, i64::MAX, 100)
+        .await
+        .expect("events read");
+    assert_eq!(unbounded.len(), 4, "{unbounded:?}");
+    assert!(unbounded[1].position > unbounded[0].position + 1, "a gap");
+    // The horizon waits for the held transaction.
+    let waiting = tokio::time::timeout(Duration::from_millis(300), app.store.event_horizon()).await;
+    assert!(waiting.is_err(), "the horizon did not wait: {waiting:?}");
+    held.commit().await;
+    let horizon = app.store.event_horizon().await.expect("horizon");
+    let all = app
+        .store
+        .events_after(app.enterprise, None, horizon, 100)
+        .await
+        .expect("events read");
+    assert_eq!(all.len(), 5);
+    assert!(all.windows(2).all(|w| w[1].position == w[0].position + 1));
+}
+
+/// Eight writers and one reader resuming after its last position, up to the horizon: the
+/// reader sees every event exactly once, in position order.
+async fn a_reader_up_to_the_horizon_sees_every_event_once(app: &TestApp) {
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let caller = app.caller(&app.token);
+            tokio::spawn(async move {
+                for n in 0..25 {
+                    let created = caller
+                        .create(create_request(format!("w{w}n{n}@acme.example")))
+                        .await
+                        .expect("created");
+                    caller
+                        .cancel(cancel_request(created.id.clone(), created.etag.clone()))
+                        .await
+                        .expect("cancelled");
+                }
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    let mut done = false;
+    while !done {
+        done = writers.iter().all(|w| w.is_finished());
+        let horizon = app.store.event_horizon().await.expect("horizon");
+        let batch = app
+            .store
+            .events_after(app.enterprise, cursor, horizon, 50)
+            .await
+            .expect("events read");
+        if let Some(last) = batch.last() {
+            cursor = Some(last.position);
+            done = false;
+        }
+        seen.extend(batch);
+    }
+    for writer in writers {
+        writer.await.expect("the writer ran");
+    }
+    assert_eq!(seen.len(), 8 * 25 * 2);
+    let ids: HashSet<_> = seen.iter().map(|e| e.record.id).collect();
+    assert_eq!(ids.len(), seen.len(), "no event twice");
+    assert!(seen.windows(2).all(|w| w[0].position < w[1].position));
+}
+
+on_both_stores!(a_reader_up_to_the_horizon_sees_every_event_once);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_horizon_waits_for_a_position_still_in_flight_on_postgres() {
+    if let Some(backend) = Backend::postgres() {
+        let app = TestApp::spawn(backend).await;
+        the_horizon_waits_for_a_position_still_in_flight(&app).await;
+        app.finish().await;
+    }
 }
 
 on_both_stores!(
