@@ -6,7 +6,51 @@ use std::time::Duration;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::store::Store;
+use crate::store::{StartupFailure, Store, startup_failure};
+
+/// The longest wait between two attempts to reach and migrate the database at start-up.
+const RETRY_CAP: Duration = Duration::from_secs(10);
+/// The least time between two log lines about those attempts.
+const RETRY_LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// The database cannot be used and retrying cannot help: the reason, naming the setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("DATABASE_URL: {0} (retrying cannot help)")]
+pub struct DatabaseUnusable(pub String);
+
+/// Applies the migrations, retrying what can heal (the server not up yet, starting, out of
+/// connections; refused credentials too, logged as errors) with capped exponential backoff
+/// from `first_delay`, and giving up at once on what cannot ([`startup_failure`]). One log
+/// line per attempt, at most every [`RETRY_LOG_EVERY`].
+pub async fn migrate_with_retries(
+    store: &Store,
+    first_delay: Duration,
+) -> Result<(), DatabaseUnusable> {
+    let mut delay = first_delay.min(RETRY_CAP);
+    let mut attempts = 0u32;
+    let mut logged: Option<tokio::time::Instant> = None;
+    loop {
+        let Err(error) = store.migrate().await else {
+            return Ok(());
+        };
+        attempts += 1;
+        let failure = startup_failure(&error);
+        if let StartupFailure::Fatal(reason) = failure {
+            return Err(DatabaseUnusable(reason));
+        }
+        if logged.is_none_or(|at| at.elapsed() >= RETRY_LOG_EVERY) {
+            logged = Some(tokio::time::Instant::now());
+            let retry_in_ms = delay.as_millis() as u64;
+            if failure == StartupFailure::Credentials {
+                tracing::error!(%error, attempts, retry_in_ms, "database refused the credentials; retrying");
+            } else {
+                tracing::warn!(%error, attempts, retry_in_ms, "database not ready: migrations not applied yet; retrying");
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(RETRY_CAP);
+    }
+}
 
 /// The readiness entries: the invitations service, and `""` (the whole server).
 pub const READINESS_SERVICES: [&str; 2] = ["invitations.v1.InvitationService", ""];
@@ -32,13 +76,17 @@ pub async fn set_readiness(reporter: &HealthReporter, status: ServingStatus) {
     }
 }
 
-/// Applies migrations (retrying until they succeed), then watches the database forever.
-/// Readiness changes only after `failure_threshold` failed or `success_threshold`
-/// successful checks in a row, so one slow query does not flap it.
-pub async fn supervise(store: Store, reporter: HealthReporter, settings: HealthSettings) {
-    while let Err(error) = store.migrate().await {
-        tracing::warn!(%error, "database not ready: migrations not applied yet; retrying");
-        tokio::time::sleep(settings.interval).await;
+/// Applies migrations ([`migrate_with_retries`]), then watches the database forever; ends
+/// only when the database cannot be used at all. Readiness changes only after
+/// `failure_threshold` failed or `success_threshold` successful checks in a row, so one
+/// slow query does not flap it.
+pub async fn supervise(
+    store: Store,
+    reporter: HealthReporter,
+    settings: HealthSettings,
+) -> DatabaseUnusable {
+    if let Err(unusable) = migrate_with_retries(&store, settings.interval).await {
+        return unusable;
     }
     // Planner statistics right after the schema is there, off the readiness path: ANALYZE
     // may have to wait for SQLite's write lock.

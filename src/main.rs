@@ -35,8 +35,12 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             return Ok(stopped.exit_code());
         }
         Command::Migrate => {
-            let store = invitations::store::Store::connect(&cli.config.store_settings()?).await?;
-            store.migrate().await?;
+            let store = invitations::store::Store::connect(&cli.config.store_settings()?)
+                .await
+                .map_err(invitations::startup::StartupError::Connect)?;
+            let first_retry =
+                std::time::Duration::from_millis(cli.config.health_interval_ms.max(1));
+            invitations::health::migrate_with_retries(&store, first_retry).await?;
             eprintln!("invitations: migrations applied");
         }
         Command::Dev => dev::run(&cli.config).await?,

@@ -46,7 +46,9 @@ impl Stopped {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("cannot use the database URL: {0}")]
+    /// Only SQLite opens its file here (PostgreSQL connects when first used), and a file
+    /// that cannot be opened stays so.
+    #[error("DATABASE_URL: the database cannot be opened: {0} (retrying cannot help)")]
     Connect(#[source] sea_orm::DbErr),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -61,6 +63,8 @@ pub enum StartupError {
     Serve(#[from] tonic::transport::Error),
     #[error("server task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("{0}")]
+    Database(#[from] health::DatabaseUnusable),
 }
 
 /// A bound server, not serving yet. The database is not touched until it runs: migrations
@@ -137,7 +141,7 @@ impl Application {
         reporter
             .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
             .await;
-        let supervisor = tokio::spawn(health::supervise(
+        let mut supervisor = tokio::spawn(health::supervise(
             self.store.clone(),
             reporter.clone(),
             self.settings.health,
@@ -220,6 +224,15 @@ impl Application {
                 sweeper.abort();
                 finished??;
                 return Ok(Stopped { abandoned_calls: 0 });
+            }
+            // The database cannot be used and never will be as configured: stop at once, so
+            // a rollout fails fast instead of waiting on a replica that stays not ready.
+            unusable = &mut supervisor => {
+                server.abort();
+                janitor.abort();
+                sweeper.abort();
+                self.store.close().await;
+                return Err(unusable?.into());
             }
             () = shutdown => {}
         }
@@ -310,6 +323,11 @@ async fn sweep_expiries(store: Store, every: std::time::Duration) {
                     }
                 }
                 Ok(None) => break,
+                // Readiness and the health supervisor already say so.
+                Err(error @ crate::domain::Error::DatabaseUnavailable(_)) => {
+                    tracing::debug!(%error, "expiry sweep skipped");
+                    break;
+                }
                 Err(error) => {
                     tracing::warn!(%error, "expiry sweep failed; the next one retries");
                     break;

@@ -212,6 +212,50 @@ fn classify(error: DbErr) -> Error {
     }
 }
 
+/// Whether retrying a database failure met at start-up (or by the migration job) can help.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartupFailure {
+    /// The server is not reachable yet, is starting up, or is out of connections.
+    Heals,
+    /// The server refused the credentials: retried (a password may be being rotated), but
+    /// worth an operator's attention.
+    Credentials,
+    /// Retrying cannot help; the reason, one line.
+    Fatal(String),
+}
+
+/// Sorts a failure to reach or migrate the database (see [`StartupFailure`]). What is not
+/// known to be hopeless is retried, as it was before the sorting existed.
+pub fn startup_failure(error: &DbErr) -> StartupFailure {
+    use sea_orm::sqlx::Error as Sqlx;
+    let cause = match error {
+        DbErr::Conn(RuntimeErr::SqlxError(cause))
+        | DbErr::Exec(RuntimeErr::SqlxError(cause))
+        | DbErr::Query(RuntimeErr::SqlxError(cause)) => cause.as_ref(),
+        _ => return StartupFailure::Heals,
+    };
+    match cause {
+        Sqlx::Configuration(reason) => {
+            StartupFailure::Fatal(format!("the connection settings are wrong: {reason}"))
+        }
+        Sqlx::Tls(reason) => StartupFailure::Fatal(format!("TLS to the database failed: {reason}")),
+        Sqlx::Database(db) => match db.code().as_deref() {
+            // invalid_catalog_name
+            Some("3D000") => {
+                StartupFailure::Fatal(format!("the database does not exist: {}", db.message()))
+            }
+            // invalid_password, invalid_authorization_specification
+            Some("28P01" | "28000") => StartupFailure::Credentials,
+            // SQLITE_CANTOPEN, SQLITE_READONLY, SQLITE_NOTADB: the file or its folder
+            Some("14" | "8" | "26") => {
+                StartupFailure::Fatal(format!("the SQLite file cannot be used: {}", db.message()))
+            }
+            _ => StartupFailure::Heals,
+        },
+        _ => StartupFailure::Heals,
+    }
+}
+
 /// The database gave up a write because of another one: PostgreSQL's 40001 (serialization
 /// failure) and 40P01 (deadlock), and SQLite's BUSY or LOCKED (primary codes 5 and 6, with
 /// their extended codes) once the busy timeout has run out. All are worth a retry.
@@ -1209,6 +1253,37 @@ mod tests {
             drop(held);
             store.close().await;
         }
+    }
+
+    #[test]
+    fn start_up_failures_are_sorted_by_whether_retrying_can_help() {
+        for code in ["08006", "08001", "57P03", "53300", "40001"] {
+            assert_eq!(
+                startup_failure(&exec_error(code)),
+                StartupFailure::Heals,
+                "{code}"
+            );
+        }
+        for code in ["28P01", "28000"] {
+            assert_eq!(
+                startup_failure(&exec_error(code)),
+                StartupFailure::Credentials,
+                "{code}"
+            );
+        }
+        for code in ["3D000", "14", "8", "26"] {
+            assert!(
+                matches!(startup_failure(&exec_error(code)), StartupFailure::Fatal(_)),
+                "{code}"
+            );
+        }
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let io = DbErr::Conn(RuntimeErr::SqlxError(Arc::new(refused.into())));
+        assert_eq!(startup_failure(&io), StartupFailure::Heals);
+        let tls = DbErr::Conn(RuntimeErr::SqlxError(Arc::new(sea_orm::sqlx::Error::Tls(
+            "certificate verify failed".into(),
+        ))));
+        assert!(matches!(startup_failure(&tls), StartupFailure::Fatal(_)));
     }
 
     #[test]
