@@ -71,7 +71,8 @@ pub enum Command {
     /// Ask a running server's gRPC health service; exit 0 only if the entry is SERVING.
     /// For container health checks where no grpc_health_probe is installed.
     HealthCheck {
-        /// Address to ask; defaults to the listen address (0.0.0.0 is asked on 127.0.0.1).
+        /// Address to ask; defaults to the operations address if set, else the listen address
+        /// (0.0.0.0 is asked on 127.0.0.1).
         #[arg(long)]
         addr: Option<SocketAddr>,
         /// Health entry: `invitations.v1.InvitationService` (readiness) or `liveness`.
@@ -127,6 +128,16 @@ pub struct Config {
     /// Address the gRPC server listens on.
     #[arg(help_heading = "Server", long, env = "INVITATIONS_LISTEN_ADDR", default_value = DEFAULT_LISTEN_ADDR, global = true)]
     pub listen_addr: SocketAddr,
+
+    /// A second, plaintext address that serves only operations: gRPC health (for probes
+    /// that speak no TLS, and for `invitations health-check`). Off when unset.
+    #[arg(
+        help_heading = "Server",
+        long,
+        env = "INVITATIONS_OPS_LISTEN_ADDR",
+        global = true
+    )]
+    pub ops_listen_addr: Option<SocketAddr>,
 
     /// HS256 secret that signs bearer tokens: at least 32 bytes. Required, except by `dev`,
     /// which makes one up.
@@ -524,6 +535,8 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen_addr: SocketAddr,
+    /// The operations listener (health), if any.
+    pub ops_listen_addr: Option<SocketAddr>,
     /// How long events are kept.
     pub event_retention: Duration,
     /// How often lapsed invitations are stored as expired.
@@ -887,6 +900,7 @@ impl Config {
         };
         Ok(Settings {
             listen_addr: self.listen_addr,
+            ops_listen_addr: self.ops_listen_addr,
             event_retention: self.event_retention,
             expiry_sweep: positive(self.expiry_sweep_ms, "INVITATIONS_EXPIRY_SWEEP_MS")?,
             store: self.store_settings()?,

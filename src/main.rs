@@ -49,7 +49,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             service,
             timeout_ms,
         } => {
-            let addr = addr.unwrap_or(cli.config.listen_addr);
+            // The operations listener when there is one: it is plaintext whatever the main
+            // listener speaks.
+            let addr = addr.unwrap_or(cli.config.ops_listen_addr.unwrap_or(cli.config.listen_addr));
             let status = invitations::health::check(
                 addr,
                 &service,

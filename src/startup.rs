@@ -73,6 +73,8 @@ pub enum StartupError {
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
+    /// The operations listener (health only, plaintext), when configured.
+    ops_listener: Option<(TcpListener, SocketAddr)>,
     store: Store,
     authenticator: Arc<Authenticator>,
     settings: Settings,
@@ -93,6 +95,15 @@ impl Application {
             addr: settings.listen_addr,
             source,
         })?;
+        let ops_listener = match settings.ops_listen_addr {
+            None => None,
+            Some(addr) => {
+                let bind_failed = |source| StartupError::Bind { addr, source };
+                let listener = TcpListener::bind(addr).await.map_err(bind_failed)?;
+                let local = listener.local_addr().map_err(bind_failed)?;
+                Some((listener, local))
+            }
+        };
         let jwks = settings
             .jwt
             .jwks_path
@@ -108,6 +119,7 @@ impl Application {
         Ok(Self {
             listener,
             local_addr,
+            ops_listener,
             store,
             authenticator,
             settings: settings.clone(),
@@ -117,6 +129,11 @@ impl Application {
     /// The bound address (the real port when the settings asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound operations address, when one was configured.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops_listener.as_ref().map(|(_, addr)| *addr)
     }
 
     pub fn store(&self) -> &Store {
@@ -190,6 +207,17 @@ impl Application {
             AuthInterceptor::new(self.authenticator.clone(), limiter),
         );
 
+        // Health alone, in plaintext, on its own port: it answers through the grace period
+        // (NOT_SERVING) like the main one, and stops with it.
+        let operations = self.ops_listener.map(|(listener, addr)| {
+            tracing::info!(%addr, "serving operations (health)");
+            tokio::spawn(
+                Server::builder()
+                    .add_service(health_service.clone())
+                    .serve_with_incoming(Incoming::new(listener, OPS_MAX_CONNECTIONS)),
+            )
+        });
+
         let calls = CallsInFlight::new();
         let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
@@ -219,6 +247,9 @@ impl Application {
 
         tokio::select! {
             finished = &mut server => {
+                if let Some(operations) = &operations {
+                    operations.abort();
+                }
                 supervisor.abort();
                 janitor.abort();
                 sweeper.abort();
@@ -229,6 +260,9 @@ impl Application {
             // a rollout fails fast instead of waiting on a replica that stays not ready.
             unusable = &mut supervisor => {
                 server.abort();
+                if let Some(operations) = &operations {
+                    operations.abort();
+                }
                 janitor.abort();
                 sweeper.abort();
                 self.store.close().await;
@@ -247,6 +281,9 @@ impl Application {
         );
         tokio::time::sleep(limits.shutdown_grace).await;
         let _ = stop_accepting.send(());
+        if let Some(operations) = &operations {
+            operations.abort();
+        }
         tracing::info!(
             drain_ms = limits.shutdown_drain.as_millis() as u64,
             "shutting down: draining in-flight calls"
@@ -297,6 +334,9 @@ impl Application {
         outcome
     }
 }
+
+/// Connections the operations listener holds at once (probes and operators, not clients).
+const OPS_MAX_CONNECTIONS: usize = 64;
 
 /// Invitations stored as expired per transaction by the expiry sweeper.
 const EXPIRY_SWEEP_BATCH: u64 = 100;

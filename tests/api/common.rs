@@ -118,6 +118,8 @@ pub struct TestApp {
     pub admin: UserRef,
     pub token: String,
     pub addr: std::net::SocketAddr,
+    /// The operations listener's address, when the settings asked for one.
+    pub ops_addr: Option<std::net::SocketAddr>,
     shutdown: oneshot::Sender<()>,
     server: JoinHandle<()>,
     database: Database_,
@@ -167,6 +169,7 @@ pub async fn drop_database(admin_url: &str, name: &str) {
 /// A server built from settings and serving until told to stop.
 struct Running {
     addr: std::net::SocketAddr,
+    ops_addr: Option<std::net::SocketAddr>,
     store: Store,
     authenticator: Arc<Authenticator>,
     client: InvitationServiceClient<Channel>,
@@ -185,6 +188,7 @@ impl Running {
             app.store().migrate().await.expect("migrations apply");
         }
         let addr = app.local_addr();
+        let ops_addr = app.ops_addr();
         let store = app.store().clone();
         let authenticator = app.authenticator();
         let (shutdown, stopped) = oneshot::channel::<()>();
@@ -201,6 +205,7 @@ impl Running {
             .expect("connect to the server");
         Self {
             addr,
+            ops_addr,
             store,
             authenticator,
             client,
@@ -279,6 +284,7 @@ impl TestApp {
             admin,
             token,
             addr: running.addr,
+            ops_addr: running.ops_addr,
             shutdown: running.shutdown,
             server: running.server,
             database,
@@ -310,6 +316,13 @@ impl TestApp {
         adjust(&mut settings);
         let running = Running::start(&settings, true).await;
         (running.client, running.shutdown, running.server)
+    }
+
+    /// Tells the server to stop (it goes through its grace period and drain), without
+    /// waiting; `finish` waits.
+    pub fn begin_shutdown(&mut self) {
+        let (dummy, _) = oneshot::channel();
+        let _ = std::mem::replace(&mut self.shutdown, dummy).send(());
     }
 
     /// Stops the server and drops the test's database.

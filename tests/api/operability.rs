@@ -426,3 +426,38 @@ async fn reflection_serves_v1_and_v1alpha(app: &TestApp) {
 }
 
 on_both_stores!(reflection_serves_v1_and_v1alpha);
+
+/// With `INVITATIONS_OPS_LISTEN_ADDR`, health is also served on a plaintext port of its own
+/// (for probes that speak no TLS), and only health: calls are not served there. It follows
+/// readiness through the shutdown's grace period like the main port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_served_on_the_operations_listener_alone() {
+    let mut app = TestApp::spawn_configured(Backend::Sqlite, |config| {
+        config.ops_listen_addr = Some("127.0.0.1:0".parse().expect("address"));
+        config.shutdown_grace_ms = 2_000;
+    })
+    .await;
+    let ops = app.ops_addr.expect("an operations address");
+    assert_ne!(ops, app.addr);
+    await_health(ops, READINESS, ServingStatus::Serving, TEN_SECONDS).await;
+    await_health(ops, "liveness", ServingStatus::Serving, TEN_SECONDS).await;
+    let mut calls = invitations::proto::invitations::v1::invitation_service_client::InvitationServiceClient::connect(
+        format!("http://{ops}"),
+    )
+    .await
+    .expect("connect");
+    let refused = calls
+        .list_invitations(app.request(ListInvitationsRequest::default()))
+        .await
+        .expect_err("no calls on the operations port");
+    assert_eq!(refused.code(), Code::Unimplemented, "{refused:?}");
+    app.begin_shutdown();
+    await_health(
+        ops,
+        READINESS,
+        ServingStatus::NotServing,
+        Duration::from_secs(1),
+    )
+    .await;
+    app.finish().await;
+}

@@ -877,3 +877,36 @@ async fn refused_credentials_are_retried_as_errors() {
     served.signal("TERM");
     assert!(served.wait_exit(Duration::from_secs(10)).success());
 }
+
+/// `invitations health-check` asks the operations listener when one is configured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_check_asks_the_operations_listener() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("address")
+        .port();
+    let ops = format!("127.0.0.1:{port}");
+    let served = Served::start_ready(
+        &[("INVITATIONS_OPS_LISTEN_ADDR", &ops)],
+        Duration::from_secs(20),
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = command(&dir)
+        .arg("health-check")
+        .env("INVITATIONS_OPS_LISTEN_ADDR", &ops)
+        .env("INVITATIONS_LISTEN_ADDR", "127.0.0.1:1")
+        .output()
+        .expect("run");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "invitations.v1.InvitationService: SERVING"
+    );
+    drop(served);
+}
