@@ -239,6 +239,15 @@ pub fn startup_failure(error: &DbErr) -> StartupFailure {
             StartupFailure::Fatal(format!("the connection settings are wrong: {reason}"))
         }
         Sqlx::Tls(reason) => StartupFailure::Fatal(format!("TLS to the database failed: {reason}")),
+        // A handshake that failed on the certificate (unknown CA, wrong host name, expired)
+        // reaches us as an I/O error around rustls' own.
+        Sqlx::Io(io)
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>()) =>
+        {
+            StartupFailure::Fatal(format!("TLS to the database failed: {io}"))
+        }
         Sqlx::Database(db) => match db.code().as_deref() {
             // invalid_catalog_name
             Some("3D000") => {

@@ -8,6 +8,7 @@ mod auth;
 mod authorization;
 mod cancel;
 mod create_get;
+mod database_tls;
 mod db_faults;
 mod events;
 mod hostile;

@@ -20,6 +20,9 @@ use crate::operability::{READINESS, await_health};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_invitations");
 
+/// The machine's PostgreSQL serves this self-signed certificate, issued to `localhost`.
+pub const SNAKEOIL: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+
 /// The binary, serving on SQLite with JSON logs collected from stderr.
 pub struct Served {
     child: Child,
@@ -770,9 +773,8 @@ fn run_until_exit(args: &[&str], env: &[(&str, &str)], within: Duration) -> (Opt
 }
 
 /// What retrying cannot heal stops `serve` and `migrate` at once, with one last line naming
-/// the setting and the reason: a database that does not exist, TLS the driver cannot speak
-/// (this build has none; with TLS, a certificate that fails verification), a SQLite file
-/// that cannot be opened.
+/// the setting and the reason: a database that does not exist, a server certificate that
+/// fails verification (wrong host name, unknown CA), a SQLite file that cannot be opened.
 #[test]
 fn database_failures_that_cannot_heal_stop_start_up_at_once() {
     let mut cases = vec![(
@@ -781,14 +783,19 @@ fn database_failures_that_cannot_heal_stop_start_up_at_once() {
     )];
     if let Some(crate::common::Backend::Postgres(url)) = crate::common::Backend::postgres() {
         let missing = crate::common::with_database(&url, "no_such_database_for_invitations");
-        let tls = format!(
-            "{missing}{}sslmode=require",
-            if url.contains('?') { '&' } else { '?' }
-        );
         cases.push((missing, "the database does not exist"));
+        // The server's certificate (the machine's snakeoil one, issued to `localhost`) asked
+        // for by another name, and checked against CAs that did not issue it.
+        let tls =
+            |query: &str| format!("{url}{}{query}", if url.contains('?') { '&' } else { '?' });
         cases.push((
-            tls.replace("no_such_database_for_invitations", "test"),
-            "TLS",
+            tls(&format!("sslmode=verify-full&sslrootcert={SNAKEOIL}"))
+                .replace("@localhost:", "@127.0.0.1:"),
+            "certificate not valid for name \"127.0.0.1\"",
+        ));
+        cases.push((
+            tls("sslmode=verify-ca&sslrootcert=/etc/ssl/certs/ca-certificates.crt"),
+            "TLS to the database failed: invalid peer certificate: UnknownIssuer",
         ));
     }
     for (url, reason) in &cases {
