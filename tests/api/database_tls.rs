@@ -69,3 +69,254 @@ async fn each_sslmode_connects_as_libpq_would() {
         app.finish().await;
     }
 }
+
+/// Certificates made for one test: a CA, server certificates it signed (for `localhost`,
+/// valid and expired), a client certificate for the user `postgres`, and an unrelated CA.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, date_time_ymd,
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let write = |name: &str, pem: String| {
+            std::fs::write(dir.path().join(name), pem).expect("write a PEM file");
+        };
+        let ca = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(DnType::CommonName, format!("invitations test CA {name}"));
+            let key = KeyPair::generate().expect("a key");
+            let cert = params.self_signed(&key).expect("self-signed");
+            write(&format!("{name}.crt"), cert.pem());
+            Issuer::new(params, key)
+        };
+        let issuer = ca("ca");
+        ca("other-ca");
+        let leaf = |name: &str, names: Vec<String>, common: &str, expired: bool| {
+            let mut params = CertificateParams::new(names).expect("params");
+            params.distinguished_name.push(DnType::CommonName, common);
+            if expired {
+                params.not_before = date_time_ymd(2020, 1, 1);
+                params.not_after = date_time_ymd(2021, 1, 1);
+            }
+            let key = KeyPair::generate().expect("a key");
+            let cert = params.signed_by(&key, &issuer).expect("signed");
+            write(&format!("{name}.crt"), cert.pem());
+            write(&format!("{name}.key"), key.serialize_pem());
+        };
+        leaf("server", vec!["localhost".into()], "localhost", false);
+        leaf("expired", vec!["localhost".into()], "localhost", true);
+        leaf("client", vec![], "postgres", false);
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
+/// A PostgreSQL cluster of the test's own, on a free port, requiring TLS and a client
+/// certificate signed by the test's CA; stopped when dropped.
+struct Cluster {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+/// Runs `program` as the `postgres` user when the tests run as root (PostgreSQL refuses
+/// root), as is otherwise.
+fn as_postgres(program: &str, args: &[&str]) -> std::process::Output {
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0");
+    let mut command = if root {
+        let mut command = std::process::Command::new("runuser");
+        command.args(["-u", "postgres", "--", program]);
+        command
+    } else {
+        std::process::Command::new(program)
+    };
+    command
+        .args(args)
+        .output()
+        .expect("run a PostgreSQL program")
+}
+
+impl Cluster {
+    fn start(pki: &Pki, server: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        let _ = std::process::Command::new("chown")
+            .args(["-R", "postgres", &dir.path().display().to_string()])
+            .status();
+        let init = as_postgres(
+            "initdb",
+            &[
+                "-D",
+                &data.display().to_string(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+            ],
+        );
+        assert!(
+            init.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        for (from, to) in [
+            (format!("{server}.crt"), "server.crt"),
+            (format!("{server}.key"), "server.key"),
+            ("ca.crt".to_owned(), "ca.crt"),
+        ] {
+            std::fs::copy(pki.path(&from), data.join(to)).expect("copy a certificate");
+        }
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "hostssl all all 127.0.0.1/32 cert\nhostssl all all ::1/128 cert\n",
+        )
+        .expect("pg_hba.conf");
+        let _ = std::process::Command::new("chown")
+            .args(["-R", "postgres", &data.display().to_string()])
+            .status();
+        let _ = std::process::Command::new("chmod")
+            .args(["600", &data.join("server.key").display().to_string()])
+            .status();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("a free port")
+            .local_addr()
+            .expect("address")
+            .port();
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c ssl=on \
+             -c ssl_cert_file=server.crt -c ssl_key_file=server.key -c ssl_ca_file=ca.crt",
+            dir.path().display()
+        );
+        let started = as_postgres(
+            "pg_ctl",
+            &[
+                "-D",
+                &data.display().to_string(),
+                "-o",
+                &options,
+                "-w",
+                "-l",
+                &dir.path().join("log").display().to_string(),
+                "start",
+            ],
+        );
+        assert!(
+            started.status.success(),
+            "pg_ctl start: {}{}",
+            String::from_utf8_lossy(&started.stdout),
+            std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+        );
+        Self { dir, port }
+    }
+
+    /// A URL of this cluster's `postgres` database with `query`.
+    fn url(&self, host: &str, query: &str) -> String {
+        format!("postgres://postgres@{host}:{}/postgres?{query}", self.port)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data").display().to_string();
+        let _ = as_postgres("pg_ctl", &["-D", &data, "-m", "immediate", "stop"]);
+    }
+}
+
+/// `invitations migrate` against `url`: its exit code and last line, within 10 s.
+fn migrate(url: &str) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_invitations"))
+        .arg("migrate")
+        .env("DATABASE_URL", url)
+        .env("INVITATIONS_LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the binary");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().expect("try_wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("output");
+            return (
+                None,
+                String::from_utf8_lossy(&output.stderr)
+                    .trim()
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    (
+        output.status.code(),
+        stderr.trim().lines().last().unwrap_or_default().to_owned(),
+    )
+}
+
+/// `verify-full` against a cluster with the test's own CA: the right host with a client
+/// certificate passes; another host name, an unknown CA and an expired server certificate
+/// each stop `migrate` at once with one line; a missing client certificate is refused by the
+/// server, which is retried as refused credentials.
+#[test]
+fn verify_full_against_a_cluster_with_its_own_ca() {
+    if Backend::postgres().is_none() {
+        return;
+    }
+    let pki = Pki::new();
+    let client = format!(
+        "sslcert={}&sslkey={}",
+        pki.path("client.crt"),
+        pki.path("client.key")
+    );
+    let full = |ca: &str| format!("sslmode=verify-full&sslrootcert={}&{client}", pki.path(ca));
+    let cluster = Cluster::start(&pki, "server");
+    let (code, last) = migrate(&cluster.url("localhost", &full("ca.crt")));
+    assert_eq!(code, Some(0), "{last}");
+    assert_eq!(last, "invitations: migrations applied");
+    for (host, query, reason) in [
+        (
+            "127.0.0.1",
+            full("ca.crt"),
+            "certificate not valid for name \"127.0.0.1\"",
+        ),
+        ("localhost", full("other-ca.crt"), "UnknownIssuer"),
+    ] {
+        let (code, last) = migrate(&cluster.url(host, &query));
+        assert_eq!(code, Some(1), "{host} {query}: {last}");
+        assert!(
+            last.starts_with("invitations: DATABASE_URL: TLS to the database failed"),
+            "{last}"
+        );
+        assert!(last.contains(reason), "{reason} in {last}");
+    }
+    // No client certificate: the server says no, as it would to a wrong password.
+    let bare = format!("sslmode=verify-full&sslrootcert={}", pki.path("ca.crt"));
+    let (code, last) = migrate(&cluster.url("localhost", &bare));
+    assert_eq!(code, None, "retried, not given up: {last}");
+    assert!(last.contains("refused the credentials"), "{last}");
+    drop(cluster);
+
+    let expired = Cluster::start(&pki, "expired");
+    let (code, last) = migrate(&expired.url("localhost", &full("ca.crt")));
+    assert_eq!(code, Some(1), "{last}");
+    assert!(
+        last.contains("TLS to the database failed") && last.contains("certificate expired"),
+        "{last}"
+    );
+}
