@@ -664,13 +664,24 @@ impl Config {
                 "DATABASE_URL must start with sqlite: or postgres:// (or postgresql://)".into(),
             ));
         }
-        if !url.starts_with("sqlite:")
-            && let Err(error) = url::Url::parse(url)
-        {
+        if !url.starts_with("sqlite:") {
             // The parser's reason never quotes the input, so the password stays out of it.
-            return Err(ConfigError(format!(
-                "DATABASE_URL is not a valid URL ({error}): percent-encode / # @ % : ? in the password"
-            )));
+            let parsed = url::Url::parse(url).map_err(|error| {
+                ConfigError(format!(
+                    "DATABASE_URL is not a valid URL ({error}): percent-encode / # @ % : ? in the password"
+                ))
+            })?;
+            // The TLS files the URL names must be there: one missing is a mistake of the
+            // deployment (a Secret not mounted), which no retry mends.
+            for (key, path) in parsed.query_pairs() {
+                if matches!(key.as_ref(), "sslrootcert" | "sslcert" | "sslkey")
+                    && let Err(error) = std::fs::File::open(path.as_ref())
+                {
+                    return Err(ConfigError(format!(
+                        "DATABASE_URL: {key} {path} cannot be read: {error}"
+                    )));
+                }
+            }
         }
         if self.db_max_connections == 0 {
             return Err(ConfigError(

@@ -1289,6 +1289,10 @@ mod tests {
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         let io = DbErr::Conn(RuntimeErr::SqlxError(Arc::new(refused.into())));
         assert_eq!(startup_failure(&io), StartupFailure::Heals);
+        let timed_out = DbErr::Conn(RuntimeErr::SqlxError(Arc::new(
+            sea_orm::sqlx::Error::PoolTimedOut,
+        )));
+        assert_eq!(startup_failure(&timed_out), StartupFailure::Heals);
         let tls = DbErr::Conn(RuntimeErr::SqlxError(Arc::new(sea_orm::sqlx::Error::Tls(
             "certificate verify failed".into(),
         ))));

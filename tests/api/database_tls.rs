@@ -149,7 +149,9 @@ fn as_postgres(program: &str, args: &[&str]) -> std::process::Output {
 }
 
 impl Cluster {
-    fn start(pki: &Pki, server: &str) -> Self {
+    /// A cluster serving `server`'s certificate (`{server}.crt` of the test's PKI), or with
+    /// TLS off when `server` is `None`.
+    fn start(pki: &Pki, server: Option<&str>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("data");
         let _ = std::process::Command::new("chown")
@@ -171,18 +173,27 @@ impl Cluster {
             "initdb: {}",
             String::from_utf8_lossy(&init.stderr)
         );
-        for (from, to) in [
-            (format!("{server}.crt"), "server.crt"),
-            (format!("{server}.key"), "server.key"),
-            ("ca.crt".to_owned(), "ca.crt"),
-        ] {
-            std::fs::copy(pki.path(&from), data.join(to)).expect("copy a certificate");
-        }
-        std::fs::write(
-            data.join("pg_hba.conf"),
-            "hostssl all all 127.0.0.1/32 cert\nhostssl all all ::1/128 cert\n",
-        )
-        .expect("pg_hba.conf");
+        let (hba, tls_options) = match server {
+            Some(server) => {
+                for (from, to) in [
+                    (format!("{server}.crt"), "server.crt"),
+                    (format!("{server}.key"), "server.key"),
+                    ("ca.crt".to_owned(), "ca.crt"),
+                ] {
+                    std::fs::copy(pki.path(&from), data.join(to)).expect("copy a certificate");
+                }
+                (
+                    "hostssl all all 127.0.0.1/32 cert\nhostssl all all ::1/128 cert\n",
+                    "-c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key \
+                     -c ssl_ca_file=ca.crt",
+                )
+            }
+            None => (
+                "host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n",
+                "-c ssl=off",
+            ),
+        };
+        std::fs::write(data.join("pg_hba.conf"), hba).expect("pg_hba.conf");
         let _ = std::process::Command::new("chown")
             .args(["-R", "postgres", &data.display().to_string()])
             .status();
@@ -195,8 +206,7 @@ impl Cluster {
             .expect("address")
             .port();
         let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c ssl=on \
-             -c ssl_cert_file=server.crt -c ssl_key_file=server.key -c ssl_ca_file=ca.crt",
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 {tls_options}",
             dir.path().display()
         );
         let started = as_postgres(
@@ -285,7 +295,7 @@ fn verify_full_against_a_cluster_with_its_own_ca() {
         pki.path("client.key")
     );
     let full = |ca: &str| format!("sslmode=verify-full&sslrootcert={}&{client}", pki.path(ca));
-    let cluster = Cluster::start(&pki, "server");
+    let cluster = Cluster::start(&pki, Some("server"));
     let (code, last) = migrate(&cluster.url("localhost", &full("ca.crt")));
     assert_eq!(code, Some(0), "{last}");
     assert_eq!(last, "invitations: migrations applied");
@@ -312,11 +322,32 @@ fn verify_full_against_a_cluster_with_its_own_ca() {
     assert!(last.contains("refused the credentials"), "{last}");
     drop(cluster);
 
-    let expired = Cluster::start(&pki, "expired");
+    let expired = Cluster::start(&pki, Some("expired"));
     let (code, last) = migrate(&expired.url("localhost", &full("ca.crt")));
     assert_eq!(code, Some(1), "{last}");
     assert!(
         last.contains("TLS to the database failed") && last.contains("certificate expired"),
         "{last}"
     );
+}
+
+/// A server that does not speak TLS, asked for it: start-up stops at once with one line.
+#[test]
+fn tls_refused_by_the_server_stops_start_up() {
+    if Backend::postgres().is_none() {
+        return;
+    }
+    let pki = Pki::new();
+    let plain = Cluster::start(&pki, None);
+    let (code, last) = migrate(&plain.url("127.0.0.1", "sslmode=disable"));
+    assert_eq!(code, Some(0), "{last}");
+    for mode in ["require", "verify-full"] {
+        let query = format!("sslmode={mode}&sslrootcert={}", pki.path("ca.crt"));
+        let (code, last) = migrate(&plain.url("localhost", &query));
+        assert_eq!(code, Some(1), "{mode}: {last}");
+        assert!(
+            last.starts_with("invitations: DATABASE_URL: TLS to the database failed"),
+            "{last}"
+        );
+    }
 }

@@ -382,6 +382,11 @@ fn bad_configuration_fails_at_start_with_one_line() {
             "DATABASE_URL must start with sqlite: or postgres://",
         ),
         (
+            "DATABASE_URL",
+            "postgres://localhost/x?sslmode=verify-full&sslrootcert=/no/such/ca.pem",
+            "DATABASE_URL: sslrootcert /no/such/ca.pem cannot be read",
+        ),
+        (
             "INVITATIONS_MAX_CONCURRENT_REQUESTS",
             "0",
             "INVITATIONS_MAX_CONCURRENT_REQUESTS must be at least 1",
