@@ -38,34 +38,23 @@ fn request_id(request: &Request<Body>) -> HeaderValue {
         })
 }
 
-/// Rewrites the errors tonic produces itself, before any handler runs, into the service's
-/// documented form: a message that is not valid protobuf (a string field that is not UTF-8,
-/// say) is INVALID_ARGUMENT rather than tonic's INTERNAL, and a message over the size limit
-/// keeps tonic's OUT_OF_RANGE but gains ErrorInfo. Everything else passes unchanged.
+/// Rewrites the one error tonic produces itself before any handler runs that has a
+/// documented row: a request message over the size limit keeps tonic's OUT_OF_RANGE but
+/// gains the row's ErrorInfo. It is told apart by what it lacks: every status the service
+/// makes carries ErrorInfo, and tonic's size check is the only OUT_OF_RANGE without it (no
+/// encoding limit is set). A request that is not valid protobuf is answered by the codec
+/// (`grpc::codec::ServerDecoder`). Everything else passes unchanged.
 fn documented(response: Response<Body>, max_request_bytes: usize) -> Response<Body> {
     let Some(status) = tonic::Status::from_header_map(response.headers()) else {
         return response;
     };
-    let replacement = match status.code() {
-        tonic::Code::Internal
-            if status
-                .message()
-                .starts_with("failed to decode Protobuf message") =>
-        {
-            Error::invalid(
-                "",
-                crate::domain::ViolationReason::InvalidEncoding,
-                "the request is not a valid protobuf message of its type (every string must be UTF-8)",
-            )
-        }
-        tonic::Code::OutOfRange if status.message().contains("message length too large") => {
-            Error::RequestTooLarge {
-                limit: max_request_bytes,
-            }
-        }
-        _ => return response,
-    };
-    tonic::Status::from(replacement).into_http::<Body>()
+    if status.code() != tonic::Code::OutOfRange || !status.details().is_empty() {
+        return response;
+    }
+    tonic::Status::from(Error::RequestTooLarge {
+        limit: max_request_bytes,
+    })
+    .into_http::<Body>()
 }
 
 /// Gives every RPC a span (`method`, `request_id`, and `subject` once authenticated), logs

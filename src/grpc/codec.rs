@@ -1,4 +1,5 @@
-//! The server's codec: prost's, with tonic's response buffer sized for a page.
+//! The server's codec: prost's, with tonic's response buffer sized for a page, and a request
+//! that is not valid protobuf answered with the documented INVALID_ARGUMENT.
 //!
 //! tonic writes every response into a buffer of `BufferSettings::buffer_size` (8 KiB by
 //! default) that doubles as it fills; a page of 50 invitations is about 17 KiB, so it would
@@ -10,8 +11,11 @@
 use std::marker::PhantomData;
 
 use prost::Message;
-use tonic::codec::{BufferSettings, Codec};
+use tonic::Status;
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
+
+use crate::domain::{Error, ViolationReason};
 
 /// Where every response's buffer starts: a default page of 50 typical invitations fits
 /// (`a_default_page_fits_the_response_buffer`).
@@ -39,7 +43,7 @@ where
     type Encode = T;
     type Decode = U;
     type Encoder = ProstEncoder<T>;
-    type Decoder = ProstDecoder<U>;
+    type Decoder = ServerDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
         ProstCodec::<T, U>::raw_encoder(BufferSettings::new(
@@ -49,7 +53,32 @@ where
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstCodec::<T, U>::default().decoder()
+        ServerDecoder(ProstCodec::<T, U>::default().decoder())
+    }
+}
+
+/// prost's decoder, except that a request it cannot decode (a string field that is not
+/// UTF-8, say) is the documented row INVALID_ARGUMENT `INVALID_ENCODING`, where tonic would
+/// answer INTERNAL: the client sent it, the server did not fail.
+#[derive(Debug)]
+pub struct ServerDecoder<U>(ProstDecoder<U>);
+
+impl<U: Message + Default> Decoder for ServerDecoder<U> {
+    type Item = U;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        self.0.decode(buf).map_err(|_| {
+            Status::from(Error::invalid(
+                "",
+                ViolationReason::InvalidEncoding,
+                "the request is not a valid protobuf message of its type (every string must be UTF-8)",
+            ))
+        })
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        self.0.buffer_settings()
     }
 }
 
