@@ -451,8 +451,10 @@ impl Store {
         // Unique to this process, so that its own statements can be told apart from other
         // replicas' in pg_stat_activity: the name the URL gives (or `invitations`), then a
         // random suffix, within PostgreSQL's 63 bytes.
-        let given = PgConnectOptions::from_str(settings.url.expose())
-            .ok()
+        // Parsed once; `None` for a SQLite URL.
+        let postgres_url = PgConnectOptions::from_str(settings.url.expose()).ok();
+        let given = postgres_url
+            .as_ref()
             .and_then(|options| options.get_application_name().map(str::to_owned));
         let base: String = given
             .as_deref()
@@ -521,9 +523,8 @@ impl Store {
         let statements = accelerators
             .rendered_statements
             .then(|| Arc::new(RenderedStatements::new(db.get_database_backend())));
-        let postgres = (db.get_database_backend() == DbBackend::Postgres)
-            .then(|| PgConnectOptions::from_str(settings.url.expose()).ok())
-            .flatten()
+        let postgres = postgres_url
+            .filter(|_| db.get_database_backend() == DbBackend::Postgres)
             .map(|options| {
                 Arc::new((
                     postgres_options(options).application_name(&application_name),
