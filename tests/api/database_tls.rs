@@ -244,38 +244,13 @@ impl Drop for Cluster {
     }
 }
 
-/// `invitations migrate` against `url`: its exit code and last line, within 10 s.
+/// `invitations migrate` against `url`: its exit code (`None` when still running after
+/// 10 s) and last line.
 fn migrate(url: &str) -> (Option<i32>, String) {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_invitations"))
-        .arg("migrate")
-        .env("DATABASE_URL", url)
-        .env("INVITATIONS_LOG_FORMAT", "json")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the binary");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while child.try_wait().expect("try_wait").is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let output = child.wait_with_output().expect("output");
-            return (
-                None,
-                String::from_utf8_lossy(&output.stderr)
-                    .trim()
-                    .lines()
-                    .last()
-                    .unwrap_or_default()
-                    .to_owned(),
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().expect("output");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    (
-        output.status.code(),
-        stderr.trim().lines().last().unwrap_or_default().to_owned(),
+    crate::process::run_until_exit(
+        &["migrate"],
+        &[("DATABASE_URL", url)],
+        std::time::Duration::from_secs(10),
     )
 }
 

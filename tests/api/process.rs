@@ -747,9 +747,13 @@ fn a_secret_given_twice_or_an_unreadable_file_fails_at_start() {
     }
 }
 
-/// Runs the binary with `args` and `env` until it exits (at most `within`): its exit code
-/// and the last line it wrote to stderr.
-fn run_until_exit(args: &[&str], env: &[(&str, &str)], within: Duration) -> (Option<i32>, String) {
+/// Runs the binary with `args` and `env` until it exits (at most `within`, then it is
+/// killed and the code is `None`): its exit code and the last line it wrote to stderr.
+pub fn run_until_exit(
+    args: &[&str],
+    env: &[(&str, &str)],
+    within: Duration,
+) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut command = command(&dir);
     command.args(args);
@@ -762,19 +766,20 @@ fn run_until_exit(args: &[&str], env: &[(&str, &str)], within: Duration) -> (Opt
         .spawn()
         .expect("start the binary");
     let deadline = Instant::now() + within;
-    let status = loop {
+    let code = loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
+            break status.code();
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("{args:?} with {env:?} did not exit within {within:?}");
+            let _ = child.wait();
+            break None;
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     let stderr = std::io::read_to_string(child.stderr.take().expect("stderr")).expect("stderr");
     let last = stderr.trim().lines().last().unwrap_or_default().to_owned();
-    (status.code(), last)
+    (code, last)
 }
 
 /// What retrying cannot heal stops `serve` and `migrate` at once, with one last line naming
