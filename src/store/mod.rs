@@ -1160,7 +1160,7 @@ impl InvitationRepository for Store {
             .await
             .map_err(classify)?
             .iter()
-            .map(outbox::into_domain_event)
+            .map(rows::into_domain_event)
             .collect()
     }
 }

@@ -4,11 +4,7 @@ use sea_orm::ActiveValue::Set;
 use sea_orm::entity::prelude::*;
 
 use super::entity;
-use super::rows::{StoredRow, into_domain};
-use crate::domain::{
-    Actor, Error, EventId, EventRecord, EventType, Invitation, InvitationEvent, RequestId,
-    Timestamp,
-};
+use crate::domain::{EventRecord, Invitation};
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "invitation_events")]
@@ -117,46 +113,4 @@ pub fn active_model(record: &EventRecord, invitation: &Invitation) -> ActiveMode
         cancelled_by: row.cancelled_by,
         version: row.version,
     }
-}
-
-/// The one decoder of an event row: its record, and its snapshot through the invitation's.
-pub fn into_domain_event(row: &Model) -> Result<InvitationEvent, Error> {
-    let corrupt = |column: &str| {
-        Error::Internal(format!(
-            "stored event {} has an invalid {column}",
-            row.event_id
-        ))
-    };
-    let record = EventRecord {
-        id: EventId::from_uuid(row.event_id),
-        kind: EventType::parse_stored(&row.event_type).ok_or_else(|| corrupt("event_type"))?,
-        occurred_at: Timestamp::from_unix_micros(row.occurred_at),
-        actor: Actor::parse_stored(&row.actor).ok_or_else(|| corrupt("actor"))?,
-        request_id: row.request_id.map(RequestId::from_uuid),
-    };
-    let invitation = into_domain(StoredRow {
-        id: row.invitation_id,
-        enterprise_id: row.enterprise_id,
-        scope: &row.scope,
-        email_constraint: &row.email_constraint,
-        role: row.role.as_bytes(),
-        status: &row.status,
-        invited_by: row.invited_by.as_bytes(),
-        pending_human_actor_ref: row.pending_human_actor_ref.as_deref().map(str::as_bytes),
-        challenge_ref: row.challenge_ref.as_deref(),
-        created_at: row.created_at,
-        updated_at: row.updated_at,
-        expires_at: row.expires_at,
-        accepted_at: row.accepted_at,
-        accepted_by: row.accepted_by.as_deref().map(str::as_bytes),
-        cancelled_at: row.cancelled_at,
-        cancel_reason: row.cancel_reason.as_deref(),
-        cancelled_by: row.cancelled_by.as_deref().map(str::as_bytes),
-        version: row.version,
-    })?;
-    Ok(InvitationEvent {
-        position: row.position,
-        record,
-        invitation,
-    })
 }

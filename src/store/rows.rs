@@ -1,4 +1,5 @@
-//! The one decoder of an `invitations` row ([`into_domain`]): every path that reads a row
+//! The one decoder of an `invitations` row ([`into_domain`]), and of an event row
+//! ([`into_domain_event`], whose snapshot goes through the first): every path that reads a row
 //! borrows its values into a [`StoredRow`] and hands it here, so the rules of a stored
 //! invitation (which references, which statuses, what a corrupt value means) are written
 //! once. The ways values are borrowed are the positional-decoding accelerator
@@ -9,10 +10,12 @@ use sea_orm::sqlx::postgres::{PgRow, PgValueFormat};
 use uuid::Uuid;
 
 use super::entity::Model;
+use super::outbox;
 use super::queries::READ_COLUMNS;
 use crate::domain::{
-    CancelReason, EmailAddress, EnterpriseId, Error, Invitation, InvitationId, InvitationStatus,
-    RoleRef, Scope, Timestamp, UserRef, Version,
+    Actor, CancelReason, EmailAddress, EnterpriseId, Error, EventId, EventRecord, EventType,
+    Invitation, InvitationEvent, InvitationId, InvitationStatus, RequestId, RoleRef, Scope,
+    Timestamp, UserRef, Version,
 };
 
 fn corrupt(id: uuid::Uuid, column: &str) -> Error {
@@ -267,5 +270,47 @@ pub(super) fn model_of_result(row: &sea_orm::QueryResult) -> Result<Model, sea_o
         cancelled_by: row.try_get_by_index(16)?,
         version: row.try_get_by_index(17)?,
         link_token_hash: None,
+    })
+}
+
+/// The one decoder of an event row: its record, and its snapshot through the invitation's.
+pub(super) fn into_domain_event(row: &outbox::Model) -> Result<InvitationEvent, Error> {
+    let corrupt = |column: &str| {
+        Error::Internal(format!(
+            "stored event {} has an invalid {column}",
+            row.event_id
+        ))
+    };
+    let record = EventRecord {
+        id: EventId::from_uuid(row.event_id),
+        kind: EventType::parse_stored(&row.event_type).ok_or_else(|| corrupt("event_type"))?,
+        occurred_at: Timestamp::from_unix_micros(row.occurred_at),
+        actor: Actor::parse_stored(&row.actor).ok_or_else(|| corrupt("actor"))?,
+        request_id: row.request_id.map(RequestId::from_uuid),
+    };
+    let invitation = into_domain(StoredRow {
+        id: row.invitation_id,
+        enterprise_id: row.enterprise_id,
+        scope: &row.scope,
+        email_constraint: &row.email_constraint,
+        role: row.role.as_bytes(),
+        status: &row.status,
+        invited_by: row.invited_by.as_bytes(),
+        pending_human_actor_ref: row.pending_human_actor_ref.as_deref().map(str::as_bytes),
+        challenge_ref: row.challenge_ref.as_deref(),
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+        expires_at: row.expires_at,
+        accepted_at: row.accepted_at,
+        accepted_by: row.accepted_by.as_deref().map(str::as_bytes),
+        cancelled_at: row.cancelled_at,
+        cancel_reason: row.cancel_reason.as_deref(),
+        cancelled_by: row.cancelled_by.as_deref().map(str::as_bytes),
+        version: row.version,
+    })?;
+    Ok(InvitationEvent {
+        position: row.position,
+        record,
+        invitation,
     })
 }
