@@ -418,13 +418,15 @@ pub fn transactions_in_flight() -> Statement {
     Statement::from_string(DbBackend::Postgres, "SELECT pg_current_snapshot()::text")
 }
 
-/// PostgreSQL: how many transactions of `snapshot` (from [`transactions_in_flight`]) are
-/// still in progress.
+/// PostgreSQL: how many transactions of `snapshot` (from [`transactions_in_flight`]) a
+/// snapshot taken now still sees in progress. Not `pg_xact_status`: a transaction is marked
+/// committed there a moment before new snapshots see its rows, and a reader that trusted it
+/// could read past an event not yet visible.
 pub fn still_in_flight(snapshot: String) -> Statement {
     Statement::from_sql_and_values(
         DbBackend::Postgres,
         "SELECT count(*) FROM pg_snapshot_xip($1::pg_snapshot) AS x \
-         WHERE pg_xact_status(x) = 'in progress'",
+         WHERE NOT pg_visible_in_snapshot(x, pg_current_snapshot())",
         [snapshot.into()],
     )
 }
