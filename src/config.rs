@@ -385,7 +385,7 @@ pub struct Config {
     )]
     pub max_pending_requests: usize,
 
-    /// Open long-lived streams (health `Watch`, reflection) per connection.
+    /// Open long-lived streams (WatchInvitations, health `Watch`, reflection) per connection.
     #[arg(
         help_heading = "Limits",
         long,
@@ -395,7 +395,7 @@ pub struct Config {
     )]
     pub max_watch_streams_per_connection: usize,
 
-    /// Open long-lived streams (health `Watch`, reflection) on this replica.
+    /// Open long-lived streams (WatchInvitations, health `Watch`, reflection) on this replica.
     #[arg(
         help_heading = "Limits",
         long,
@@ -493,6 +493,52 @@ pub struct Config {
     )]
     pub expiry_sweep_ms: u64,
 
+    /// Milliseconds a WatchInvitations stream may stay idle before it sends a checkpoint (a
+    /// cursor with no event).
+    #[arg(
+        help_heading = "Events",
+        long,
+        env = "INVITATIONS_WATCH_CHECKPOINT_MS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub watch_checkpoint_ms: u64,
+
+    /// How long a WatchInvitations stream lasts (less up to a tenth, at random) before it
+    /// ends with a cursor, so that reconnecting clients spread over replicas; a human
+    /// duration (`humantime`).
+    #[arg(
+        help_heading = "Events",
+        long,
+        env = "INVITATIONS_WATCH_MAX_AGE",
+        default_value = "5min",
+        value_parser = parse_watch_max_age,
+        global = true
+    )]
+    pub watch_max_age: Duration,
+
+    /// Events a WatchInvitations stream may have waiting for its client; past them it ends
+    /// with RESOURCE_EXHAUSTED (WATCH_TOO_SLOW) and a cursor to resume from.
+    #[arg(
+        help_heading = "Events",
+        long,
+        env = "INVITATIONS_WATCH_BUFFER",
+        default_value_t = 1024,
+        global = true
+    )]
+    pub watch_buffer: usize,
+
+    /// Milliseconds between two reads of the outbox when nothing says it changed (changes
+    /// made by this replica, and on PostgreSQL by the others, are read at once).
+    #[arg(
+        help_heading = "Events",
+        long,
+        env = "INVITATIONS_WATCH_POLL_MS",
+        default_value_t = 1000,
+        global = true
+    )]
+    pub watch_poll_ms: u64,
+
     /// Requests per second each caller (`sub` within its enterprise) may make; 0 disables.
     #[arg(
         help_heading = "Limits",
@@ -541,6 +587,7 @@ pub struct Settings {
     pub event_retention: Duration,
     /// How often lapsed invitations are stored as expired.
     pub expiry_sweep: Duration,
+    pub watch: crate::watch::WatchSettings,
     pub store: StoreSettings,
     pub store_accelerators: crate::store::Accelerators,
     pub jwt: JwtSettings,
@@ -847,6 +894,7 @@ impl Config {
                 "INVITATIONS_MAX_WATCH_STREAMS_PER_CONNECTION",
             ),
             (self.max_watch_streams, "INVITATIONS_MAX_WATCH_STREAMS"),
+            (self.watch_buffer, "INVITATIONS_WATCH_BUFFER"),
         ] {
             if value == 0 {
                 return Err(ConfigError(format!("{name} must be at least 1")));
@@ -914,6 +962,12 @@ impl Config {
             ops_listen_addr: self.ops_listen_addr,
             event_retention: self.event_retention,
             expiry_sweep: positive(self.expiry_sweep_ms, "INVITATIONS_EXPIRY_SWEEP_MS")?,
+            watch: crate::watch::WatchSettings {
+                checkpoint: positive(self.watch_checkpoint_ms, "INVITATIONS_WATCH_CHECKPOINT_MS")?,
+                max_age: self.watch_max_age,
+                queue_len: self.watch_buffer,
+                poll: positive(self.watch_poll_ms, "INVITATIONS_WATCH_POLL_MS")?,
+            },
             store: self.store_settings()?,
             store_accelerators: accelerators(&self.store_accelerators),
             jwt,
@@ -923,6 +977,15 @@ impl Config {
             reflection: self.reflection,
         })
     }
+}
+
+/// A watch's maximum age: a human duration (`humantime`), at least a second.
+fn parse_watch_max_age(raw: &str) -> Result<Duration, String> {
+    let age = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
+    if age < Duration::from_secs(1) {
+        return Err("must be at least 1s".into());
+    }
+    Ok(age)
 }
 
 /// A retention period: a human duration (`humantime`), at least a minute, so that a

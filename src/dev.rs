@@ -215,6 +215,9 @@ grpcurl -plaintext {addr} describe invitations.v1.InvitationService
 grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d '{{"page_size": 5}}' {addr} invitations.v1.InvitationService/ListInvitations
 grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d '{{"statuses": ["INVITATION_STATUS_CANCELLED"]}}' {addr} invitations.v1.InvitationService/ListInvitations
 
+# watch the changes as they happen (in another terminal; Ctrl-C stops it), with the current pending invitations first:
+grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d '{{"send_initial_state": true, "statuses": ["INVITATION_STATUS_PENDING"]}}' {addr} invitations.v1.InvitationService/WatchInvitations
+
 # get one pending invitation, then cancel it with its etag (run the cancel twice: the second answers ABORTED with the new etag):
 grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d '{{"invitation_id": "{id}"}}' {addr} invitations.v1.InvitationService/GetInvitation
 grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d '{{"invitation_id": "{id}", "etag": "{etag}", "reason": "demo"}}' {addr} invitations.v1.InvitationService/CancelInvitation

@@ -12,7 +12,7 @@ use tonic_health::ServingStatus;
 
 use crate::auth::{AuthInterceptor, Authenticator, JwksKeys};
 use crate::config::Settings;
-use crate::domain::{InvitationService, PageTokenCodec};
+use crate::domain::{EVENT_RETENTION_MARGIN, InvitationService, PageTokenCodec, WatchCursors};
 use crate::grpc::InvitationApi;
 use crate::health::{self, LIVENESS_SERVICE};
 use crate::limits::{Admission, Incoming, StreamLimitLayer};
@@ -21,6 +21,9 @@ use crate::proto::server::invitation_service_server::InvitationServiceServer;
 use crate::rate_limit::RateLimiter;
 use crate::shutdown::{CLOSE_BOUND, CallsInFlight, InFlightLayer};
 use crate::store::Store;
+use crate::watch::Watcher;
+use crate::watch::hub::EventHub;
+use tokio_util::sync::CancellationToken;
 
 /// The exit code of a `serve` that stopped on a signal but had to abandon calls at the
 /// drain timeout (their clients were answered UNAVAILABLE `SHUTTING_DOWN` and nothing they
@@ -194,10 +197,25 @@ impl Application {
             limits.max_concurrent_requests,
             limits.max_concurrent_requests_per_caller,
         );
-        let api = InvitationApi::new(
-            InvitationService::new(self.store.clone(), page_tokens),
-            admission,
+        let service = InvitationService::new(self.store.clone(), page_tokens.clone());
+        // Watches end, each with its cursor, when the drain begins; the outbox's reader
+        // stops with them.
+        let drain = CancellationToken::new();
+        let hub = EventHub::new(self.settings.watch.queue_len);
+        let reader = tokio::spawn(hub.clone().run(
+            self.store.clone(),
+            self.settings.watch.poll,
+            drain.clone(),
+        ));
+        let watcher = Watcher::new(
+            self.store.clone(),
+            service.clone(),
+            hub,
+            WatchCursors::new(page_tokens.signer().clone(), self.settings.event_retention),
+            self.settings.watch,
+            drain.clone(),
         );
+        let api = InvitationApi::new(service, watcher, admission);
         let limiter = Arc::new(RateLimiter::new(
             limits.rate_limit_per_second,
             limits.rate_limit_burst,
@@ -250,6 +268,7 @@ impl Application {
                 if let Some(operations) = &operations {
                     operations.abort();
                 }
+                reader.abort();
                 supervisor.abort();
                 janitor.abort();
                 sweeper.abort();
@@ -263,6 +282,7 @@ impl Application {
                 if let Some(operations) = &operations {
                     operations.abort();
                 }
+                reader.abort();
                 janitor.abort();
                 sweeper.abort();
                 self.store.close().await;
@@ -281,6 +301,7 @@ impl Application {
         );
         tokio::time::sleep(limits.shutdown_grace).await;
         let _ = stop_accepting.send(());
+        drain.cancel();
         if let Some(operations) = &operations {
             operations.abort();
         }
@@ -384,7 +405,8 @@ async fn sweep_expiries(store: Store, every: std::time::Duration) {
 const EVENT_PURGE_BATCH: u64 = 500;
 
 /// Every few minutes: refreshes SQLite's planner statistics, deletes the stored responses
-/// of retried requests past their retention, and the events past theirs.
+/// of retried requests past their retention, and the events past theirs (and past the
+/// margin that keeps a cursor good for the whole retention: `EVENT_RETENTION_MARGIN`).
 async fn housekeeping(store: Store, event_retention: std::time::Duration) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(300));
     loop {
@@ -403,7 +425,7 @@ async fn housekeeping(store: Store, event_retention: std::time::Duration) {
         match store
             .purge_lapsed_events(
                 crate::domain::Timestamp::now(),
-                event_retention,
+                event_retention + EVENT_RETENTION_MARGIN,
                 EVENT_PURGE_BATCH,
             )
             .await

@@ -99,6 +99,19 @@ impl InvitationService for Noop {
     ) -> Reply<pb::Invitation> {
         Ok(tonic::Response::new(self.items[0].clone()))
     }
+
+    type WatchInvitationsStream =
+        tokio_stream::Empty<Result<pb::WatchInvitationsResponse, tonic::Status>>;
+
+    /// The transport limit is measured on unary calls; the no-op server has no events.
+    async fn watch_invitations(
+        &self,
+        _: tonic::Request<pb::WatchInvitationsRequest>,
+    ) -> Reply<Self::WatchInvitationsStream> {
+        Err(tonic::Status::unimplemented(
+            "the no-op server has no events",
+        ))
+    }
 }
 
 /// Serves the no-op service on the service's own transport settings; no layers, no auth.

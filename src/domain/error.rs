@@ -15,6 +15,8 @@ pub enum ViolationReason {
     ValueTooLong,
     ValueOutOfRange,
     InvalidPageToken,
+    /// A watch cursor this service did not issue for this watch.
+    InvalidCursor,
     EtagConflict,
     RequestIdReused,
     /// The message is not valid protobuf for its type (e.g. a string field is not UTF-8).
@@ -29,6 +31,7 @@ impl ViolationReason {
             Self::ValueTooLong => "VALUE_TOO_LONG",
             Self::ValueOutOfRange => "VALUE_OUT_OF_RANGE",
             Self::InvalidPageToken => "INVALID_PAGE_TOKEN",
+            Self::InvalidCursor => "INVALID_CURSOR",
             Self::EtagConflict => "ETAG_CONFLICT",
             Self::RequestIdReused => "REQUEST_ID_REUSED",
             Self::InvalidEncoding => "INVALID_ENCODING",
@@ -155,6 +158,17 @@ pub enum Error {
     /// The request message did not arrive completely within `timeout` of its headers.
     #[error("request message not received within {timeout:?}")]
     RequestReadTimeout { timeout: Duration },
+    /// A watch resumed from a cursor older than the event retention: the events after it
+    /// may be gone. The client lists again (or watches with the initial state).
+    #[error("watch cursor older than the event retention of {retention:?}")]
+    WatchCursorExpired { retention: Duration },
+    /// A watch whose client read slower than its events arrived, past its buffer of
+    /// `buffer` events: it ends, and resumes from `resume_cursor`.
+    #[error("watch client too slow for its buffer of {buffer} events")]
+    WatchTooSlow {
+        resume_cursor: String,
+        buffer: usize,
+    },
     /// The replica stopped before the call finished (its shutdown's drain timeout ran out):
     /// nothing the call wrote is committed; retry it, on another replica.
     #[error("server shutting down")]

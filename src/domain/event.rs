@@ -18,7 +18,7 @@ use super::values::{RequestId, UserRef};
 pub const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The kinds of change, as stored and as published.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EventType {
     Created,
     /// A link was issued or rotated.

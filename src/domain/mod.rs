@@ -8,12 +8,13 @@ mod page_token;
 mod repository;
 mod service;
 mod values;
+mod watch;
 
 pub use error::{AuthFailure, Error, FieldViolation, Forbidden, StreamLimitScope, ViolationReason};
 pub use event::{Actor, DEFAULT_EVENT_RETENTION, EventId, EventRecord, EventType, InvitationEvent};
 pub use invitation::{Etag, Invitation, InvitationStatus, StatusFilter, Timestamp, Version};
 pub use link_token::{LINK_TOKEN_LEN, LinkToken, LinkTokenHash};
-pub use page_token::{PageCursor, PageTokenCodec};
+pub use page_token::{PageCursor, PageTokenCodec, TokenSigner};
 pub use repository::{
     CancelChange, CancelOutcome, IDEMPOTENCY_RETENTION, IdempotencyKey, InsertOutcome,
     InvitationRepository, ListFilter, PriorResponse,
@@ -26,3 +27,4 @@ pub use values::{
     CancelReason, EmailAddress, EnterpriseId, InvitationId, RequestId, RoleRef, Scope, UserRef,
     ValueError,
 };
+pub use watch::{EVENT_RETENTION_MARGIN, WatchCursor, WatchCursors, WatchFilter, WatchQuery};

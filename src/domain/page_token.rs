@@ -1,4 +1,4 @@
-//! Opaque page tokens for keyset pagination.
+//! Opaque page tokens for keyset pagination, and the signer they share with watch cursors.
 //!
 //! A token carries the position of the last item of a page, `(created_at, id)`, and a MAC
 //! over that position and the query it belongs to (enterprise, scope, statuses, e-mail).
@@ -16,8 +16,7 @@ use super::values::InvitationId;
 
 const FORMAT_VERSION: u8 = 1;
 const MAC_LEN: usize = 16;
-const PAYLOAD_LEN: usize = 1 + 8 + 16;
-const TOKEN_LEN: usize = PAYLOAD_LEN + MAC_LEN;
+const PAYLOAD_LEN: usize = 8 + 16;
 
 /// Where the next page starts: strictly after this item in (created_at desc, id desc) order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,9 +25,12 @@ pub struct PageCursor {
     pub id: InvitationId,
 }
 
-/// Signs and checks page tokens with one secret key.
+/// Signs opaque tokens with one secret key: a format byte, a fixed-size payload and a
+/// truncated HMAC-SHA256 over both and over what the token is bound to, base64url. Page
+/// tokens and watch cursors are its two formats; the format byte keeps one from being
+/// taken for the other.
 #[derive(Clone)]
-pub struct PageTokenCodec {
+pub struct TokenSigner {
     mac: Hmac<Sha256>,
 }
 
@@ -36,59 +38,93 @@ pub struct PageTokenCodec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InvalidPageToken;
 
-impl PageTokenCodec {
+impl TokenSigner {
     pub fn new(secret: &[u8]) -> Self {
         // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
         let mac = Hmac::<Sha256>::new_from_slice(secret).unwrap_or_else(|_| unreachable!());
         Self { mac }
     }
 
-    fn tag(&self, payload: &[u8], binding: &[u8]) -> [u8; MAC_LEN] {
+    fn mac_of(&self, signed: &[u8], binding: &[u8]) -> Hmac<Sha256> {
         let mut mac = self.mac.clone();
-        mac.update(payload);
+        mac.update(signed);
         mac.update(binding);
-        let full = mac.finalize().into_bytes();
-        let mut tag = [0u8; MAC_LEN];
-        tag.copy_from_slice(&full[..MAC_LEN]);
-        tag
+        mac
     }
 
-    /// `binding` identifies the query (see `ListQuery::binding`).
-    pub fn encode(&self, cursor: PageCursor, binding: &[u8]) -> String {
-        let mut token = [0u8; TOKEN_LEN];
-        token[0] = FORMAT_VERSION;
-        token[1..9].copy_from_slice(&cursor.created_at.unix_micros().to_be_bytes());
-        token[9..PAYLOAD_LEN].copy_from_slice(cursor.id.as_uuid().as_bytes());
-        let tag = self.tag(&token[..PAYLOAD_LEN], binding);
-        token[PAYLOAD_LEN..].copy_from_slice(&tag);
+    pub fn sign(&self, format: u8, payload: &[u8], binding: &[u8]) -> String {
+        let mut token = Vec::with_capacity(1 + payload.len() + MAC_LEN);
+        token.push(format);
+        token.extend_from_slice(payload);
+        let full = self.mac_of(&token, binding).finalize().into_bytes();
+        token.extend_from_slice(&full[..MAC_LEN]);
         URL_SAFE_NO_PAD.encode(token)
     }
 
-    pub fn decode(&self, token: &str, binding: &[u8]) -> Result<PageCursor, InvalidPageToken> {
+    /// The payload of a token of `format` with an `N`-byte payload, signed for `binding`.
+    pub fn open<const N: usize>(
+        &self,
+        format: u8,
+        token: &str,
+        binding: &[u8],
+    ) -> Result<[u8; N], InvalidPageToken> {
+        let token_len = 1 + N + MAC_LEN;
         // Refuse anything of the wrong length before decoding, so hostile input costs nothing.
-        if token.len() != URL_SAFE_NO_PAD.encode([0u8; TOKEN_LEN]).len() {
+        if token.len() != (token_len * 4).div_ceil(3) {
             return Err(InvalidPageToken);
         }
         let bytes = URL_SAFE_NO_PAD
             .decode(token)
             .map_err(|_| InvalidPageToken)?;
-        if bytes.len() != TOKEN_LEN || bytes[0] != FORMAT_VERSION {
+        if bytes.len() != token_len || bytes[0] != format {
             return Err(InvalidPageToken);
         }
-        let mut mac = self.mac.clone();
-        mac.update(&bytes[..PAYLOAD_LEN]);
-        mac.update(binding);
         // Constant-time comparison of the truncated tag.
-        mac.verify_truncated_left(&bytes[PAYLOAD_LEN..])
+        self.mac_of(&bytes[..=N], binding)
+            .verify_truncated_left(&bytes[1 + N..])
             .map_err(|_| InvalidPageToken)?;
+        let mut payload = [0u8; N];
+        payload.copy_from_slice(&bytes[1..=N]);
+        Ok(payload)
+    }
+}
+
+/// Signs and checks page tokens with one secret key.
+#[derive(Clone)]
+pub struct PageTokenCodec {
+    signer: TokenSigner,
+}
+
+impl PageTokenCodec {
+    pub fn new(secret: &[u8]) -> Self {
+        Self {
+            signer: TokenSigner::new(secret),
+        }
+    }
+
+    /// `binding` identifies the query (see `ListQuery::binding`).
+    pub fn encode(&self, cursor: PageCursor, binding: &[u8]) -> String {
+        let mut payload = [0u8; PAYLOAD_LEN];
+        payload[..8].copy_from_slice(&cursor.created_at.unix_micros().to_be_bytes());
+        payload[8..].copy_from_slice(cursor.id.as_uuid().as_bytes());
+        self.signer.sign(FORMAT_VERSION, &payload, binding)
+    }
+
+    pub fn decode(&self, token: &str, binding: &[u8]) -> Result<PageCursor, InvalidPageToken> {
+        let payload: [u8; PAYLOAD_LEN] = self.signer.open(FORMAT_VERSION, token, binding)?;
         let mut micros = [0u8; 8];
-        micros.copy_from_slice(&bytes[1..9]);
+        micros.copy_from_slice(&payload[..8]);
         let mut id = [0u8; 16];
-        id.copy_from_slice(&bytes[9..PAYLOAD_LEN]);
+        id.copy_from_slice(&payload[8..]);
         Ok(PageCursor {
             created_at: Timestamp::from_unix_micros(i64::from_be_bytes(micros)),
             id: InvitationId::from_uuid(uuid::Uuid::from_bytes(id)),
         })
+    }
+
+    /// The signer behind the tokens, for the other formats signed with the same key.
+    pub fn signer(&self) -> &TokenSigner {
+        &self.signer
     }
 }
 

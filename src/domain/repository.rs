@@ -92,6 +92,24 @@ pub trait InvitationRepository: Clone + Send + Sync + 'static {
     /// event exactly once. May wait for transactions in flight to end.
     fn event_horizon(&self) -> impl Future<Output = Result<i64, Error>> + Send;
 
+    /// Completes when events may have been committed since the last call: at once for this
+    /// process's writes, and where the store can hear them, for other processes' (which
+    /// [`InvitationRepository::announce_events`] tells). Readers poll as well.
+    fn events_written(&self) -> impl Future<Output = ()> + Send;
+
+    /// Tells other processes watching the store that this one committed events, if it did
+    /// since the last call.
+    fn announce_events(&self) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Up to `limit` of every enterprise's events after `position` and up to `horizon`, in
+    /// position order.
+    fn events_since(
+        &self,
+        position: i64,
+        horizon: i64,
+        limit: u64,
+    ) -> impl Future<Output = Result<Vec<InvitationEvent>, Error>> + Send;
+
     /// Up to `limit` of the enterprise's events after `position` (from the oldest kept,
     /// without one) and up to `horizon` (see [`InvitationRepository::event_horizon`]), in
     /// position order.

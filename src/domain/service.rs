@@ -40,28 +40,40 @@ pub struct ListQuery {
 impl ListQuery {
     /// What a page token is bound to: everything that selects rows, but not the page size.
     fn binding(&self) -> Vec<u8> {
-        let mut hash = Sha256::new();
-        hash.update(self.enterprise.as_uuid().as_bytes());
-        // Length-prefixed, so no two different queries hash the same bytes.
-        let scope = self
-            .scope
-            .as_ref()
-            .filter(|s| !s.is_enterprise_root())
-            .map_or("", Scope::as_str);
-        hash.update((scope.len() as u64).to_be_bytes());
-        hash.update(scope.as_bytes());
-        let email = self
-            .email
-            .as_ref()
-            .map(EmailAddress::normalized)
-            .unwrap_or_default();
-        hash.update((email.len() as u64).to_be_bytes());
-        hash.update(email.as_bytes());
-        for status in &self.statuses {
-            hash.update([*status as u8]);
-        }
-        hash.finalize().to_vec()
+        selection(
+            self.enterprise,
+            self.scope.as_ref(),
+            self.email.as_ref(),
+            &self.statuses,
+        )
+        .finalize()
+        .to_vec()
     }
+}
+
+/// A hash of what selects invitations (enterprise, scope, address, statuses), to which
+/// tokens are bound: page tokens, and with more (the event types) watch cursors.
+pub(super) fn selection(
+    enterprise: EnterpriseId,
+    scope: Option<&Scope>,
+    email: Option<&EmailAddress>,
+    statuses: &StatusFilter,
+) -> Sha256 {
+    let mut hash = Sha256::new();
+    hash.update(enterprise.as_uuid().as_bytes());
+    // Length-prefixed, so no two different queries hash the same bytes.
+    let scope = scope
+        .filter(|s| !s.is_enterprise_root())
+        .map_or("", Scope::as_str);
+    hash.update((scope.len() as u64).to_be_bytes());
+    hash.update(scope.as_bytes());
+    let email = email.map(EmailAddress::normalized).unwrap_or_default();
+    hash.update((email.len() as u64).to_be_bytes());
+    hash.update(email.as_bytes());
+    for status in statuses {
+        hash.update([*status as u8]);
+    }
+    hash
 }
 
 #[derive(Debug, Clone)]
@@ -165,7 +177,7 @@ fn check_expiry(at: Timestamp, now: Timestamp) -> Result<Timestamp, Error> {
     Ok(at)
 }
 
-fn check_scope(enterprise: EnterpriseId, scope: Option<&Scope>) -> Result<(), Error> {
+pub(super) fn check_scope(enterprise: EnterpriseId, scope: Option<&Scope>) -> Result<(), Error> {
     match scope {
         Some(scope) if scope.enterprise() != enterprise => {
             Err(Error::PermissionDenied(Forbidden::ScopeNotPermitted))

@@ -5,13 +5,13 @@ use prost_types::Timestamp as WireTimestamp;
 use tonic::metadata::MetadataMap;
 
 use crate::auth::EnterpriseAdmin;
-use crate::domain::RequestId;
 use crate::domain::{
     AcceptCommand, CancelCommand, CancelReason, CreateCommand, DEFAULT_PAGE_SIZE, EmailAddress,
     Invitation, InvitationId, InvitationStatus, IssueTokenCommand, LinkToken, ListQuery,
     MAX_PAGE_SIZE, RoleRef, Scope, StatusFilter, Timestamp, UserRef, ValueError,
 };
 use crate::domain::{Error, FieldViolation, ViolationReason};
+use crate::domain::{EventType, InvitationEvent, RequestId, WatchFilter, WatchQuery};
 use crate::proto::invitations::v1 as pb;
 
 /// More entries than there are statuses can only be duplicates; far more is an attack.
@@ -52,6 +52,25 @@ impl Violations {
         description: impl Into<String>,
     ) {
         self.0.push(FieldViolation::new(field, reason, description));
+    }
+
+    /// An opaque token the domain checks: none when empty, a violation when longer than any
+    /// this service issues (so hostile input costs nothing).
+    fn opaque(
+        &mut self,
+        field: &'static str,
+        raw: String,
+        reason: ViolationReason,
+        description: &'static str,
+    ) -> Option<String> {
+        match raw.len() {
+            0 => None,
+            len if len > MAX_PAGE_TOKEN_LEN => {
+                self.push(field, reason, description);
+                None
+            }
+            _ => Some(raw),
+        }
     }
 
     /// `Ok(value)` when no violation was recorded; every field was parsed by then.
@@ -159,23 +178,103 @@ pub fn list_query(
         Ok(0) => Some(DEFAULT_PAGE_SIZE),
         Ok(size) => Some(size.min(MAX_PAGE_SIZE)),
     };
+    let statuses = status_filter(&mut violations, &request.statuses);
+    let email = violations.optional(
+        "email_constraint",
+        &request.email_constraint,
+        EmailAddress::parse,
+    );
+    let scope = violations.optional("scope", &request.scope, Scope::parse);
+    let page_token = violations.opaque(
+        "page_token",
+        request.page_token,
+        ViolationReason::InvalidPageToken,
+        "is not a page token of this query",
+    );
+    let email_given = !request.email_constraint.is_empty();
+    let scope_given = !request.scope.is_empty();
+    violations.finish(|| {
+        Some(ListQuery {
+            enterprise: admin.enterprise,
+            scope: if scope_given { Some(scope?) } else { None },
+            statuses,
+            email: if email_given { Some(email?) } else { None },
+            page_size: page_size?,
+            page_token,
+        })
+    })
+}
+
+/// The statuses a request filters on; UNSPECIFIED and unknown values are violations.
+fn status_filter(violations: &mut Violations, raw: &[i32]) -> StatusFilter {
     let mut statuses = StatusFilter::new();
-    if request.statuses.len() > MAX_STATUS_FILTERS {
+    if raw.len() > MAX_STATUS_FILTERS {
         violations.push(
             "statuses",
             ViolationReason::ValueOutOfRange,
             format!("must have at most {MAX_STATUS_FILTERS} entries"),
         );
+        return statuses;
+    }
+    for raw in raw {
+        match domain_status(*raw) {
+            Some(status) => {
+                statuses.insert(status);
+            }
+            None => violations.push(
+                "statuses",
+                ViolationReason::InvalidFormat,
+                format!("{raw} is not a status (UNSPECIFIED is not allowed)"),
+            ),
+        }
+    }
+    statuses
+}
+
+fn domain_event_type(raw: i32) -> Option<EventType> {
+    match pb::InvitationEventType::try_from(raw).ok()? {
+        pb::InvitationEventType::Unspecified => None,
+        pb::InvitationEventType::Created => Some(EventType::Created),
+        pb::InvitationEventType::LinkIssued => Some(EventType::LinkIssued),
+        pb::InvitationEventType::Accepted => Some(EventType::Accepted),
+        pb::InvitationEventType::Cancelled => Some(EventType::Cancelled),
+        pb::InvitationEventType::Expired => Some(EventType::Expired),
+    }
+}
+
+pub fn wire_event_type(kind: EventType) -> pb::InvitationEventType {
+    match kind {
+        EventType::Created => pb::InvitationEventType::Created,
+        EventType::LinkIssued => pb::InvitationEventType::LinkIssued,
+        EventType::Accepted => pb::InvitationEventType::Accepted,
+        EventType::Cancelled => pb::InvitationEventType::Cancelled,
+        EventType::Expired => pb::InvitationEventType::Expired,
+    }
+}
+
+pub fn watch_query(
+    admin: EnterpriseAdmin,
+    request: pb::WatchInvitationsRequest,
+) -> Result<WatchQuery, Error> {
+    let mut violations = Violations::default();
+    let statuses = status_filter(&mut violations, &request.statuses);
+    let mut types = BTreeSet::new();
+    if request.types.len() > MAX_STATUS_FILTERS {
+        violations.push(
+            "types",
+            ViolationReason::ValueOutOfRange,
+            format!("must have at most {MAX_STATUS_FILTERS} entries"),
+        );
     } else {
-        for raw in &request.statuses {
-            match domain_status(*raw) {
-                Some(status) => {
-                    statuses.insert(status);
+        for raw in &request.types {
+            match domain_event_type(*raw) {
+                Some(kind) => {
+                    types.insert(kind);
                 }
                 None => violations.push(
-                    "statuses",
+                    "types",
                     ViolationReason::InvalidFormat,
-                    format!("{raw} is not a status (UNSPECIFIED is not allowed)"),
+                    format!("{raw} is not an event type (UNSPECIFIED is not allowed)"),
                 ),
             }
         }
@@ -186,30 +285,46 @@ pub fn list_query(
         EmailAddress::parse,
     );
     let scope = violations.optional("scope", &request.scope, Scope::parse);
-    let page_token = match request.page_token.len() {
-        0 => None,
-        len if len > MAX_PAGE_TOKEN_LEN => {
-            violations.push(
-                "page_token",
-                ViolationReason::InvalidPageToken,
-                "is not a page token of this query",
-            );
-            None
-        }
-        _ => Some(request.page_token),
-    };
+    let start_cursor = violations.opaque(
+        "start_cursor",
+        request.start_cursor,
+        ViolationReason::InvalidCursor,
+        "is not a cursor of this watch",
+    );
     let email_given = !request.email_constraint.is_empty();
     let scope_given = !request.scope.is_empty();
-    violations.finish(|| {
-        Some(ListQuery {
-            enterprise: admin.enterprise,
-            scope: if scope_given { Some(scope?) } else { None },
-            statuses: statuses.into_iter().collect::<BTreeSet<_>>(),
-            email: if email_given { Some(email?) } else { None },
-            page_size: page_size?,
-            page_token,
-        })
+    let filter = violations.finish(|| {
+        Some((
+            if scope_given { Some(scope?) } else { None },
+            if email_given { Some(email?) } else { None },
+        ))
+    });
+    let (scope, email) = filter?;
+    Ok(WatchQuery {
+        filter: WatchFilter::new(admin.enterprise, scope, statuses, email, types)?,
+        start_cursor,
+        send_initial_state: request.send_initial_state,
     })
+}
+
+/// An event as a watch sends it: the invitation as the change left it, with its status as
+/// of the event.
+pub fn wire_event(event: &InvitationEvent, cursor: String) -> pb::InvitationEvent {
+    let record = &event.record;
+    pb::InvitationEvent {
+        event_id: record.id.to_string(),
+        r#type: wire_event_type(record.kind) as i32,
+        occurred_at: Some(wire_timestamp(record.occurred_at)),
+        actor: record.actor.to_string(),
+        request_id: record
+            .request_id
+            .map(|id| id.as_uuid().hyphenated().to_string()),
+        invitation: Some(wire_invitation(
+            event.invitation.clone(),
+            record.occurred_at,
+        )),
+        cursor,
+    }
 }
 
 pub fn invitation_id(raw: &str) -> Result<InvitationId, Error> {

@@ -5,7 +5,10 @@ pub mod convert;
 pub mod status;
 pub mod wire;
 
+use std::pin::Pin;
 use std::sync::Arc;
+
+use tokio_stream::{Stream, StreamExt};
 
 use tonic::{Request, Response, Status};
 
@@ -15,6 +18,7 @@ use crate::domain::{InvitationRepository, InvitationService, Timestamp};
 use crate::limits::{Admission, ResponseSize, Slot};
 use crate::proto::invitations::v1 as pb;
 use crate::proto::server::invitation_service_server::InvitationService as InvitationRpc;
+use crate::watch::{WatchEnd, WatchItem, Watcher};
 
 pub use convert::wire_invitation;
 pub use wire::WireInvitation;
@@ -24,12 +28,21 @@ use wire::{IssueInvitationTokenResponse, ListInvitationsResponse};
 #[derive(Clone)]
 pub struct InvitationApi<R> {
     service: InvitationService<R>,
+    watcher: Watcher<R>,
     admission: Arc<Admission>,
 }
 
 impl<R: InvitationRepository> InvitationApi<R> {
-    pub fn new(service: InvitationService<R>, admission: Arc<Admission>) -> Self {
-        Self { service, admission }
+    pub fn new(
+        service: InvitationService<R>,
+        watcher: Watcher<R>,
+        admission: Arc<Admission>,
+    ) -> Self {
+        Self {
+            service,
+            watcher,
+            admission,
+        }
     }
 
     /// The call's slot among those in flight (`limits::admission`): taken here, once the
@@ -69,8 +82,76 @@ fn answer<T: prost::Message>(outcome: Result<T, Error>) -> Result<Response<T>, S
         })
 }
 
+/// A watch's message as sent.
+fn watch_message(item: WatchItem) -> pb::WatchInvitationsResponse {
+    let mut message = pb::WatchInvitationsResponse::default();
+    match item {
+        WatchItem::InitialState {
+            items,
+            evaluated_at,
+        } => {
+            message.initial_state = items
+                .into_iter()
+                .map(|invitation| wire_invitation(invitation, evaluated_at))
+                .collect();
+        }
+        WatchItem::InitialStateComplete { cursor } => {
+            message.initial_state_complete = true;
+            message.cursor = cursor;
+        }
+        WatchItem::Events { events, cursor } => {
+            message.events = events
+                .into_iter()
+                .map(|(event, at)| convert::wire_event(&event, at))
+                .collect();
+            message.cursor = cursor;
+        }
+        WatchItem::Checkpoint { cursor } => message.cursor = cursor,
+        WatchItem::End { reason, cursor } => {
+            message.cursor = cursor;
+            message.end = match reason {
+                WatchEnd::MaxAge => pb::WatchEnd::MaxAge,
+                WatchEnd::Shutdown => pb::WatchEnd::Shutdown,
+            } as i32;
+        }
+    }
+    message
+}
+
+type WatchResponses =
+    Pin<Box<dyn Stream<Item = Result<pb::WatchInvitationsResponse, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl<R: InvitationRepository> InvitationRpc for InvitationApi<R> {
+    type WatchInvitationsStream = WatchResponses;
+
+    /// Opening a watch takes a slot among the calls in flight, like any call; the stream
+    /// that follows counts among the long-lived streams (`limits::stream`) instead, so
+    /// watches never starve unary calls of slots.
+    async fn watch_invitations(
+        &self,
+        request: Request<pb::WatchInvitationsRequest>,
+    ) -> Result<Response<WatchResponses>, Status> {
+        let opened = async {
+            let admin = enterprise_admin(&request)?;
+            let _slot = self.admit(&request)?;
+            let query = convert::watch_query(admin, request.into_inner())?;
+            self.watcher.open(query).await
+        }
+        .await;
+        match opened {
+            Ok(stream) => Ok(Response::new(Box::pin(stream.map(|item| {
+                item.map(watch_message).map_err(|error| {
+                    status::log_server_side(&error);
+                    Status::from(error)
+                })
+            })) as WatchResponses)),
+            Err(error) => {
+                status::log_server_side(&error);
+                Err(Status::from(error))
+            }
+        }
+    }
     async fn list_invitations(
         &self,
         request: Request<pb::ListInvitationsRequest>,

@@ -372,6 +372,35 @@ pub fn row(error: &Error) -> ErrorRow {
                 "The request was not received in time.",
             )
         }
+        Error::WatchCursorExpired { retention } => {
+            metadata.insert("retentionSeconds".into(), retention.as_secs().to_string());
+            details.add_precondition_failure_violation(
+                "CURSOR_EXPIRED",
+                "start_cursor",
+                "the cursor is older than the event retention; list again, then watch",
+            );
+            (
+                Code::FailedPrecondition,
+                410,
+                "gone",
+                "WATCH_CURSOR_EXPIRED",
+                "The watch cursor has expired.",
+            )
+        }
+        Error::WatchTooSlow {
+            resume_cursor,
+            buffer,
+        } => {
+            metadata.insert("resumeCursor".into(), resume_cursor.clone());
+            metadata.insert("maxBufferedEvents".into(), buffer.to_string());
+            (
+                Code::ResourceExhausted,
+                429,
+                "rate_limited",
+                "WATCH_TOO_SLOW",
+                "The watch fell behind its events; resume from resumeCursor.",
+            )
+        }
         Error::ShuttingDown => {
             ask_to_retry(&mut details, &mut metadata, OVERLOAD_RETRY_DELAY);
             (
@@ -443,6 +472,7 @@ mod readme {
             ViolationReason::ValueTooLong,
             ViolationReason::ValueOutOfRange,
             ViolationReason::InvalidPageToken,
+            ViolationReason::InvalidCursor,
             ViolationReason::EtagConflict,
             ViolationReason::RequestIdReused,
             ViolationReason::InvalidEncoding,
@@ -499,6 +529,13 @@ mod readme {
             Error::ResponsesUnread { limit: 4096 },
             Error::RequestReadTimeout {
                 timeout: Duration::from_secs(2),
+            },
+            Error::WatchCursorExpired {
+                retention: Duration::from_secs(7 * 24 * 3600),
+            },
+            Error::WatchTooSlow {
+                resume_cursor: "cursor".into(),
+                buffer: 1024,
             },
             Error::ShuttingDown,
             Error::TransactionConflict(cause()),

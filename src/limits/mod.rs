@@ -36,6 +36,8 @@ pub enum StreamKind {
     HealthWatch,
     /// Server reflection: a bidirectional stream that stays open as long as the client likes.
     Reflection,
+    /// `invitations.v1.InvitationService/WatchInvitations`: events until its maximum age.
+    InvitationWatch,
 }
 
 impl StreamKind {
@@ -43,6 +45,7 @@ impl StreamKind {
         match path {
             "/grpc.health.v1.Health/Check" => Self::HealthCheck,
             "/grpc.health.v1.Health/Watch" => Self::HealthWatch,
+            "/invitations.v1.InvitationService/WatchInvitations" => Self::InvitationWatch,
             _ if path.starts_with("/grpc.reflection.") => Self::Reflection,
             _ => Self::Call,
         }
@@ -54,7 +57,10 @@ impl StreamKind {
 
     /// Open for as long as the client likes: capped by count, not by time.
     pub fn is_long_lived(self) -> bool {
-        matches!(self, Self::HealthWatch | Self::Reflection)
+        matches!(
+            self,
+            Self::HealthWatch | Self::Reflection | Self::InvitationWatch
+        )
     }
 
     /// The request is one message that ends (a reflection request stream does not).

@@ -178,6 +178,14 @@ struct StoreState {
     migration_ended: tokio::sync::Notify,
     /// The health supervisor found the database unreachable (see `health::supervise`).
     down: AtomicBool,
+    /// Woken when this process commits events (see [`Store::events_written`]).
+    events_here: tokio::sync::Notify,
+    /// Woken when another process says it committed events (PostgreSQL's LISTEN).
+    events_elsewhere: Arc<tokio::sync::Notify>,
+    /// This process committed events it has not told the others about yet.
+    events_unannounced: AtomicBool,
+    /// The LISTEN connection's task has been started.
+    listening: AtomicBool,
 }
 
 /// Sorts a database failure into what the client should be told.
@@ -729,12 +737,19 @@ impl Store {
     ) -> Result<Option<Invitation>, Error> {
         if self.backend() == DbBackend::Postgres {
             let statement = postgres.unwrap_or_else(|| queries::with_event(update, event));
-            return self.write_returning(statement).await;
+            let changed = self.write_returning(statement).await?;
+            if changed.is_some() {
+                self.events_committed();
+            }
+            return Ok(changed);
         }
         let txn = self.usable().await?.begin().await.map_err(classify)?;
         let changed = self.change_in(&txn, update, event).await?;
         match changed {
-            Some(_) => txn.commit().await.map_err(classify)?,
+            Some(_) => {
+                txn.commit().await.map_err(classify)?;
+                self.events_committed();
+            }
             None => txn.rollback().await.map_err(classify)?,
         }
         Ok(changed)
@@ -816,6 +831,9 @@ impl Store {
             }
         }
         txn.commit().await.map_err(classify)?;
+        if expired > 0 {
+            self.events_committed();
+        }
         Ok(Some(expired))
     }
 
@@ -831,6 +849,60 @@ impl Store {
             None => fetch_invitations(db, statement, 1).await?,
         };
         Ok(rows.into_iter().next())
+    }
+
+    /// The events a read of the outbox selects, decoded.
+    async fn read_events(
+        &self,
+        select: sea_orm::Select<outbox::Entity>,
+    ) -> Result<Vec<InvitationEvent>, Error> {
+        select
+            .all(self.usable().await?)
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(rows::into_domain_event)
+            .collect()
+    }
+
+    /// Tells [`Store::events_written`]'s waiters that this process committed events.
+    fn events_committed(&self) {
+        self.state.events_unannounced.store(true, Ordering::Release);
+        self.state.events_here.notify_one();
+    }
+
+    /// PostgreSQL: a connection of its own that LISTENs for other processes' announcements
+    /// (`queries::announce_events`) and wakes [`Store::events_written`]; it reconnects by
+    /// itself when the connection drops, and wakes the waiter then too, since announcements
+    /// may have been missed meanwhile.
+    fn listen_for_events(&self) {
+        if self.backend() != DbBackend::Postgres
+            || self.state.listening.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let pool = self.db.get_postgres_connection_pool().clone();
+        let elsewhere = self.state.events_elsewhere.clone();
+        tokio::spawn(async move {
+            use sea_orm::sqlx::postgres::PgListener;
+            loop {
+                let listening = async {
+                    let mut listener = PgListener::connect_with(&pool).await?;
+                    listener.listen(queries::EVENTS_CHANNEL).await?;
+                    loop {
+                        // `None`: the connection dropped and was made again.
+                        let _ = listener.try_recv().await?;
+                        elsewhere.notify_one();
+                    }
+                };
+                let stopped: Result<(), sea_orm::sqlx::Error> = listening.await;
+                if let Err(error) = stopped {
+                    tracing::debug!(%error, "event announcements not heard; listening again");
+                }
+                elsewhere.notify_one();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
     }
 
     /// Deletes events older than `retention`, in batches of `batch` (each its own short
@@ -940,6 +1012,7 @@ impl InvitationRepository for Store {
                     .await
                     .map_err(classify)?;
                 txn.commit().await.map_err(classify)?;
+                self.events_committed();
                 Ok(InsertOutcome::Created)
             }
             Ok(_) => {
@@ -1036,6 +1109,7 @@ impl InvitationRepository for Store {
             return Ok(CancelOutcome::RequestIdTaken);
         }
         txn.commit().await.map_err(classify)?;
+        self.events_committed();
         Ok(CancelOutcome::Cancelled(Box::new(cancelled)))
     }
 
@@ -1099,10 +1173,11 @@ impl InvitationRepository for Store {
 
     /// On PostgreSQL a position is taken when the event is inserted, before its transaction
     /// commits, so a transaction can commit a higher position before a lower one is visible.
-    /// The horizon is the last position taken, once every transaction that was in flight
-    /// when it was read has ended: each one that took a position at or below it had an id
-    /// by then (its change came first), so it was among them. The wait is usually a few
-    /// milliseconds; a long transaction anywhere on the server delays it (never skips it).
+    /// The horizon is the last position taken, once every transaction of this database
+    /// that had written when it was read has ended: each one that took a position at or
+    /// below it had an id by then (its change came first), so it was among them. The wait
+    /// is usually a few milliseconds; a long writing transaction in this database delays it
+    /// (never skips it).
     /// On SQLite writers commit one at a time, in position order: the horizon is the last.
     async fn event_horizon(&self) -> Result<i64, Error> {
         let db = self.usable().await?;
@@ -1126,25 +1201,59 @@ impl InvitationRepository for Store {
                 .await
                 .map_err(classify)?,
         )?;
-        let snapshot: String = db
-            .query_one_raw(queries::transactions_in_flight())
+        let writers: Option<String> = db
+            .query_one_raw(queries::writers_in_flight())
             .await
             .map_err(classify)?
-            .map(|row| row.try_get_by_index(0))
+            .map(|row| row.try_get_by_index::<Option<String>>(0))
             .transpose()
             .map_err(classify)?
-            .ok_or_else(|| Error::Internal("no snapshot".into()))?;
+            .flatten();
+        let Some(writers) = writers else {
+            return Ok(last.unwrap_or(0));
+        };
         loop {
-            let in_flight = first_value(
-                db.query_one_raw(queries::still_in_flight(snapshot.clone()))
+            let running = first_value(
+                db.query_one_raw(queries::writers_still_running(writers.clone()))
                     .await
                     .map_err(classify)?,
             )?;
-            if in_flight == Some(0) {
+            if running == Some(0) {
                 return Ok(last.unwrap_or(0));
             }
             tokio::time::sleep(HORIZON_RECHECK).await;
         }
+    }
+
+    async fn events_written(&self) {
+        self.listen_for_events();
+        tokio::select! {
+            () = self.state.events_here.notified() => {}
+            () = self.state.events_elsewhere.notified() => {}
+        }
+    }
+
+    async fn announce_events(&self) -> Result<(), Error> {
+        if self.backend() != DbBackend::Postgres
+            || !self.state.events_unannounced.swap(false, Ordering::AcqRel)
+        {
+            return Ok(());
+        }
+        let db = self.usable().await?;
+        db.execute_raw(queries::announce_events())
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn events_since(
+        &self,
+        position: i64,
+        horizon: i64,
+        limit: u64,
+    ) -> Result<Vec<InvitationEvent>, Error> {
+        self.read_events(queries::events_since(position, horizon, limit))
+            .await
     }
 
     async fn events_after(
@@ -1154,14 +1263,8 @@ impl InvitationRepository for Store {
         horizon: i64,
         limit: u64,
     ) -> Result<Vec<InvitationEvent>, Error> {
-        Tenant::of(enterprise)
-            .events_after(position, horizon, limit)
-            .all(self.usable().await?)
+        self.read_events(Tenant::of(enterprise).events_after(position, horizon, limit))
             .await
-            .map_err(classify)?
-            .iter()
-            .map(rows::into_domain_event)
-            .collect()
     }
 }
 

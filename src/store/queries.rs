@@ -413,21 +413,56 @@ pub fn last_position_taken() -> Statement {
     )
 }
 
-/// PostgreSQL: the transactions in flight on the server now, as a snapshot's text.
-pub fn transactions_in_flight() -> Statement {
-    Statement::from_string(DbBackend::Postgres, "SELECT pg_current_snapshot()::text")
+/// Every enterprise's events after `position` and up to `horizon`, in position order: what
+/// the process's one reader of the outbox hands to its watchers (`watch::hub`).
+pub fn events_since(position: i64, horizon: i64, limit: u64) -> Select<outbox::Entity> {
+    outbox::Entity::find()
+        .filter(outbox::Column::Position.gt(position))
+        .filter(outbox::Column::Position.lte(horizon))
+        .order_by_asc(outbox::Column::Position)
+        .limit(limit)
 }
 
-/// PostgreSQL: how many transactions of `snapshot` (from [`transactions_in_flight`]) a
-/// snapshot taken now still sees in progress. Not `pg_xact_status`: a transaction is marked
-/// committed there a moment before new snapshots see its rows, and a reader that trusted it
-/// could read past an event not yet visible.
-pub fn still_in_flight(snapshot: String) -> Statement {
+/// The PostgreSQL channel on which a process says it committed events.
+pub const EVENTS_CHANNEL: &str = "invitation_events";
+
+/// PostgreSQL: tells the other processes listening on [`EVENTS_CHANNEL`] that events were
+/// committed (once per read of the outbox, not per change: NOTIFY inside each change's
+/// transaction would serialise commits).
+pub fn announce_events() -> Statement {
     Statement::from_sql_and_values(
         DbBackend::Postgres,
-        "SELECT count(*) FROM pg_snapshot_xip($1::pg_snapshot) AS x \
-         WHERE NOT pg_visible_in_snapshot(x, pg_current_snapshot())",
-        [snapshot.into()],
+        "SELECT pg_notify($1, '')",
+        [EVENTS_CHANNEL.into()],
+    )
+}
+
+/// PostgreSQL: the transactions running in this database now that have an id (have
+/// written), as an `xid[]` literal (`NULL` when there are none).
+///
+/// Read from `pg_stat_activity`, not from a snapshot's in-progress list: a snapshot leaves
+/// out every transaction whose id is above the last one to finish (its `xmax`), and a
+/// writer that took the newest position is often just that. A role sees the ids of its own
+/// sessions' transactions, which are the ones that write events.
+pub fn writers_in_flight() -> Statement {
+    Statement::from_string(
+        DbBackend::Postgres,
+        "SELECT array_agg(backend_xid)::text FROM pg_stat_activity \
+         WHERE datname = current_database() AND backend_xid IS NOT NULL \
+         AND pid <> pg_backend_pid()",
+    )
+}
+
+/// PostgreSQL: how many of `writers` (from [`writers_in_flight`]) are still running. A
+/// transaction leaves `pg_stat_activity`'s `backend_xid` when new snapshots start to see it
+/// as finished (not when `pg_xact_status` says committed, a moment earlier), so once none
+/// is left a reader sees all they wrote.
+pub fn writers_still_running(writers: String) -> Statement {
+    Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND backend_xid = ANY($1::xid[])",
+        [writers.into()],
     )
 }
 

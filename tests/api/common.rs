@@ -768,6 +768,7 @@ pub enum Row {
     ValueTooLong,
     ValueOutOfRange,
     InvalidPageToken,
+    InvalidCursor,
     EtagConflict,
     RequestIdReused,
     InvalidEncoding,
@@ -791,6 +792,8 @@ pub enum Row {
     StreamLimitReached,
     ResponsesUnread,
     RequestReadTimeout,
+    WatchCursorExpired,
+    WatchTooSlow,
     ShuttingDown,
     TransactionConflict,
     DatabaseUnavailable,
@@ -803,12 +806,13 @@ pub enum Row {
 /// Written out rather than read from the server's table, so that a change there fails a test;
 /// `the_expected_rows_are_the_servers_rows` holds the two together.
 #[rustfmt::skip]
-const TABLE: [(Row, Code, u16, &str, &str, &str); 33] = [
+const TABLE: [(Row, Code, u16, &str, &str, &str); 36] = [
     (Row::MissingRequiredField, Code::InvalidArgument, 400, "invalid_request", "MISSING_REQUIRED_FIELD", "A required field is missing or invalid"),
     (Row::InvalidFormat, Code::InvalidArgument, 400, "invalid_request", "INVALID_FORMAT", "The request is invalid."),
     (Row::ValueTooLong, Code::InvalidArgument, 400, "invalid_request", "VALUE_TOO_LONG", "The request is invalid."),
     (Row::ValueOutOfRange, Code::InvalidArgument, 400, "invalid_request", "VALUE_OUT_OF_RANGE", "The request is invalid."),
     (Row::InvalidPageToken, Code::InvalidArgument, 400, "invalid_request", "INVALID_PAGE_TOKEN", "The request is invalid."),
+    (Row::InvalidCursor, Code::InvalidArgument, 400, "invalid_request", "INVALID_CURSOR", "The request is invalid."),
     (Row::EtagConflict, Code::InvalidArgument, 400, "invalid_request", "ETAG_CONFLICT", "The request is invalid."),
     (Row::RequestIdReused, Code::InvalidArgument, 400, "invalid_request", "REQUEST_ID_REUSED", "The request is invalid."),
     (Row::InvalidEncoding, Code::InvalidArgument, 400, "invalid_request", "INVALID_ENCODING", "The request is invalid."),
@@ -832,6 +836,8 @@ const TABLE: [(Row, Code, u16, &str, &str, &str); 33] = [
     (Row::StreamLimitReached, Code::ResourceExhausted, 429, "rate_limited", "STREAM_LIMIT_REACHED", "Too many requests."),
     (Row::ResponsesUnread, Code::ResourceExhausted, 429, "rate_limited", "RESPONSES_UNREAD", "Too many requests."),
     (Row::RequestReadTimeout, Code::DeadlineExceeded, 408, "request_timeout", "REQUEST_READ_TIMEOUT", "The request was not received in time."),
+    (Row::WatchCursorExpired, Code::FailedPrecondition, 410, "gone", "WATCH_CURSOR_EXPIRED", "The watch cursor has expired."),
+    (Row::WatchTooSlow, Code::ResourceExhausted, 429, "rate_limited", "WATCH_TOO_SLOW", "The watch fell behind its events; resume from resumeCursor."),
     (Row::ShuttingDown, Code::Unavailable, 503, "temporarily_unavailable", "SHUTTING_DOWN", "The server stopped before the request finished; retry it."),
     (Row::TransactionConflict, Code::Aborted, 409, "state_conflict", "TRANSACTION_CONFLICT", "The request conflicted with a concurrent one; retry it."),
     (Row::DatabaseUnavailable, Code::Unavailable, 503, "temporarily_unavailable", "DATABASE_UNAVAILABLE", "A downstream service is temporarily unavailable"),
@@ -867,6 +873,7 @@ impl Row {
             Row::ValueTooLong => invalid(ViolationReason::ValueTooLong),
             Row::ValueOutOfRange => invalid(ViolationReason::ValueOutOfRange),
             Row::InvalidPageToken => invalid(ViolationReason::InvalidPageToken),
+            Row::InvalidCursor => invalid(ViolationReason::InvalidCursor),
             Row::EtagConflict => invalid(ViolationReason::EtagConflict),
             Row::RequestIdReused => invalid(ViolationReason::RequestIdReused),
             Row::InvalidEncoding => invalid(ViolationReason::InvalidEncoding),
@@ -910,6 +917,13 @@ impl Row {
             Row::ResponsesUnread => Error::ResponsesUnread { limit: 4096 },
             Row::RequestReadTimeout => Error::RequestReadTimeout {
                 timeout: Duration::from_secs(2),
+            },
+            Row::WatchCursorExpired => Error::WatchCursorExpired {
+                retention: std::time::Duration::from_secs(60),
+            },
+            Row::WatchTooSlow => Error::WatchTooSlow {
+                resume_cursor: "cursor".into(),
+                buffer: 8,
             },
             Row::ShuttingDown => Error::ShuttingDown,
             Row::TransactionConflict => Error::TransactionConflict(cause()),

@@ -22,3 +22,4 @@ mod replicas;
 mod rotation;
 mod shutdown;
 mod tokens;
+mod watch;

@@ -1,0 +1,272 @@
+//! The process's one reader of the outbox, and its fan-out to the watches it serves.
+//!
+//! One task reads every enterprise's new events, up to the store's horizon (below which
+//! every event has committed: see `InvitationRepository::event_horizon`), and hands each one
+//! to the bounded queue of each watch that wants it. So a hundred watches cost one read of
+//! the outbox, not a hundred, and no watch can make the process hold more than its queue: a
+//! watch whose queue is full is dropped here, marked lagged, and decides for itself what
+//! that means (`watch::stream`).
+//!
+//! The reader wakes when this process commits events (at once), when another process says
+//! it did (PostgreSQL LISTEN/NOTIFY, through the store), and at the poll interval in any
+//! case, which covers a lost notification or a store that cannot notify.
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{EnterpriseId, InvitationEvent, InvitationRepository, WatchFilter};
+
+/// Events read from the outbox per statement.
+const READ_BATCH: u64 = 1000;
+
+/// The least time between two reads: under a steady stream of changes, reads gather what
+/// arrived meanwhile instead of running back to back.
+const MIN_READ_INTERVAL: Duration = Duration::from_millis(5);
+
+/// How long the reader waits before trying again after a failed read.
+const RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// An event as the reader hands it out: shared by every watch that wants it.
+pub type SharedEvent = Arc<InvitationEvent>;
+
+struct Entry {
+    id: u64,
+    filter: Arc<WatchFilter>,
+    queue: mpsc::Sender<SharedEvent>,
+    lagged: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Every event up to here has been handed out; `None` until the first read.
+    settled: Option<i64>,
+    next_id: u64,
+    watches: HashMap<EnterpriseId, Vec<Entry>>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Woken when `settled` is first known.
+    started: tokio::sync::Notify,
+    queue_len: usize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the state consistent (every change to it is
+        // one assignment), so a poisoned lock is taken as it is.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The reader and its watches; cheap to clone.
+#[derive(Clone)]
+pub struct EventHub {
+    shared: Arc<Shared>,
+}
+
+/// One watch's place at the hub: every event it wants after `from` arrives on its queue,
+/// until the queue overflows (then [`Subscription::lagged`]). Leaves the hub when dropped.
+pub struct Subscription {
+    pub from: i64,
+    queue: mpsc::Receiver<SharedEvent>,
+    lagged: Arc<AtomicBool>,
+    id: u64,
+    enterprise: EnterpriseId,
+    hub: Arc<Shared>,
+}
+
+impl EventHub {
+    /// A hub whose watches each queue at most `queue_len` events.
+    pub fn new(queue_len: usize) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                started: tokio::sync::Notify::new(),
+                queue_len: queue_len.max(1),
+            }),
+        }
+    }
+
+    /// The most queued events a watch may have.
+    pub fn queue_len(&self) -> usize {
+        self.shared.queue_len
+    }
+
+    /// Every event up to this position has been handed out (`None` before the first read).
+    pub fn settled(&self) -> Option<i64> {
+        self.shared.lock().settled
+    }
+
+    /// A place for `filter`'s watch, once the reader knows where the outbox ends.
+    pub async fn subscribe(&self, filter: Arc<WatchFilter>) -> Subscription {
+        loop {
+            let started = self.shared.started.notified();
+            {
+                let mut state = self.shared.lock();
+                if let Some(from) = state.settled {
+                    let (sender, queue) = mpsc::channel(self.shared.queue_len);
+                    let lagged = Arc::new(AtomicBool::new(false));
+                    let id = state.next_id;
+                    state.next_id += 1;
+                    let enterprise = filter.enterprise;
+                    state.watches.entry(enterprise).or_default().push(Entry {
+                        id,
+                        filter,
+                        queue: sender,
+                        lagged: lagged.clone(),
+                    });
+                    return Subscription {
+                        from,
+                        queue,
+                        lagged,
+                        id,
+                        enterprise,
+                        hub: self.shared.clone(),
+                    };
+                }
+            }
+            started.await;
+        }
+    }
+
+    /// Hands out `events` (in position order) and records that every event up to `settled`
+    /// has been handed out, in one step under the lock, so a watch that finds its queue
+    /// empty knows it has everything up to `settled`.
+    fn publish(&self, events: &[InvitationEvent], settled: i64) {
+        let mut state = self.shared.lock();
+        for event in events {
+            let Some(watches) = state.watches.get_mut(&event.invitation.enterprise) else {
+                continue;
+            };
+            let mut shared: Option<SharedEvent> = None;
+            watches.retain(|watch| {
+                if !watch.filter.matches(event) {
+                    return true;
+                }
+                let event = shared
+                    .get_or_insert_with(|| Arc::new(event.clone()))
+                    .clone();
+                match watch.queue.try_send(event) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        watch.lagged.store(true, Ordering::Release);
+                        false
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                }
+            });
+        }
+        state.watches.retain(|_, watches| !watches.is_empty());
+        let first = state.settled.is_none();
+        state.settled = Some(state.settled.map_or(settled, |s| s.max(settled)));
+        drop(state);
+        if first {
+            self.shared.started.notify_waiters();
+        }
+    }
+
+    /// Reads the outbox until `stop`: once at start (where it ends), then whenever events
+    /// may have been written, and every `poll`.
+    pub async fn run<R: InvitationRepository>(
+        self,
+        store: R,
+        poll: Duration,
+        stop: CancellationToken,
+    ) {
+        loop {
+            match self.read(&store).await {
+                Ok(()) => {
+                    if let Err(error) = store.announce_events().await {
+                        tracing::debug!(%error, "events not announced to other replicas");
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "outbox not read; trying again");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(RETRY_DELAY) => continue,
+                    }
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = store.events_written() => {}
+                () = tokio::time::sleep(poll) => {}
+            }
+            tokio::time::sleep(MIN_READ_INTERVAL).await;
+        }
+    }
+
+    /// Hands out every event committed since the last read.
+    async fn read<R: InvitationRepository>(&self, store: &R) -> Result<(), crate::domain::Error> {
+        loop {
+            let horizon = store.event_horizon().await?;
+            let Some(settled) = self.settled() else {
+                // The first read: watches start from where the outbox ends now.
+                self.publish(&[], horizon);
+                return Ok(());
+            };
+            if horizon <= settled {
+                return Ok(());
+            }
+            let events = store.events_since(settled, horizon, READ_BATCH).await?;
+            let complete = (events.len() as u64) < READ_BATCH;
+            let reached = match events.last() {
+                Some(last) if !complete => last.position,
+                _ => horizon,
+            };
+            self.publish(&events, reached);
+            if complete {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl Subscription {
+    /// The next event, once one is queued; `None` when the subscription has ended (its queue
+    /// overflowed: see [`Subscription::lagged`]).
+    pub async fn next(&mut self) -> Option<SharedEvent> {
+        self.queue.recv().await
+    }
+
+    /// A queued event, if one is there now.
+    pub fn try_next(&mut self) -> Option<SharedEvent> {
+        self.queue.try_recv().ok()
+    }
+
+    /// The queue overflowed: the hub dropped this watch after the events already queued.
+    pub fn lagged(&self) -> bool {
+        self.lagged.load(Ordering::Acquire)
+    }
+
+    /// Where this watch is once its queue is empty: every event it wants up to the returned
+    /// position has reached it. `None` while events are queued, or after it lagged.
+    pub fn quiet_position(&self) -> Option<i64> {
+        let settled = self.hub.lock().settled;
+        if self.queue.is_empty() && !self.lagged() {
+            settled
+        } else {
+            None
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut state = self.hub.lock();
+        if let Some(watches) = state.watches.get_mut(&self.enterprise) {
+            watches.retain(|watch| watch.id != self.id);
+            if watches.is_empty() {
+                state.watches.remove(&self.enterprise);
+            }
+        }
+    }
+}
