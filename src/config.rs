@@ -528,6 +528,39 @@ pub struct Config {
     )]
     pub watch_buffer: usize,
 
+    /// NATS server to relay every event to (JetStream), e.g. `nats://nats:4222`; unset, no
+    /// relay runs. May carry credentials (`nats://user:password@host`).
+    #[arg(
+        help_heading = "Events",
+        long,
+        env = "INVITATIONS_NATS_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    pub nats_url: Option<Secret>,
+
+    /// The JetStream stream the relay publishes to; created with subjects `invitations.v1.>`
+    /// (and the event retention as its maximum age) if it does not exist.
+    #[arg(
+        help_heading = "Events",
+        long,
+        env = "INVITATIONS_NATS_STREAM",
+        default_value = "INVITATIONS",
+        global = true
+    )]
+    pub nats_stream: String,
+
+    /// Milliseconds a replica's hold on the relay lasts unless renewed: when the relaying
+    /// replica dies, another takes over after this.
+    #[arg(
+        help_heading = "Events",
+        long,
+        env = "INVITATIONS_NATS_LEASE_MS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub nats_lease_ms: u64,
+
     /// Milliseconds between two reads of the outbox when nothing says it changed (changes
     /// made by this replica, and on PostgreSQL by the others, are read at once).
     #[arg(
@@ -588,6 +621,8 @@ pub struct Settings {
     /// How often lapsed invitations are stored as expired.
     pub expiry_sweep: Duration,
     pub watch: crate::watch::WatchSettings,
+    /// The relay to NATS JetStream, when configured.
+    pub relay: Option<crate::relay::RelaySettings>,
     pub store: StoreSettings,
     pub store_accelerators: crate::store::Accelerators,
     pub jwt: JwtSettings,
@@ -967,6 +1002,15 @@ impl Config {
                 max_age: self.watch_max_age,
                 queue_len: self.watch_buffer,
                 poll: positive(self.watch_poll_ms, "INVITATIONS_WATCH_POLL_MS")?,
+            },
+            relay: match &self.nats_url {
+                None => None,
+                Some(url) => Some(crate::relay::RelaySettings {
+                    url: String::from_utf8_lossy(url.expose()).into_owned(),
+                    stream: self.nats_stream.clone(),
+                    lease: positive(self.nats_lease_ms, "INVITATIONS_NATS_LEASE_MS")?,
+                    max_age: self.event_retention,
+                }),
             },
             store: self.store_settings()?,
             store_accelerators: accelerators(&self.store_accelerators),

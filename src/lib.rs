@@ -11,6 +11,7 @@ pub mod limits;
 pub mod middleware;
 pub mod proto;
 pub mod rate_limit;
+pub mod relay;
 pub mod secret;
 pub mod shutdown;
 pub mod startup;

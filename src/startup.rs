@@ -207,6 +207,14 @@ impl Application {
             self.settings.watch.poll,
             drain.clone(),
         ));
+        let relay = self.settings.relay.clone().map(|settings| {
+            tokio::spawn(crate::relay::run(
+                self.store.clone(),
+                hub.clone(),
+                settings,
+                drain.clone(),
+            ))
+        });
         let watcher = Watcher::new(
             self.store.clone(),
             service.clone(),
@@ -269,6 +277,9 @@ impl Application {
                     operations.abort();
                 }
                 reader.abort();
+                if let Some(relay) = &relay {
+                    relay.abort();
+                }
                 supervisor.abort();
                 janitor.abort();
                 sweeper.abort();
@@ -283,6 +294,9 @@ impl Application {
                     operations.abort();
                 }
                 reader.abort();
+                if let Some(relay) = &relay {
+                    relay.abort();
+                }
                 janitor.abort();
                 sweeper.abort();
                 self.store.close().await;
@@ -331,6 +345,10 @@ impl Application {
         let abandoned = matches!(outcome, Ok(Stopped { abandoned_calls }) if abandoned_calls > 0);
         let closed = async {
             calls.settled().await;
+            // The relay gives its lease up, so another replica takes over at once.
+            if let Some(relay) = relay {
+                let _ = relay.await;
+            }
             if abandoned {
                 match self.store.cancel_running_statements().await {
                     Ok(0) => {}

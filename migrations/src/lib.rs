@@ -8,6 +8,7 @@ mod m20261123_000001_create_invitations;
 mod m20261123_000002_invitation_links;
 mod m20261123_000003_idempotency_keys;
 mod m20261206_000004_invitation_events;
+mod m20261206_000005_event_relays;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000002_invitation_links::Migration),
             Box::new(m20261123_000003_idempotency_keys::Migration),
             Box::new(m20261206_000004_invitation_events::Migration),
+            Box::new(m20261206_000005_event_relays::Migration),
         ]
     }
 }

@@ -3,6 +3,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+use uuid::Uuid;
+
 use super::error::Error;
 use super::event::{EventRecord, InvitationEvent};
 use super::invitation::{Invitation, StatusFilter, Timestamp, Version};
@@ -100,6 +102,34 @@ pub trait InvitationRepository: Clone + Send + Sync + 'static {
     /// Tells other processes watching the store that this one committed events, if it did
     /// since the last call.
     fn announce_events(&self) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Takes (or renews) the lease of the relay `relay` for `holder` until `until`, unless
+    /// another holder's lease still runs at `now`: the relay's position (every event up to
+    /// it has been relayed) when taken, `None` otherwise.
+    fn claim_relay(
+        &self,
+        relay: &'static str,
+        holder: Uuid,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> impl Future<Output = Result<Option<i64>, Error>> + Send;
+
+    /// Records that `relay` relayed every event up to `position`, renewing the lease until
+    /// `until`; `false` when `holder` no longer holds it (nothing is written then).
+    fn advance_relay(
+        &self,
+        relay: &'static str,
+        holder: Uuid,
+        position: i64,
+        until: Timestamp,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Gives up `holder`'s lease of `relay`, if it holds it.
+    fn release_relay(
+        &self,
+        relay: &'static str,
+        holder: Uuid,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// Up to `limit` of every enterprise's events after `position` and up to `horizon`, in
     /// position order.

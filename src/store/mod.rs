@@ -15,6 +15,7 @@ mod hot_connections;
 mod idempotency;
 mod outbox;
 pub mod queries;
+mod relay;
 mod rows;
 mod sqlite_reader;
 mod statements;
@@ -1241,6 +1242,42 @@ impl InvitationRepository for Store {
         }
         let db = self.usable().await?;
         db.execute_raw(queries::announce_events())
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn claim_relay(
+        &self,
+        relay: &'static str,
+        holder: Uuid,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<Option<i64>, Error> {
+        let claimed = queries::claim_relay(relay, holder, now, until)
+            .exec_with_returning(self.usable().await?)
+            .await
+            .map_err(classify)?;
+        Ok(claimed.first().map(|row| row.position))
+    }
+
+    async fn advance_relay(
+        &self,
+        relay: &'static str,
+        holder: Uuid,
+        position: i64,
+        until: Timestamp,
+    ) -> Result<bool, Error> {
+        let advanced = queries::advance_relay(relay, holder, position, until)
+            .exec(self.usable().await?)
+            .await
+            .map_err(classify)?;
+        Ok(advanced.rows_affected == 1)
+    }
+
+    async fn release_relay(&self, relay: &'static str, holder: Uuid) -> Result<(), Error> {
+        queries::release_relay(relay, holder)
+            .exec(self.usable().await?)
             .await
             .map_err(classify)?;
         Ok(())

@@ -20,10 +20,13 @@ use sea_orm::{
     QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, Statement, UpdateMany,
 };
 
+use uuid::Uuid;
+
 use super::entity::active_model;
 use super::entity::{self, Column, Entity};
 use super::idempotency;
 use super::outbox;
+use super::relay;
 use crate::domain::{
     CancelChange, EmailAddress, EnterpriseId, EventRecord, IDEMPOTENCY_RETENTION, IdempotencyKey,
     Invitation, InvitationId, InvitationStatus, LinkTokenHash, ListFilter, RequestId, Timestamp,
@@ -421,6 +424,50 @@ pub fn events_since(position: i64, horizon: i64, limit: u64) -> Select<outbox::E
         .filter(outbox::Column::Position.lte(horizon))
         .order_by_asc(outbox::Column::Position)
         .limit(limit)
+}
+
+/// The relay `name` for `holder` until `until`, if its lease is `holder`'s or lapsed at `now`
+/// (returning the relay's row: its position); nothing when another holder's runs.
+pub fn claim_relay(
+    name: &str,
+    holder: Uuid,
+    now: Timestamp,
+    until: Timestamp,
+) -> UpdateMany<relay::Entity> {
+    relay::Entity::update_many()
+        .col_expr(relay::Column::Holder, Expr::value(holder))
+        .col_expr(relay::Column::LeaseUntil, Expr::value(until.unix_micros()))
+        .filter(relay::Column::Name.eq(name))
+        .filter(
+            Condition::any()
+                .add(relay::Column::Holder.eq(holder))
+                .add(relay::Column::LeaseUntil.lt(now.unix_micros())),
+        )
+}
+
+/// Moves the relay `name` to `position` and renews its lease until `until`, if `holder`
+/// still holds it (one row affected) .
+pub fn advance_relay(
+    name: &str,
+    holder: Uuid,
+    position: i64,
+    until: Timestamp,
+) -> UpdateMany<relay::Entity> {
+    relay::Entity::update_many()
+        .col_expr(relay::Column::Position, Expr::value(position))
+        .col_expr(relay::Column::LeaseUntil, Expr::value(until.unix_micros()))
+        .filter(relay::Column::Name.eq(name))
+        .filter(relay::Column::Holder.eq(holder))
+}
+
+/// Gives up `holder`'s lease of the relay `name` at once, so another replica takes over
+/// without waiting for it to lapse.
+pub fn release_relay(name: &str, holder: Uuid) -> UpdateMany<relay::Entity> {
+    relay::Entity::update_many()
+        .col_expr(relay::Column::Holder, Expr::value(Option::<Uuid>::None))
+        .col_expr(relay::Column::LeaseUntil, Expr::value(0i64))
+        .filter(relay::Column::Name.eq(name))
+        .filter(relay::Column::Holder.eq(holder))
 }
 
 /// The PostgreSQL channel on which a process says it committed events.

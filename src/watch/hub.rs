@@ -52,6 +52,8 @@ struct Shared {
     state: Mutex<State>,
     /// Woken when `settled` is first known.
     started: tokio::sync::Notify,
+    /// `settled`, for those who follow it without a queue (the relay).
+    settled_changes: tokio::sync::watch::Sender<Option<i64>>,
     queue_len: usize,
 }
 
@@ -89,6 +91,7 @@ impl EventHub {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
                 started: tokio::sync::Notify::new(),
+                settled_changes: tokio::sync::watch::Sender::new(None),
                 queue_len: queue_len.max(1),
             }),
         }
@@ -102,6 +105,12 @@ impl EventHub {
     /// Every event up to this position has been handed out (`None` before the first read).
     pub fn settled(&self) -> Option<i64> {
         self.shared.lock().settled
+    }
+
+    /// Follows [`EventHub::settled`]: every event up to the value has committed, so a reader
+    /// of the outbox may read up to it (the store's horizon, already waited for).
+    pub fn settled_changes(&self) -> tokio::sync::watch::Receiver<Option<i64>> {
+        self.shared.settled_changes.subscribe()
     }
 
     /// A place for `filter`'s watch, once the reader knows where the outbox ends.
@@ -165,8 +174,12 @@ impl EventHub {
         }
         state.watches.retain(|_, watches| !watches.is_empty());
         let first = state.settled.is_none();
-        state.settled = Some(state.settled.map_or(settled, |s| s.max(settled)));
+        let now_settled = state.settled.map_or(settled, |s| s.max(settled));
+        state.settled = Some(now_settled);
         drop(state);
+        self.shared
+            .settled_changes
+            .send_if_modified(|seen| seen.replace(now_settled) != Some(now_settled));
         if first {
             self.shared.started.notify_waiters();
         }

@@ -18,6 +18,7 @@ mod list;
 mod migrations;
 mod operability;
 mod process;
+mod relay;
 mod replicas;
 mod rotation;
 mod shutdown;
