@@ -622,7 +622,7 @@ pub struct Settings {
     pub expiry_sweep: Duration,
     pub watch: crate::watch::WatchSettings,
     /// The relay to NATS JetStream, when configured.
-    pub relay: Option<crate::relay::RelaySettings>,
+    pub relay: Option<RelaySettings>,
     pub store: StoreSettings,
     pub store_accelerators: crate::store::Accelerators,
     pub jwt: JwtSettings,
@@ -631,6 +631,18 @@ pub struct Settings {
     pub health: HealthSettings,
     /// Whether server reflection is served.
     pub reflection: bool,
+}
+
+/// What the relay needs (`INVITATIONS_NATS_*`).
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    pub url: String,
+    /// The JetStream stream, created with `relay::SUBJECTS` if it does not exist.
+    pub stream: String,
+    /// How long a lease lasts unless renewed; a dead relay's successor waits this long.
+    pub lease: Duration,
+    /// How long the stream keeps messages when the relay creates it.
+    pub max_age: Duration,
 }
 
 /// Transport limits, rate limits and shutdown timing.
@@ -1005,7 +1017,7 @@ impl Config {
             },
             relay: match &self.nats_url {
                 None => None,
-                Some(url) => Some(crate::relay::RelaySettings {
+                Some(url) => Some(RelaySettings {
                     url: String::from_utf8_lossy(url.expose()).into_owned(),
                     stream: self.nats_stream.clone(),
                     lease: positive(self.nats_lease_ms, "INVITATIONS_NATS_LEASE_MS")?,

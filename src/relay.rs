@@ -16,13 +16,12 @@
 //! replica that stops gives the lease up; one that dies hands over once its lease lapses.
 //! The relay reads up to where the process's outbox reader (`watch::hub`) has settled, so it
 //! never passes an event that is not committed yet.
-use std::time::Duration;
-
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::config::RelaySettings;
 use crate::domain::{InvitationEvent, InvitationRepository, Timestamp};
 use crate::grpc::convert::wire_event;
 use crate::watch::hub::EventHub;
@@ -38,18 +37,6 @@ pub const CONTENT_TYPE: &str = "application/protobuf; messageType=invitations.v1
 
 /// The subjects every event is published under.
 pub const SUBJECTS: &str = "invitations.v1.>";
-
-/// What the relay needs (`INVITATIONS_NATS_*`).
-#[derive(Debug, Clone)]
-pub struct RelaySettings {
-    pub url: String,
-    /// The JetStream stream, created with [`SUBJECTS`] if it does not exist.
-    pub stream: String,
-    /// How long a lease lasts unless renewed; a dead relay's successor waits this long.
-    pub lease: Duration,
-    /// How long the stream keeps messages when the relay creates it.
-    pub max_age: Duration,
-}
 
 /// The subject of `event`.
 pub fn subject(event: &InvitationEvent) -> String {
