@@ -7,6 +7,7 @@ mod attacks;
 mod auth;
 mod authorization;
 mod cancel;
+mod chaos;
 mod create_get;
 mod database_tls;
 mod db_faults;

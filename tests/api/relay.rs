@@ -17,7 +17,7 @@ use crate::{on_both_stores, on_each_backend};
 
 /// The NATS server of `TEST_NATS_URL`: like PostgreSQL's, skipped without it on a
 /// developer's machine, never in CI.
-fn nats_url() -> Option<String> {
+pub(crate) fn nats_url() -> Option<String> {
     match std::env::var("TEST_NATS_URL") {
         Ok(url) if !url.is_empty() => Some(url),
         _ if std::env::var("CI").is_ok_and(|v| !v.is_empty()) => {
@@ -32,14 +32,14 @@ fn nats_url() -> Option<String> {
 
 /// A message of the stream: its subject, its `Nats-Msg-Id` and the event it carries.
 #[derive(Debug)]
-struct Published {
-    subject: String,
-    message_id: String,
-    event: wire::InvitationEvent,
+pub(crate) struct Published {
+    pub subject: String,
+    pub message_id: String,
+    pub event: wire::InvitationEvent,
 }
 
 /// Every message the stream holds for `enterprise`, oldest first.
-async fn published(url: &str, enterprise: EnterpriseId) -> Vec<Published> {
+pub(crate) async fn published(url: &str, enterprise: EnterpriseId) -> Vec<Published> {
     let client = async_nats::connect(url).await.expect("NATS");
     let jetstream = jetstream::new(client);
     let Ok(stream) = jetstream.get_stream("INVITATIONS").await else {
