@@ -4,7 +4,8 @@
 //! - `OUT_DIR/invitations.v1.rs`: the messages, the client and a server, as tonic generates
 //!   them; clients, tests and the benchmark's no-op server use these.
 //! - `OUT_DIR/server/invitations.v1.rs`: only the server the service runs. Its requests are
-//!   the first generation's; its responses that carry invitations are `crate::grpc::wire`'s,
+//!   the first generation's; its responses that carry invitations (or events) are
+//!   `crate::grpc::wire`'s,
 //!   which encode straight from the domain invitation into the same bytes (see that module
 //!   for why, and for the test that holds them to the generated messages' bytes). Its codec
 //!   is `crate::grpc::codec::ServerCodec`: prost's, with tonic's response buffer sized for a
@@ -50,6 +51,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(
             ".invitations.v1.IssueInvitationTokenResponse",
             "crate::grpc::wire::IssueInvitationTokenResponse",
+        )
+        .extern_path(
+            ".invitations.v1.WatchInvitationsResponse",
+            "crate::grpc::wire::WatchInvitationsResponse",
         )
         .compile_with_config(protoc_config()?, &[PathBuf::from(PROTO)], &includes)?;
 

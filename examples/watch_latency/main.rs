@@ -3,8 +3,9 @@
 //!
 //! Creates a database of its own on a PostgreSQL server, starts one or two replicas of the
 //! release binary on it, opens `--watchers` watch streams spread over the replicas (each on
-//! a connection of its own), then makes `--rate` changes per second (CreateInvitation, open
-//! loop: each change is sent on schedule whether or not the previous ones were answered),
+//! a connection of its own), then makes `--rate` changes per second (half CreateInvitation,
+//! half CancelInvitation of an invitation created before; open loop: each change is sent on
+//! schedule whether or not the previous ones were answered),
 //! spread over the replicas, for `--seconds` after a warm-up. With two replicas half of the
 //! deliveries cross replicas (through PostgreSQL LISTEN/NOTIFY).
 //!
@@ -26,7 +27,9 @@ use clap::Parser;
 use invitations::auth::{Authenticator, ENTERPRISE_ADMIN};
 use invitations::domain::{EnterpriseId, UserRef};
 use invitations::proto::invitations::v1::invitation_service_client::InvitationServiceClient;
-use invitations::proto::invitations::v1::{CreateInvitationRequest, WatchInvitationsRequest};
+use invitations::proto::invitations::v1::{
+    CancelInvitationRequest, CreateInvitationRequest, WatchInvitationsRequest,
+};
 use sea_orm::sqlx::{self, PgPool};
 use serde_json::json;
 use tokio::process::{Child, Command};
@@ -266,6 +269,7 @@ async fn main() {
     let started = Instant::now();
     let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut sent = 0u64;
+    let created: Arc<Mutex<std::collections::VecDeque<(String, String)>>> = Arc::default();
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     while started.elapsed() < total {
@@ -274,17 +278,48 @@ async fn main() {
             measuring.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         let mut client = writers[(sent as usize) % writers.len()].clone();
-        let request = authorized(
-            &token,
-            CreateInvitationRequest {
-                email_constraint: format!("w{sent}@bench.example"),
-                role: format!("roles/{}", Uuid::new_v4()),
-                ..Default::default()
-            },
-        );
         let failed = failed.clone();
+        let created = created.clone();
+        let token = token.clone();
+        // Every other change cancels an invitation created before; the rest create.
+        let to_cancel = if sent % 2 == 1 {
+            created.lock().expect("created").pop_front()
+        } else {
+            None
+        };
+        let email = format!("w{sent}@bench.example");
         tokio::spawn(async move {
-            if client.create_invitation(request).await.is_err() {
+            let outcome = match to_cancel {
+                Some((id, etag)) => client
+                    .cancel_invitation(authorized(
+                        &token,
+                        CancelInvitationRequest {
+                            invitation_id: id,
+                            etag,
+                            ..Default::default()
+                        },
+                    ))
+                    .await
+                    .map(|_| ()),
+                None => client
+                    .create_invitation(authorized(
+                        &token,
+                        CreateInvitationRequest {
+                            email_constraint: email,
+                            role: format!("roles/{}", Uuid::new_v4()),
+                            ..Default::default()
+                        },
+                    ))
+                    .await
+                    .map(|answer| {
+                        let answer = answer.into_inner();
+                        created
+                            .lock()
+                            .expect("created")
+                            .push_back((answer.id, answer.etag));
+                    }),
+            };
+            if outcome.is_err() {
                 failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         });

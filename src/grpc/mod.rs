@@ -21,8 +21,11 @@ use crate::proto::server::invitation_service_server::InvitationService as Invita
 use crate::watch::{WatchEnd, WatchItem, Watcher};
 
 pub use convert::wire_invitation;
+use prost::Message as _;
 pub use wire::WireInvitation;
-use wire::{IssueInvitationTokenResponse, ListInvitationsResponse};
+use wire::{
+    IssueInvitationTokenResponse, ListInvitationsResponse, WatchInvitationsResponse, WireEvent,
+};
 
 /// Implements `invitations.v1.InvitationService`.
 #[derive(Clone)]
@@ -83,8 +86,8 @@ fn answer<T: prost::Message>(outcome: Result<T, Error>) -> Result<Response<T>, S
 }
 
 /// A watch's message as sent.
-fn watch_message(item: WatchItem) -> pb::WatchInvitationsResponse {
-    let mut message = pb::WatchInvitationsResponse::default();
+fn watch_message(item: WatchItem) -> WatchInvitationsResponse {
+    let mut message = WatchInvitationsResponse::default();
     match item {
         WatchItem::InitialState {
             items,
@@ -92,7 +95,7 @@ fn watch_message(item: WatchItem) -> pb::WatchInvitationsResponse {
         } => {
             message.initial_state = items
                 .into_iter()
-                .map(|invitation| wire_invitation(invitation, evaluated_at))
+                .map(|invitation| WireInvitation::new(invitation, evaluated_at))
                 .collect();
         }
         WatchItem::InitialStateComplete { cursor } => {
@@ -102,7 +105,14 @@ fn watch_message(item: WatchItem) -> pb::WatchInvitationsResponse {
         WatchItem::Events { events, cursor } => {
             message.events = events
                 .into_iter()
-                .map(|(event, at)| convert::wire_event(&event, at))
+                .map(|(shared, at)| {
+                    let encoded = shared.encoded.get_or_init(|| {
+                        convert::wire_event(&shared.event, String::new())
+                            .encode_to_vec()
+                            .into()
+                    });
+                    WireEvent::new(encoded.clone(), at)
+                })
                 .collect();
             message.cursor = cursor;
         }
@@ -118,8 +128,7 @@ fn watch_message(item: WatchItem) -> pb::WatchInvitationsResponse {
     message
 }
 
-type WatchResponses =
-    Pin<Box<dyn Stream<Item = Result<pb::WatchInvitationsResponse, Status>> + Send>>;
+type WatchResponses = Pin<Box<dyn Stream<Item = Result<WatchInvitationsResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl<R: InvitationRepository> InvitationRpc for InvitationApi<R> {

@@ -9,7 +9,7 @@
 //! order; `the_bytes_are_the_generated_messages` holds it to that over arbitrary
 //! invitations.
 
-use prost::bytes::{Buf, BufMut};
+use prost::bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{self, DecodeContext, WireType};
 use prost::{DecodeError, Message};
 use prost_types::Timestamp as WireTimestamp;
@@ -35,6 +35,74 @@ pub struct IssueInvitationTokenResponse {
     pub invitation: Option<WireInvitation>,
     #[prost(string, tag = "2")]
     pub token: String,
+}
+
+/// `invitations.v1.WatchInvitationsResponse`, as the service sends it.
+#[derive(Clone, PartialEq, Message)]
+pub struct WatchInvitationsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub events: Vec<WireEvent>,
+    #[prost(string, tag = "2")]
+    pub cursor: String,
+    #[prost(message, repeated, tag = "3")]
+    pub initial_state: Vec<WireInvitation>,
+    #[prost(bool, tag = "4")]
+    pub initial_state_complete: bool,
+    #[prost(enumeration = "crate::proto::invitations::v1::WatchEnd", tag = "5")]
+    pub end: i32,
+}
+
+/// One `invitations.v1.InvitationEvent` of a watch: the event's fields, encoded once for
+/// every watch that sends it (`encoded`, the generated message's bytes without a cursor),
+/// then this watch's cursor (field 7). A hundred watches of one event encode it once and
+/// each writes only its cursor; `the_event_bytes_are_the_generated_messages` holds it to
+/// the generated message.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WireEvent {
+    encoded: Bytes,
+    cursor: String,
+}
+
+/// `InvitationEvent.cursor`.
+const EVENT_CURSOR_TAG: u32 = 7;
+
+impl WireEvent {
+    pub fn new(encoded: Bytes, cursor: String) -> Self {
+        Self { encoded, cursor }
+    }
+}
+
+impl Message for WireEvent {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        buf.put_slice(&self.encoded);
+        if !self.cursor.is_empty() {
+            encoding::string::encode(EVENT_CURSOR_TAG, &self.cursor, buf);
+        }
+    }
+
+    /// The service only sends events.
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        let cursor = if self.cursor.is_empty() {
+            0
+        } else {
+            encoding::string::encoded_len(EVENT_CURSOR_TAG, &self.cursor)
+        };
+        self.encoded.len() + cursor
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
 }
 
 /// One invitation of a response, with its effective status at the time of the response.
@@ -380,6 +448,43 @@ mod tests {
                 invitation: Some(WireInvitation::new(invitation, now)),
                 token: "inv_token".into(),
             };
+            prop_assert_eq!(sent.encode_to_vec(), expected.encode_to_vec());
+        }
+
+        #[test]
+        fn the_event_bytes_are_the_generated_messages(
+            invitation in invitation(),
+            occurred_at in at(),
+            cursors in proptest::collection::vec("[A-Za-z0-9_-]{0,60}", 1..4),
+            request_id in proptest::option::of(uuid()),
+        ) {
+            use crate::domain::{Actor, EventRecord, EventType, InvitationEvent, RequestId};
+            let event = InvitationEvent {
+                position: 42,
+                record: EventRecord::of(EventType::Cancelled, Actor::System, occurred_at)
+                    .with_request_id(request_id.map(RequestId::from_uuid)),
+                invitation,
+            };
+            let encoded: Bytes = crate::grpc::convert::wire_event(&event, String::new())
+                .encode_to_vec()
+                .into();
+            let expected = generated::WatchInvitationsResponse {
+                events: cursors
+                    .iter()
+                    .map(|cursor| crate::grpc::convert::wire_event(&event, cursor.clone()))
+                    .collect(),
+                cursor: cursors.last().cloned().unwrap_or_default(),
+                ..Default::default()
+            };
+            let sent = WatchInvitationsResponse {
+                events: cursors
+                    .iter()
+                    .map(|cursor| WireEvent::new(encoded.clone(), cursor.clone()))
+                    .collect(),
+                cursor: cursors.last().cloned().unwrap_or_default(),
+                ..Default::default()
+            };
+            prop_assert_eq!(sent.encoded_len(), expected.encoded_len());
             prop_assert_eq!(sent.encode_to_vec(), expected.encode_to_vec());
         }
     }

@@ -12,7 +12,7 @@
 //! case, which covers a lost notification or a store that cannot notify.
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -25,13 +25,30 @@ const READ_BATCH: u64 = 1000;
 
 /// The least time between two reads: under a steady stream of changes, reads gather what
 /// arrived meanwhile instead of running back to back.
-const MIN_READ_INTERVAL: Duration = Duration::from_millis(5);
+const MIN_READ_INTERVAL: Duration = Duration::from_millis(20);
 
 /// How long the reader waits before trying again after a failed read.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// An event as the reader hands it out: shared by every watch that wants it.
-pub type SharedEvent = Arc<InvitationEvent>;
+pub type SharedEvent = Arc<HubEvent>;
+
+/// An event, and the bytes a transport made of it for the first watch that sent it, which
+/// every other watch sending it reuses.
+#[derive(Debug)]
+pub struct HubEvent {
+    pub event: InvitationEvent,
+    pub encoded: OnceLock<bytes::Bytes>,
+}
+
+impl HubEvent {
+    pub fn new(event: InvitationEvent) -> SharedEvent {
+        Arc::new(Self {
+            event,
+            encoded: OnceLock::new(),
+        })
+    }
+}
 
 struct Entry {
     id: u64,
@@ -160,7 +177,7 @@ impl EventHub {
                     return true;
                 }
                 let event = shared
-                    .get_or_insert_with(|| Arc::new(event.clone()))
+                    .get_or_insert_with(|| HubEvent::new(event.clone()))
                     .clone();
                 match watch.queue.try_send(event) {
                     Ok(()) => true,

@@ -28,7 +28,7 @@ use crate::domain::{
     Error, Invitation, InvitationRepository, InvitationService, ListQuery, MAX_PAGE_SIZE,
     Timestamp, ViolationReason, WatchCursor, WatchCursors, WatchFilter, WatchQuery,
 };
-use hub::{EventHub, SharedEvent, Subscription};
+use hub::{EventHub, HubEvent, SharedEvent, Subscription};
 
 /// Events read from the outbox per statement while catching up.
 const CATCH_UP_BATCH: u64 = 500;
@@ -200,7 +200,7 @@ impl<R: InvitationRepository> Watcher<R> {
                         .filter(|event| filter.matches(event))
                         .map(|event| {
                             let at = cursor(event.position);
-                            (Arc::new(event), at)
+                            (HubEvent::new(event), at)
                         })
                         .collect();
                     for chunk in chunks(events) {
@@ -238,8 +238,8 @@ impl<R: InvitationRepository> Watcher<R> {
                             let mut next = Some(first);
                             while let Some(event) = next {
                                 // A cursor from a replica whose reader was ahead of this one's.
-                                if event.position > position {
-                                    position = event.position;
+                                if event.event.position > position {
+                                    position = event.event.position;
                                     events.push((event, cursor(position)));
                                 }
                                 next = if events.len() < EVENTS_PER_MESSAGE {
