@@ -68,12 +68,12 @@ pub async fn run<R: InvitationRepository>(
         }
     };
     let jetstream = jetstream::new(client);
-    let mut settled = hub.settled_changes();
+    let mut follower = hub.settled_changes();
     let retry = settings.lease / 3;
     loop {
         let relayed = tokio::select! {
             () = stop.cancelled() => break,
-            relayed = lead(&store, &jetstream, &mut settled, &settings, holder) => relayed,
+            relayed = lead(&store, &jetstream, &mut follower.changes, &settings, holder) => relayed,
         };
         match relayed {
             Ok(()) => {}

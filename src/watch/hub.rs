@@ -71,6 +71,10 @@ struct Shared {
     started: tokio::sync::Notify,
     /// `settled`, for those who follow it without a queue (the relay).
     settled_changes: tokio::sync::watch::Sender<Option<i64>>,
+    /// Those who follow `settled` without a queue and want it current (the relay).
+    followers: std::sync::atomic::AtomicUsize,
+    /// Woken when a watch joins, so the reader reads for it at once.
+    joined: tokio::sync::Notify,
     queue_len: usize,
 }
 
@@ -109,6 +113,8 @@ impl EventHub {
                 state: Mutex::new(State::default()),
                 started: tokio::sync::Notify::new(),
                 settled_changes: tokio::sync::watch::Sender::new(None),
+                followers: std::sync::atomic::AtomicUsize::new(0),
+                joined: tokio::sync::Notify::new(),
                 queue_len: queue_len.max(1),
             }),
         }
@@ -125,13 +131,49 @@ impl EventHub {
     }
 
     /// Follows [`EventHub::settled`]: every event up to the value has committed, so a reader
-    /// of the outbox may read up to it (the store's horizon, already waited for).
-    pub fn settled_changes(&self) -> tokio::sync::watch::Receiver<Option<i64>> {
-        self.shared.settled_changes.subscribe()
+    /// of the outbox may read up to it (the store's horizon, already waited for). The reader
+    /// keeps it current as long as the receiver lives.
+    pub fn settled_changes(&self) -> Follower {
+        self.shared.followers.fetch_add(1, Ordering::AcqRel);
+        Follower {
+            changes: self.shared.settled_changes.subscribe(),
+            hub: self.shared.clone(),
+        }
     }
 
-    /// A place for `filter`'s watch, once the reader knows where the outbox ends.
-    pub async fn subscribe(&self, filter: Arc<WatchFilter>) -> Subscription {
+    /// Whether anyone needs the reader to keep up with every change: a watch, or a follower.
+    fn wanted(&self) -> bool {
+        self.shared.followers.load(Ordering::Acquire) > 0 || !self.shared.lock().watches.is_empty()
+    }
+
+    /// With nobody to hand events to, moves `settled` to the horizon without reading the
+    /// events below it; a watch that joined meanwhile stops it (the next read is for it).
+    async fn skip_ahead<R: InvitationRepository>(
+        &self,
+        store: &R,
+    ) -> Result<(), crate::domain::Error> {
+        let horizon = store.event_horizon().await?;
+        let mut state = self.shared.lock();
+        if !state.watches.is_empty() {
+            return Ok(());
+        }
+        let now_settled = state.settled.map_or(horizon, |s| s.max(horizon));
+        state.settled = Some(now_settled);
+        Ok(())
+    }
+
+    /// A place for `filter`'s watch, once the reader knows where the outbox ends. The first
+    /// watch to join an idle reader first moves it to the end of the outbox, so that the
+    /// reader does not hand it a backlog in one go (which would overflow its queue).
+    pub async fn subscribe<R: InvitationRepository>(
+        &self,
+        filter: Arc<WatchFilter>,
+        store: &R,
+    ) -> Subscription {
+        if self.settled().is_some() && !self.wanted() {
+            // Best effort: if the store cannot say, the reader catches up as it can.
+            let _ = self.skip_ahead(store).await;
+        }
         loop {
             let started = self.shared.started.notified();
             {
@@ -148,6 +190,8 @@ impl EventHub {
                         queue: sender,
                         lagged: lagged.clone(),
                     });
+                    drop(state);
+                    self.shared.joined.notify_one();
                     return Subscription {
                         from,
                         queue,
@@ -210,26 +254,35 @@ impl EventHub {
         poll: Duration,
         stop: CancellationToken,
     ) {
+        // Without a watch or a follower, the reader does not read on every change (each read
+        // waits for the store's horizon, which costs the database): it only keeps `settled`
+        // near the end of the outbox, once per `poll`, for the next watch to join.
+        let mut polled = true;
         loop {
-            match self.read(&store).await {
-                Ok(()) => {
-                    if let Err(error) = store.announce_events().await {
-                        tracing::debug!(%error, "events not announced to other replicas");
-                    }
-                }
-                Err(error) => {
-                    tracing::debug!(%error, "outbox not read; trying again");
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(RETRY_DELAY) => continue,
-                    }
+            let read = if self.settled().is_none() || self.wanted() {
+                self.read(&store).await
+            } else if polled {
+                self.skip_ahead(&store).await
+            } else {
+                Ok(())
+            };
+            if let Err(error) = read {
+                tracing::debug!(%error, "outbox not read; trying again");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(RETRY_DELAY) => continue,
                 }
             }
-            tokio::select! {
+            // Other replicas' watches wait for this, whether or not this one has any.
+            if let Err(error) = store.announce_events().await {
+                tracing::debug!(%error, "events not announced to other replicas");
+            }
+            polled = tokio::select! {
                 () = stop.cancelled() => return,
-                () = store.events_written() => {}
-                () = tokio::time::sleep(poll) => {}
-            }
+                () = store.events_written() => false,
+                () = self.shared.joined.notified() => false,
+                () = tokio::time::sleep(poll) => true,
+            };
             tokio::time::sleep(MIN_READ_INTERVAL).await;
         }
     }
@@ -286,6 +339,18 @@ impl Subscription {
         } else {
             None
         }
+    }
+}
+
+/// A follower of [`EventHub::settled`] (see [`EventHub::settled_changes`]).
+pub struct Follower {
+    pub changes: tokio::sync::watch::Receiver<Option<i64>>,
+    hub: Arc<Shared>,
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.hub.followers.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

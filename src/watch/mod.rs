@@ -273,7 +273,7 @@ impl<R: InvitationRepository> Watcher<R> {
     async fn join(&self, filter: &Arc<WatchFilter>) -> Result<Subscription, Error> {
         tokio::select! {
             () = self.drain.cancelled() => Err(Error::ShuttingDown),
-            joined = self.hub.subscribe(filter.clone()) => Ok(joined),
+            joined = self.hub.subscribe(filter.clone(), &self.store) => Ok(joined),
         }
     }
 }

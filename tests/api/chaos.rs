@@ -205,6 +205,13 @@ async fn watchers_and_jetstream_see_every_event_once_through_a_killed_replica() 
     while made.load(std::sync::atomic::Ordering::Relaxed) < CHANGES * 2 / 5 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(
+        leader
+            .logs()
+            .iter()
+            .any(|line| line.contains("relaying events to NATS JetStream")),
+        "the replica killed is the one relaying"
+    );
     replicas
         .lock()
         .expect("replicas")
