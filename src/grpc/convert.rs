@@ -205,30 +205,41 @@ pub fn list_query(
     })
 }
 
-/// The statuses a request filters on; UNSPECIFIED and unknown values are violations.
-fn status_filter(violations: &mut Violations, raw: &[i32]) -> StatusFilter {
-    let mut statuses = StatusFilter::new();
+/// The values of a repeated enum filter (`statuses`, `types`): UNSPECIFIED, unknown values
+/// and more entries than any real filter needs are violations.
+fn enum_set<T: Ord>(
+    violations: &mut Violations,
+    field: &'static str,
+    raw: &[i32],
+    parse: impl Fn(i32) -> Option<T>,
+    what: &str,
+) -> BTreeSet<T> {
+    let mut values = BTreeSet::new();
     if raw.len() > MAX_STATUS_FILTERS {
         violations.push(
-            "statuses",
+            field,
             ViolationReason::ValueOutOfRange,
             format!("must have at most {MAX_STATUS_FILTERS} entries"),
         );
-        return statuses;
+        return values;
     }
     for raw in raw {
-        match domain_status(*raw) {
-            Some(status) => {
-                statuses.insert(status);
+        match parse(*raw) {
+            Some(value) => {
+                values.insert(value);
             }
             None => violations.push(
-                "statuses",
+                field,
                 ViolationReason::InvalidFormat,
-                format!("{raw} is not a status (UNSPECIFIED is not allowed)"),
+                format!("{raw} is not {what} (UNSPECIFIED is not allowed)"),
             ),
         }
     }
-    statuses
+    values
+}
+
+fn status_filter(violations: &mut Violations, raw: &[i32]) -> StatusFilter {
+    enum_set(violations, "statuses", raw, domain_status, "a status")
 }
 
 fn domain_event_type(raw: i32) -> Option<EventType> {
@@ -258,27 +269,13 @@ pub fn watch_query(
 ) -> Result<WatchQuery, Error> {
     let mut violations = Violations::default();
     let statuses = status_filter(&mut violations, &request.statuses);
-    let mut types = BTreeSet::new();
-    if request.types.len() > MAX_STATUS_FILTERS {
-        violations.push(
-            "types",
-            ViolationReason::ValueOutOfRange,
-            format!("must have at most {MAX_STATUS_FILTERS} entries"),
-        );
-    } else {
-        for raw in &request.types {
-            match domain_event_type(*raw) {
-                Some(kind) => {
-                    types.insert(kind);
-                }
-                None => violations.push(
-                    "types",
-                    ViolationReason::InvalidFormat,
-                    format!("{raw} is not an event type (UNSPECIFIED is not allowed)"),
-                ),
-            }
-        }
-    }
+    let types = enum_set(
+        &mut violations,
+        "types",
+        &request.types,
+        domain_event_type,
+        "an event type",
+    );
     let email = violations.optional(
         "email_constraint",
         &request.email_constraint,
