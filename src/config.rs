@@ -139,6 +139,45 @@ pub struct Config {
     )]
     pub ops_listen_addr: Option<SocketAddr>,
 
+    /// A PEM certificate chain: the gRPC listener speaks TLS with it (with
+    /// INVITATIONS_TLS_KEY_PATH). Re-read when it changes.
+    #[arg(
+        help_heading = "TLS",
+        long,
+        env = "INVITATIONS_TLS_CERT_PATH",
+        global = true
+    )]
+    pub tls_cert_path: Option<std::path::PathBuf>,
+
+    /// The PEM private key of INVITATIONS_TLS_CERT_PATH. Re-read when it changes.
+    #[arg(
+        help_heading = "TLS",
+        long,
+        env = "INVITATIONS_TLS_KEY_PATH",
+        global = true
+    )]
+    pub tls_key_path: Option<std::path::PathBuf>,
+
+    /// PEM CA certificates: clients must present a certificate signed by one of them (mTLS),
+    /// besides their bearer token. Re-read when it changes.
+    #[arg(
+        help_heading = "TLS",
+        long,
+        env = "INVITATIONS_TLS_CLIENT_CA_PATH",
+        global = true
+    )]
+    pub tls_client_ca_path: Option<std::path::PathBuf>,
+
+    /// Milliseconds between two looks at the TLS files for changes.
+    #[arg(
+        help_heading = "TLS",
+        long,
+        env = "INVITATIONS_TLS_RELOAD_MS",
+        default_value_t = 1000,
+        global = true
+    )]
+    pub tls_reload_ms: u64,
+
     /// HS256 secret that signs bearer tokens: at least 32 bytes. Required, except by `dev`,
     /// which makes one up.
     #[arg(
@@ -539,6 +578,15 @@ pub struct Config {
     )]
     pub nats_url: Option<Secret>,
 
+    /// A file holding the NATS URL (with its credentials), instead of INVITATIONS_NATS_URL.
+    #[arg(
+        help_heading = "Events",
+        long,
+        env = "INVITATIONS_NATS_URL_FILE",
+        global = true
+    )]
+    pub nats_url_file: Option<std::path::PathBuf>,
+
     /// The JetStream stream the relay publishes to; created with subjects `invitations.v1.>`
     /// (and the event retention as its maximum age) if it does not exist.
     #[arg(
@@ -614,6 +662,8 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen_addr: SocketAddr,
+    /// TLS on the gRPC listener, if configured.
+    pub tls: Option<crate::tls::TlsSettings>,
     /// The operations listener (health), if any.
     pub ops_listen_addr: Option<SocketAddr>,
     /// How long events are kept.
@@ -819,6 +869,13 @@ impl Config {
             let secret = read_secret_file(path, "INVITATIONS_PAGE_TOKEN_SECRET_FILE")?;
             self.page_token_secret = Some(Secret::new(secret));
         }
+        if let Some(path) = &self.nats_url_file {
+            if self.nats_url.is_some() {
+                return Err(given_twice("INVITATIONS_NATS_URL"));
+            }
+            let url = read_secret_file(path, "INVITATIONS_NATS_URL_FILE")?;
+            self.nats_url = Some(Secret::new(url));
+        }
         if let Some(path) = &self.database_url_file {
             if self.database_url != DEFAULT_DATABASE_URL {
                 return Err(given_twice("DATABASE_URL"));
@@ -876,6 +933,36 @@ impl Config {
             issuer: self.jwt_issuer.clone(),
             audience: self.jwt_audience.clone(),
         })
+    }
+
+    /// TLS on the gRPC listener: a certificate and its key, both or neither; a client CA
+    /// only with them.
+    pub fn tls_settings(&self) -> Result<Option<crate::tls::TlsSettings>, ConfigError> {
+        match (&self.tls_cert_path, &self.tls_key_path) {
+            (Some(cert_path), Some(key_path)) => Ok(Some(crate::tls::TlsSettings {
+                cert_path: cert_path.clone(),
+                key_path: key_path.clone(),
+                client_ca_path: self.tls_client_ca_path.clone(),
+                reload: match self.tls_reload_ms {
+                    0 => {
+                        return Err(ConfigError(
+                            "INVITATIONS_TLS_RELOAD_MS must be at least 1".into(),
+                        ));
+                    }
+                    ms => Duration::from_millis(ms),
+                },
+            })),
+            (None, None) if self.tls_client_ca_path.is_some() => Err(ConfigError(
+                "INVITATIONS_TLS_CLIENT_CA_PATH needs INVITATIONS_TLS_CERT_PATH and \
+                 INVITATIONS_TLS_KEY_PATH: client certificates are asked for over TLS"
+                    .into(),
+            )),
+            (None, None) => Ok(None),
+            _ => Err(ConfigError(
+                "INVITATIONS_TLS_CERT_PATH and INVITATIONS_TLS_KEY_PATH go together: give both"
+                    .into(),
+            )),
+        }
     }
 
     pub fn settings(&self) -> Result<Settings, ConfigError> {
@@ -1006,6 +1093,7 @@ impl Config {
         };
         Ok(Settings {
             listen_addr: self.listen_addr,
+            tls: self.tls_settings()?,
             ops_listen_addr: self.ops_listen_addr,
             event_retention: self.event_retention,
             expiry_sweep: positive(self.expiry_sweep_ms, "INVITATIONS_EXPIRY_SWEEP_MS")?,

@@ -17,4 +17,5 @@ pub mod shutdown;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod watch;

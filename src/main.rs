@@ -51,7 +51,17 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         } => {
             // The operations listener when there is one: it is plaintext whatever the main
             // listener speaks.
-            let addr = addr.unwrap_or(cli.config.ops_listen_addr.unwrap_or(cli.config.listen_addr));
+            let addr = match (addr, cli.config.ops_listen_addr) {
+                (Some(addr), _) | (None, Some(addr)) => addr,
+                (None, None) if cli.config.tls_cert_path.is_some() => {
+                    return Err(
+                        "the gRPC listener speaks TLS and health-check does not: set \
+                                INVITATIONS_OPS_LISTEN_ADDR (plaintext health) or --addr"
+                            .into(),
+                    );
+                }
+                (None, None) => cli.config.listen_addr,
+            };
             let status = invitations::health::check(
                 addr,
                 &service,

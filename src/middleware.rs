@@ -11,6 +11,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::domain::Error;
+use crate::limits::ConnectionInfo;
 
 /// Metadata that carries the request id, in and out.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -57,7 +58,8 @@ fn documented(response: Response<Body>, max_request_bytes: usize) -> Response<Bo
     .into_http::<Body>()
 }
 
-/// Gives every RPC a span (`method`, `request_id`, and `subject` once authenticated), logs
+/// Gives every RPC a span (`method`, `request_id`, `subject` once authenticated, and the
+/// `client_certificate`'s subject under mTLS), logs
 /// one line when it ends with its gRPC code and latency, and echoes the request id in the
 /// response metadata.
 #[derive(Debug, Clone)]
@@ -113,7 +115,15 @@ where
             method = %method,
             request_id = request_id.to_str().unwrap_or_default(),
             subject = tracing::field::Empty,
+            client_certificate = tracing::field::Empty,
         );
+        if let Some(client) = request
+            .extensions()
+            .get::<ConnectionInfo>()
+            .and_then(|info| info.state.client_subject())
+        {
+            span.record("client_certificate", client);
+        }
         let started = Instant::now();
         let response = span.in_scope(|| self.inner.call(request));
         let body_span = span.clone();

@@ -21,6 +21,7 @@ use crate::proto::server::invitation_service_server::InvitationServiceServer;
 use crate::rate_limit::RateLimiter;
 use crate::shutdown::{CLOSE_BOUND, CallsInFlight, InFlightLayer};
 use crate::store::Store;
+use crate::tls::ServerTls;
 use crate::watch::Watcher;
 use crate::watch::hub::EventHub;
 use tokio_util::sync::CancellationToken;
@@ -68,6 +69,8 @@ pub enum StartupError {
     Join(#[from] tokio::task::JoinError),
     #[error("{0}")]
     Database(#[from] health::DatabaseUnusable),
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A bound server, not serving yet. The database is not touched until it runs: migrations
@@ -78,6 +81,8 @@ pub struct Application {
     local_addr: SocketAddr,
     /// The operations listener (health only, plaintext), when configured.
     ops_listener: Option<(TcpListener, SocketAddr)>,
+    /// TLS on the main listener, when configured.
+    tls: Option<Arc<ServerTls>>,
     store: Store,
     authenticator: Arc<Authenticator>,
     settings: Settings,
@@ -107,6 +112,7 @@ impl Application {
                 Some((listener, local))
             }
         };
+        let tls = settings.tls.clone().map(ServerTls::load).transpose()?;
         let jwks = settings
             .jwt
             .jwks_path
@@ -123,6 +129,7 @@ impl Application {
             listener,
             local_addr,
             ops_listener,
+            tls,
             store,
             authenticator,
             settings: settings.clone(),
@@ -263,13 +270,23 @@ impl Application {
             .add_optional_service(reflection_v1alpha)
             .add_service(invitations)
             .serve_with_incoming_shutdown(
-                Incoming::new(self.listener, limits.max_connections),
+                Incoming::new(self.listener, limits.max_connections).with_tls(self.tls.clone()),
                 async {
                     let _ = stopped.await;
                 },
             );
-        tracing::info!(addr = %self.local_addr, backend = ?self.store.backend(), "serving gRPC");
+        tracing::info!(
+            addr = %self.local_addr,
+            backend = ?self.store.backend(),
+            tls = self.tls.is_some(),
+            "serving gRPC"
+        );
         let mut server = tokio::spawn(server);
+        // Rotated certificates are picked up until the process ends (dropped with it).
+        let mut background = tokio::task::JoinSet::new();
+        if let Some(tls) = self.tls.clone() {
+            background.spawn(tls.watch_files());
+        }
 
         tokio::select! {
             finished = &mut server => {

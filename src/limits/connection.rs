@@ -12,23 +12,29 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use atomic_waker::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 use tonic::transport::server::Connected;
+
+use crate::tls::{ServerTls, Transport};
 
 /// Accepted connections, at most `max_connections` open at once. A connection over the limit
 /// is closed as soon as it is accepted: the client sees a reset at once and can try another
-/// replica, instead of waiting in the listen backlog.
+/// replica, instead of waiting in the listen backlog. With TLS, each handshake runs in a task
+/// of its own (holding its connection slot), so a slow one never delays the next accept.
 pub struct Incoming {
     listener: TcpListener,
     permits: Arc<Semaphore>,
     limit: usize,
     last_refusal_log: Option<Instant>,
+    tls: Option<Arc<ServerTls>>,
+    handshakes: JoinSet<Option<Connection>>,
 }
 
 /// How often, at most, a refused connection is logged at `warn` (the others at `debug`).
@@ -41,7 +47,15 @@ impl Incoming {
             permits: Arc::new(Semaphore::new(max_connections)),
             limit: max_connections,
             last_refusal_log: None,
+            tls: None,
+            handshakes: JoinSet::new(),
         }
+    }
+
+    /// Speaks TLS (`tls.rs`) on every connection, when `tls` is given.
+    pub fn with_tls(mut self, tls: Option<Arc<ServerTls>>) -> Self {
+        self.tls = tls;
+        self
     }
 
     fn log_refusal(&mut self, remote: SocketAddr) {
@@ -65,8 +79,8 @@ impl tokio_stream::Stream for Incoming {
     type Item = io::Result<Connection>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        loop {
-            let (stream, remote) = match ready!(self.listener.poll_accept(cx)) {
+        while let Poll::Ready(accepted) = self.listener.poll_accept(cx) {
+            let (stream, remote) = match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => return Poll::Ready(Some(Err(error))),
             };
@@ -79,22 +93,56 @@ impl tokio_stream::Stream for Incoming {
             if let Err(error) = stream.set_nodelay(true) {
                 tracing::debug!(%error, "cannot set TCP_NODELAY");
             }
-            let state = Arc::new(ConnectionState::new(remote));
-            tokio::spawn(watchdog(state.clone()));
-            return Poll::Ready(Some(Ok(Connection {
-                io: stream,
-                state,
-                _permit: permit,
-            })));
+            match self.tls.clone() {
+                None => {
+                    let connection =
+                        Connection::new(Transport::Plain(stream), remote, None, permit);
+                    return Poll::Ready(Some(Ok(connection)));
+                }
+                Some(tls) => {
+                    self.handshakes.spawn(async move {
+                        let (stream, subject) = tls.accept(stream).await?;
+                        Some(Connection::new(
+                            Transport::Tls(Box::new(stream)),
+                            remote,
+                            subject,
+                            permit,
+                        ))
+                    });
+                }
+            }
         }
+        while let Poll::Ready(Some(finished)) = self.handshakes.poll_join_next(cx) {
+            if let Ok(Some(connection)) = finished {
+                return Poll::Ready(Some(Ok(connection)));
+            }
+        }
+        Poll::Pending
     }
 }
 
-/// An accepted TCP connection that the server side can close from outside hyper.
+/// An accepted connection that the server side can close from outside hyper.
 pub struct Connection {
-    io: TcpStream,
+    io: Transport,
     state: Arc<ConnectionState>,
     _permit: OwnedSemaphorePermit,
+}
+
+impl Connection {
+    fn new(
+        io: Transport,
+        remote: SocketAddr,
+        client_subject: Option<Arc<str>>,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
+        let state = Arc::new(ConnectionState::new(remote, client_subject));
+        tokio::spawn(watchdog(state.clone()));
+        Self {
+            io,
+            state,
+            _permit: permit,
+        }
+    }
 }
 
 impl Drop for Connection {
@@ -182,6 +230,8 @@ pub enum CloseReason {
 /// responses not yet taken by the peer, and the deadlines of those responses.
 pub struct ConnectionState {
     remote: SocketAddr,
+    /// The subject of the client's TLS certificate, when it gave one.
+    client_subject: Option<Arc<str>>,
     closed: AtomicBool,
     /// The connection task's waker, so a close takes effect even while it waits on the socket.
     reader: AtomicWaker,
@@ -194,9 +244,10 @@ pub struct ConnectionState {
 }
 
 impl ConnectionState {
-    fn new(remote: SocketAddr) -> Self {
+    fn new(remote: SocketAddr, client_subject: Option<Arc<str>>) -> Self {
         Self {
             remote,
+            client_subject,
             closed: AtomicBool::new(false),
             reader: AtomicWaker::new(),
             watchdog: Notify::new(),
@@ -209,6 +260,10 @@ impl ConnectionState {
 
     pub fn remote_addr(&self) -> SocketAddr {
         self.remote
+    }
+
+    pub fn client_subject(&self) -> Option<&str> {
+        self.client_subject.as_deref()
     }
 
     pub fn is_closed(&self) -> bool {

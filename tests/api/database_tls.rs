@@ -4,6 +4,7 @@
 use sea_orm::{ConnectionTrait, Database, Statement};
 
 use crate::common::{Backend, TestApp, create_request, list_request};
+use crate::pki::Pki;
 use crate::process::SNAKEOIL;
 
 /// The service's own connections to its database, and how many of them use TLS.
@@ -72,53 +73,14 @@ async fn each_sslmode_connects_as_libpq_would() {
 
 /// Certificates made for one test: a CA, server certificates it signed (for `localhost`,
 /// valid and expired), a client certificate for the user `postgres`, and an unrelated CA.
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn new() -> Self {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, date_time_ymd,
-        };
-        let dir = tempfile::tempdir().expect("temp dir");
-        let write = |name: &str, pem: String| {
-            std::fs::write(dir.path().join(name), pem).expect("write a PEM file");
-        };
-        let ca = |name: &str| {
-            let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params
-                .distinguished_name
-                .push(DnType::CommonName, format!("invitations test CA {name}"));
-            let key = KeyPair::generate().expect("a key");
-            let cert = params.self_signed(&key).expect("self-signed");
-            write(&format!("{name}.crt"), cert.pem());
-            Issuer::new(params, key)
-        };
-        let issuer = ca("ca");
-        ca("other-ca");
-        let leaf = |name: &str, names: Vec<String>, common: &str, expired: bool| {
-            let mut params = CertificateParams::new(names).expect("params");
-            params.distinguished_name.push(DnType::CommonName, common);
-            if expired {
-                params.not_before = date_time_ymd(2020, 1, 1);
-                params.not_after = date_time_ymd(2021, 1, 1);
-            }
-            let key = KeyPair::generate().expect("a key");
-            let cert = params.signed_by(&key, &issuer).expect("signed");
-            write(&format!("{name}.crt"), cert.pem());
-            write(&format!("{name}.key"), key.serialize_pem());
-        };
-        leaf("server", vec!["localhost".into()], "localhost", false);
-        leaf("expired", vec!["localhost".into()], "localhost", true);
-        leaf("client", vec![], "postgres", false);
-        Self { dir }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).display().to_string()
-    }
+fn database_pki() -> Pki {
+    let pki = Pki::new();
+    let ca = pki.ca("ca");
+    pki.ca("other-ca");
+    pki.leaf(&ca, "server", &["localhost"], "localhost", false);
+    pki.leaf(&ca, "expired", &["localhost"], "localhost", true);
+    pki.leaf(&ca, "client", &[], "postgres", false);
+    pki
 }
 
 /// A PostgreSQL cluster of the test's own, on a free port, requiring TLS and a client
@@ -152,6 +114,12 @@ impl Cluster {
     /// A cluster serving `server`'s certificate (`{server}.crt` of the test's PKI), or with
     /// TLS off when `server` is `None`.
     fn start(pki: &Pki, server: Option<&str>) -> Self {
+        Self::start_with(pki, server, "cert")
+    }
+
+    /// The same, with `auth` as the `hostssl` rules' method (`cert`, or `trust` where the
+    /// certificate of the client is not what is tested).
+    fn start_with(pki: &Pki, server: Option<&str>, auth: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("data");
         let _ = std::process::Command::new("chown")
@@ -183,13 +151,15 @@ impl Cluster {
                     std::fs::copy(pki.path(&from), data.join(to)).expect("copy a certificate");
                 }
                 (
-                    "hostssl all all 127.0.0.1/32 cert\nhostssl all all ::1/128 cert\n",
+                    format!(
+                        "hostssl all all 127.0.0.1/32 {auth}\nhostssl all all ::1/128 {auth}\n"
+                    ),
                     "-c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key \
                      -c ssl_ca_file=ca.crt",
                 )
             }
             None => (
-                "host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n",
+                "host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n".to_owned(),
                 "-c ssl=off",
             ),
         };
@@ -263,7 +233,7 @@ fn verify_full_against_a_cluster_with_its_own_ca() {
     if Backend::postgres().is_none() {
         return;
     }
-    let pki = Pki::new();
+    let pki = database_pki();
     let client = format!(
         "sslcert={}&sslkey={}",
         pki.path("client.crt"),
@@ -312,7 +282,7 @@ fn tls_refused_by_the_server_stops_start_up() {
     if Backend::postgres().is_none() {
         return;
     }
-    let pki = Pki::new();
+    let pki = database_pki();
     let plain = Cluster::start(&pki, None);
     let (code, last) = migrate(&plain.url("127.0.0.1", "sslmode=disable"));
     assert_eq!(code, Some(0), "{last}");
@@ -324,5 +294,22 @@ fn tls_refused_by_the_server_stops_start_up() {
             last.starts_with("invitations: DATABASE_URL: TLS to the database failed"),
             "{last}"
         );
+    }
+}
+
+/// The certificates of `deploy/dev-certs.sh`, which docker-compose.yml gives PostgreSQL, are
+/// accepted by PostgreSQL and pass the service's `verify-full` against the script's CA, by
+/// host name and by address, as compose's `sslmode=verify-full&sslrootcert=/certs/ca.crt`.
+#[test]
+fn the_dev_certs_script_makes_what_compose_verifies() {
+    if Backend::postgres().is_none() {
+        return;
+    }
+    let pki = Pki::from_dev_certs_script();
+    let cluster = Cluster::start_with(&pki, Some("server"), "trust");
+    let query = format!("sslmode=verify-full&sslrootcert={}", pki.path("ca.crt"));
+    for host in ["localhost", "127.0.0.1"] {
+        let (code, last) = migrate(&cluster.url(host, &query));
+        assert_eq!(code, Some(0), "{host}: {last}");
     }
 }

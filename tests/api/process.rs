@@ -595,6 +595,7 @@ fn help_groups_the_settings_by_topic() {
     }
     for wanted in [
         "Server",
+        "TLS",
         "Database",
         "Auth",
         "Limits",
@@ -731,6 +732,16 @@ fn a_secret_given_twice_or_an_unreadable_file_fails_at_start() {
         (
             vec![("DATABASE_URL_FILE", secret_file.as_os_str())],
             "DATABASE_URL and DATABASE_URL_FILE are both set",
+        ),
+        (
+            vec![
+                (
+                    "INVITATIONS_NATS_URL",
+                    "nats://user:pass@127.0.0.1:4222".as_ref(),
+                ),
+                ("INVITATIONS_NATS_URL_FILE", secret_file.as_os_str()),
+            ],
+            "INVITATIONS_NATS_URL and INVITATIONS_NATS_URL_FILE are both set",
         ),
     ];
     for (env, expected) in cases {
