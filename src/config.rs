@@ -81,6 +81,19 @@ pub enum Command {
         /// Give up after this many milliseconds.
         #[arg(long, default_value_t = 3000)]
         timeout_ms: u64,
+        /// Ask over TLS, trusting the CA certificates of this PEM file (for a gRPC port with
+        /// INVITATIONS_TLS_*; the operations port is plaintext and needs none).
+        #[arg(long)]
+        cacert: Option<std::path::PathBuf>,
+        /// With --cacert: the name the server's certificate must be issued to.
+        #[arg(long, default_value = "localhost", requires = "cacert")]
+        tls_server_name: String,
+        /// With --cacert: a client certificate (PEM) to present, for a port that requires one.
+        #[arg(long, requires_all = ["cacert", "key"])]
+        cert: Option<std::path::PathBuf>,
+        /// The private key (PEM) of --cert.
+        #[arg(long, requires = "cert")]
+        key: Option<std::path::PathBuf>,
     },
     /// Print a bearer token signed with the configured secret.
     MintToken {

@@ -135,10 +135,42 @@ pub async fn supervise(
 
 /// Asks the health service at `addr` about `service` (what `invitations health-check`
 /// runs); answers the status name, e.g. `SERVING`.
+/// How `health-check` speaks TLS to a gRPC port that requires it.
+#[derive(Debug, Clone)]
+pub struct CheckTls {
+    /// The CA certificates (PEM) to trust.
+    pub ca: std::path::PathBuf,
+    /// The name the server's certificate is issued to.
+    pub server_name: String,
+    /// A client certificate and its key (PEM), for a port that requires one.
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl CheckTls {
+    fn client_config(
+        &self,
+    ) -> Result<tonic::transport::ClientTlsConfig, Box<dyn std::error::Error>> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))
+        };
+        let mut config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(&self.ca)?))
+            .domain_name(self.server_name.clone());
+        if let Some((cert, key)) = &self.identity {
+            config = config.identity(tonic::transport::Identity::from_pem(
+                read(cert)?,
+                read(key)?,
+            ));
+        }
+        Ok(config)
+    }
+}
+
 pub async fn check(
     addr: std::net::SocketAddr,
     service: &str,
     timeout: Duration,
+    tls: Option<&CheckTls>,
 ) -> Result<String, Box<dyn std::error::Error>> {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
@@ -148,9 +180,12 @@ pub async fn check(
         addr
     };
     let ask = async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{target}"))?
-            .connect()
-            .await?;
+        let endpoint = match tls {
+            None => tonic::transport::Endpoint::from_shared(format!("http://{target}"))?,
+            Some(tls) => tonic::transport::Endpoint::from_shared(format!("https://{target}"))?
+                .tls_config(tls.client_config()?)?,
+        };
+        let channel = endpoint.connect().await?;
         let answer = HealthClient::new(channel)
             .check(HealthCheckRequest {
                 service: service.to_owned(),

@@ -48,15 +48,25 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             addr,
             service,
             timeout_ms,
+            cacert,
+            tls_server_name,
+            cert,
+            key,
         } => {
+            let tls = cacert.map(|ca| invitations::health::CheckTls {
+                ca,
+                server_name: tls_server_name,
+                identity: cert.zip(key),
+            });
             // The operations listener when there is one: it is plaintext whatever the main
             // listener speaks.
             let addr = match (addr, cli.config.ops_listen_addr) {
                 (Some(addr), _) | (None, Some(addr)) => addr,
-                (None, None) if cli.config.tls_cert_path.is_some() => {
+                (None, None) if cli.config.tls_cert_path.is_some() && tls.is_none() => {
                     return Err(
-                        "the gRPC listener speaks TLS and health-check does not: set \
-                                INVITATIONS_OPS_LISTEN_ADDR (plaintext health) or --addr"
+                        "the gRPC listener speaks TLS: set INVITATIONS_OPS_LISTEN_ADDR \
+                                (plaintext health), or give --cacert (and --cert/--key under \
+                                mTLS)"
                             .into(),
                     );
                 }
@@ -66,6 +76,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 addr,
                 &service,
                 std::time::Duration::from_millis(timeout_ms),
+                tls.as_ref(),
             )
             .await?;
             println!("{service}: {status}");

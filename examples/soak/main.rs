@@ -148,9 +148,10 @@ impl Replica {
     async fn await_ready(&self, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
-            let ready = invitations::health::check(self.addr(), READINESS, Duration::from_secs(1))
-                .await
-                .is_ok_and(|status| status == "SERVING");
+            let ready =
+                invitations::health::check(self.addr(), READINESS, Duration::from_secs(1), None)
+                    .await
+                    .is_ok_and(|status| status == "SERVING");
             if ready {
                 return;
             }

@@ -108,7 +108,7 @@ impl Replica {
             .expect("start a replica");
         let replica = Self { port, child };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !invitations::health::check(replica.addr(), READINESS, Duration::from_secs(1))
+        while !invitations::health::check(replica.addr(), READINESS, Duration::from_secs(1), None)
             .await
             .is_ok_and(|status| status == "SERVING")
         {

@@ -157,6 +157,23 @@ async fn clients_that_trust_the_certificate_are_served_over_tls() {
         &served,
         &["TLS certificate loaded", "CN=localhost", "not asked"],
     );
+
+    // `health-check` asks the TLS port when told which CA to trust.
+    let addr = served.addr.to_string();
+    let ca = pki.path("ca.crt");
+    let (code, last) = run_until_exit(
+        &["health-check", "--addr", &addr, "--cacert", &ca],
+        &[],
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, Some(0), "{last}");
+    let other = pki.path("other-ca.crt");
+    let (code, _) = run_until_exit(
+        &["health-check", "--addr", &addr, "--cacert", &other],
+        &[],
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, Some(1), "health-check trusted another CA");
 }
 
 /// With a client CA, a call needs a client certificate signed by it and a bearer token: one
@@ -205,6 +222,23 @@ async fn mutual_tls_needs_a_client_certificate_and_the_token() {
     assert!(line.contains("client_certificate"), "{line}");
     await_log(&served, &["TLS handshake failed"]);
     await_log(&served, &["TLS certificate loaded", "required"]);
+
+    // `health-check` over mTLS: with a client certificate only.
+    let (addr, ca) = (served.addr.to_string(), pki.path("ca.crt"));
+    let (cert, key) = (pki.path("billing.crt"), pki.path("billing.key"));
+    let ask = ["health-check", "--addr", &addr, "--cacert", &ca];
+    let (code, last) = run_until_exit(
+        &[&ask[..], &["--cert", &cert, "--key", &key]].concat(),
+        &[],
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, Some(0), "{last}");
+    let (code, _) = run_until_exit(&ask, &[], Duration::from_secs(10));
+    assert_eq!(
+        code,
+        Some(1),
+        "health-check without a client certificate was answered"
+    );
 }
 
 /// A certificate replaced in place (as cert-manager does) is served to new connections
@@ -340,5 +374,8 @@ fn tls_settings_that_cannot_work_stop_start_up() {
         Duration::from_secs(10),
     );
     assert_eq!(code, Some(1), "{last}");
-    assert!(last.contains("INVITATIONS_OPS_LISTEN_ADDR"), "{last}");
+    assert!(
+        last.contains("INVITATIONS_OPS_LISTEN_ADDR") && last.contains("--cacert"),
+        "{last}"
+    );
 }
