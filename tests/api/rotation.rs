@@ -297,13 +297,29 @@ async fn calls_across_many_rotations_all_succeed() {
         failures.len()
     );
 
-    // The server's side: each call received once, and every one answered OK.
-    let received: Vec<serde_json::Value> = served
-        .logs()
-        .iter()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|record| record["message"] == "rpc finished" && record["span"]["method"] == LIST)
-        .collect();
+    // The server's side: each call received once, and every one answered OK. A call's line
+    // is written as its response ends, which may be just after the client has the answer,
+    // and reaches the log reader a moment later: the count is read until it stops growing.
+    let received = |served: &Served| -> Vec<serde_json::Value> {
+        served
+            .logs()
+            .iter()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|record| {
+                record["message"] == "rpc finished" && record["span"]["method"] == LIST
+            })
+            .collect()
+    };
+    let mut count = received(&served).len();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = received(&served).len();
+        if now == count {
+            break;
+        }
+        count = now;
+    }
+    let received = received(&served);
     assert_eq!(received.len(), CALLS, "calls the server received");
     assert!(
         received.iter().all(|record| record["code"] == "Ok"),
