@@ -979,7 +979,9 @@ impl InvitationRepository for Store {
 
     /// A pending row past its `expires_at` no longer counts: in the same transaction it is
     /// first stored as expired, then the unique index on pending rows decides between
-    /// concurrent creators.
+    /// concurrent creators. On PostgreSQL the create is first tried as one statement with its
+    /// event (`Tenant::insert_pending_with_event`), which is the whole create whenever no
+    /// pending row holds the address; the transaction runs only when one does.
     async fn insert_pending(
         &self,
         invitation: &Invitation,
@@ -987,6 +989,13 @@ impl InvitationRepository for Store {
     ) -> Result<InsertOutcome, Error> {
         let now = event.occurred_at;
         let tenant = Tenant::of(invitation.enterprise);
+        if self.backend() == DbBackend::Postgres {
+            let statement = tenant.insert_pending_with_event(invitation, event);
+            if self.write_returning(statement).await?.is_some() {
+                self.events_committed();
+                return Ok(InsertOutcome::Created);
+            }
+        }
         let db = self.usable().await?;
         let txn = db.begin().await.map_err(classify)?;
         let lapsed = tenant

@@ -13,7 +13,7 @@
 //! written once. The one statement that is not an enterprise's is the invitee's lookup by
 //! link token ([`by_link`]): the token itself is the invitee's authority.
 use sea_orm::sea_query::{
-    Alias, CommonTableExpression, Expr, ExprTrait, OnConflict, Query, WithClause,
+    Alias, CommonTableExpression, Expr, ExprTrait, OnConflict, Query, SubQueryStatement, WithClause,
 };
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, DbBackend, DeleteMany, EntityTrait, Insert,
@@ -237,6 +237,22 @@ impl Tenant {
             .on_conflict(OnConflict::new().do_nothing().to_owned())
     }
 
+    /// The create and its `created` event as one statement, for PostgreSQL (see
+    /// [`with_event`]): the insert of [`Tenant::insert_pending`], and the event only when it
+    /// inserted. The store's first try: it returns nothing when any pending row holds the
+    /// address, lapsed or live, and the store then takes the transaction that first stores a
+    /// lapsed one as expired. When it inserts, no pending row had the address, so that
+    /// transaction would have expired nothing: the outcome is the same in one round trip.
+    pub fn insert_pending_with_event(
+        self,
+        invitation: &Invitation,
+        event: &EventRecord,
+    ) -> Statement {
+        let mut insert = self.insert_pending(invitation).into_query();
+        insert.returning(Query::returning().columns(READ_COLUMNS));
+        change_and_event(insert, event)
+    }
+
     /// The pending invitation for `email` that a create collided with.
     pub fn pending_with_address(self, email: &EmailAddress) -> Select<Entity> {
         self.select().filter(Self::pending_for(email))
@@ -347,9 +363,15 @@ pub fn accept_by_link(
 /// SQLite has no data-modifying `WITH`: there the store runs the write and
 /// [`record_event`] in one transaction. Both write the same row (a test compares them).
 pub fn with_event(update: UpdateMany<Entity>, event: &EventRecord) -> Statement {
-    let changed = Alias::new("changed");
     let mut change = update.into_query();
     change.returning(Query::returning().columns(READ_COLUMNS));
+    change_and_event(change, event)
+}
+
+/// `change` (a write returning [`READ_COLUMNS`]) in a data-modifying `WITH`, and `event`
+/// inserted from what it returned.
+fn change_and_event(change: impl Into<SubQueryStatement>, event: &EventRecord) -> Statement {
+    let changed = Alias::new("changed");
     let mut snapshot = Query::select();
     snapshot
         .exprs(outbox::record_values(event).map(Expr::val))
