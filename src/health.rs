@@ -133,8 +133,6 @@ pub async fn supervise(
     }
 }
 
-/// Asks the health service at `addr` about `service` (what `invitations health-check`
-/// runs); answers the status name, e.g. `SERVING`.
 /// How `health-check` speaks TLS to a gRPC port that requires it.
 #[derive(Debug, Clone)]
 pub struct CheckTls {
@@ -166,6 +164,8 @@ impl CheckTls {
     }
 }
 
+/// Asks the health service at `addr` about `service` (what `invitations health-check`
+/// runs), over TLS when `tls` says how; answers the status name, e.g. `SERVING`.
 pub async fn check(
     addr: std::net::SocketAddr,
     service: &str,

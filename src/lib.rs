@@ -8,6 +8,7 @@ pub mod domain;
 pub mod grpc;
 pub mod health;
 pub mod limits;
+pub mod metrics;
 pub mod middleware;
 pub mod proto;
 pub mod rate_limit;

@@ -59,9 +59,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 identity: cert.zip(key),
             });
             // The operations listener when there is one: it is plaintext whatever the main
-            // listener speaks.
+            // listener speaks. Asked to speak TLS, the main listener.
             let addr = match (addr, cli.config.ops_listen_addr) {
-                (Some(addr), _) | (None, Some(addr)) => addr,
+                (Some(addr), _) => addr,
+                (None, _) if tls.is_some() => cli.config.listen_addr,
+                (None, Some(addr)) => addr,
                 (None, None) if cli.config.tls_cert_path.is_some() && tls.is_none() => {
                     return Err(
                         "the gRPC listener speaks TLS: set INVITATIONS_OPS_LISTEN_ADDR \

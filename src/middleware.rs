@@ -1,5 +1,6 @@
 //! The tower layer in front of every gRPC service: request ids and per-RPC telemetry.
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -12,6 +13,7 @@ use tracing::Instrument;
 
 use crate::domain::Error;
 use crate::limits::ConnectionInfo;
+use crate::metrics::{MessageCounter, Metrics, RpcLabels, rpc_of};
 
 /// Metadata that carries the request id, in and out.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -65,12 +67,17 @@ fn documented(response: Response<Body>, max_request_bytes: usize) -> Response<Bo
 #[derive(Debug, Clone)]
 pub struct ObserveLayer {
     max_request_bytes: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl ObserveLayer {
-    /// `max_request_bytes` is named in the error of a request over it.
-    pub fn new(max_request_bytes: usize) -> Self {
-        Self { max_request_bytes }
+    /// `max_request_bytes` is named in the error of a request over it; every RPC is counted
+    /// in `metrics` (the `grpc_server_*` series).
+    pub fn new(max_request_bytes: usize, metrics: Arc<Metrics>) -> Self {
+        Self {
+            max_request_bytes,
+            metrics,
+        }
     }
 }
 
@@ -80,6 +87,7 @@ impl<S> Layer<S> for ObserveLayer {
         Observe {
             inner,
             max_request_bytes: self.max_request_bytes,
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -88,6 +96,7 @@ impl<S> Layer<S> for ObserveLayer {
 pub struct Observe<S> {
     inner: S,
     max_request_bytes: usize,
+    metrics: Arc<Metrics>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
@@ -125,9 +134,19 @@ where
             span.record("client_certificate", client);
         }
         let started = Instant::now();
+        let rpc = rpc_of(&method);
+        self.metrics.rpc_started(&rpc);
+        let request = request.map(|inner| {
+            Body::new(CountedBody {
+                inner,
+                counter: MessageCounter::default(),
+                count: Counted::Received(self.metrics.clone(), rpc.clone()),
+            })
+        });
         let response = span.in_scope(|| self.inner.call(request));
         let body_span = span.clone();
         let max_request_bytes = self.max_request_bytes;
+        let metrics = self.metrics.clone();
         Box::pin(
             async move {
                 let mut response = documented(response.await?, max_request_bytes);
@@ -136,12 +155,18 @@ where
                 let code = response.headers().get("grpc-status").and_then(grpc_code);
                 Ok(response.map(|inner| {
                     Body::new(ObservedBody {
-                        inner,
+                        inner: Body::new(CountedBody {
+                            inner,
+                            counter: MessageCounter::default(),
+                            count: Counted::Sent(metrics.clone(), rpc.clone()),
+                        }),
                         finish: Some(Finish {
                             span: body_span,
                             started,
                             code,
                             quiet,
+                            metrics,
+                            rpc,
                         }),
                     })
                 }))
@@ -166,16 +191,20 @@ struct Finish {
     started: Instant,
     code: Option<tonic::Code>,
     quiet: bool,
+    metrics: Arc<Metrics>,
+    rpc: RpcLabels,
 }
 
 impl Finish {
     fn log(self, completed: bool) {
-        let latency_ms = self.started.elapsed().as_secs_f64() * 1e3;
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let latency_ms = elapsed * 1e3;
         let code = match (self.code, completed) {
             (Some(code), _) => code,
             (None, true) => tonic::Code::Unknown,
             (None, false) => tonic::Code::Cancelled,
         };
+        self.metrics.rpc_handled(&self.rpc, code, elapsed);
         let _entered = self.span.enter();
         // `?code` is formatted only by a subscriber that keeps the event, not on every RPC.
         if self.quiet {
@@ -183,6 +212,55 @@ impl Finish {
         } else {
             tracing::info!(code = ?code, latency_ms, "rpc finished");
         }
+    }
+}
+
+/// Which way a [`CountedBody`]'s messages go, and where they are counted.
+enum Counted {
+    Received(Arc<Metrics>, RpcLabels),
+    Sent(Arc<Metrics>, RpcLabels),
+}
+
+pin_project_lite::pin_project! {
+    /// A request or response body whose gRPC messages are counted as they pass.
+    struct CountedBody {
+        #[pin]
+        inner: Body,
+        counter: MessageCounter,
+        count: Counted,
+    }
+}
+
+impl HttpBody for CountedBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        if let Some(Ok(data)) = frame
+            .as_ref()
+            .map(|frame| frame.as_ref().map(Frame::data_ref))
+            && let Some(data) = data
+        {
+            let messages = this.counter.feed(data);
+            match this.count {
+                Counted::Received(metrics, rpc) => metrics.messages_received(rpc, messages),
+                Counted::Sent(metrics, rpc) => metrics.messages_sent(rpc, messages),
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -16,6 +16,7 @@ use crate::domain::{EVENT_RETENTION_MARGIN, InvitationService, PageTokenCodec, W
 use crate::grpc::InvitationApi;
 use crate::health::{self, LIVENESS_SERVICE};
 use crate::limits::{Admission, Incoming, StreamLimitLayer};
+use crate::metrics::{Metrics, ScrapeLayer};
 use crate::middleware::ObserveLayer;
 use crate::proto::server::invitation_service_server::InvitationServiceServer;
 use crate::rate_limit::RateLimiter;
@@ -240,12 +241,16 @@ impl Application {
             AuthInterceptor::new(self.authenticator.clone(), limiter),
         );
 
-        // Health alone, in plaintext, on its own port: it answers through the grace period
-        // (NOT_SERVING) like the main one, and stops with it.
+        // Health and metrics alone, in plaintext, on their own port: health answers through
+        // the grace period (NOT_SERVING) like the main one, and stops with it; Prometheus
+        // scrapes `GET /metrics` over HTTP/1.1 there.
+        let metrics = Arc::new(Metrics::new());
         let operations = self.ops_listener.map(|(listener, addr)| {
-            tracing::info!(%addr, "serving operations (health)");
+            tracing::info!(%addr, "serving operations (health, /metrics)");
             tokio::spawn(
                 Server::builder()
+                    .accept_http1(true)
+                    .layer(ScrapeLayer::new(metrics.clone()))
                     .add_service(health_service.clone())
                     .serve_with_incoming(Incoming::new(listener, OPS_MAX_CONNECTIONS)),
             )
@@ -262,7 +267,7 @@ impl Application {
             // tonic advertises no stream limit unless told: one connection could open streams
             // without end.
             .max_concurrent_streams(limits.max_concurrent_streams)
-            .layer(ObserveLayer::new(limits.max_request_bytes))
+            .layer(ObserveLayer::new(limits.max_request_bytes, metrics))
             .layer(StreamLimitLayer::new(&limits))
             .layer(InFlightLayer::new(calls.clone()))
             .add_service(health_service)

@@ -58,10 +58,21 @@ pub struct ServerTls {
     settings: TlsSettings,
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<ServerConfig>>,
-    /// The digest of the files' content last read, whether it could be used or not, so a
-    /// broken change is reported once and not at every look.
-    seen: Mutex<[u8; 32]>,
+    reload: Mutex<ReloadState>,
     failures: Mutex<FailureLog>,
+}
+
+/// What the files held at the last looks, so that each change is loaded or reported once.
+struct ReloadState {
+    /// The content in force.
+    loaded: [u8; 32],
+    /// Content that could not be used, seen once: a look that straddles a rotation can read
+    /// the new certificate with the old key, so a broken content is reported only when the
+    /// next look finds it again.
+    suspect: Option<[u8; 32]>,
+    /// Broken content already reported.
+    reported: Option<[u8; 32]>,
+    missing_reported: bool,
 }
 
 #[derive(Default)]
@@ -124,7 +135,12 @@ impl ServerTls {
             "TLS certificate loaded",
         );
         Ok(Arc::new(Self {
-            seen: Mutex::new(files.digest()),
+            reload: Mutex::new(ReloadState {
+                loaded: files.digest(),
+                suspect: None,
+                reported: None,
+                missing_reported: false,
+            }),
             settings,
             provider,
             current: RwLock::new(config),
@@ -199,32 +215,34 @@ impl ServerTls {
         ticks.tick().await;
         loop {
             ticks.tick().await;
-            self.reload();
+            let settings = self.settings.clone();
+            // Off the runtime's workers: a file system can be slow.
+            match tokio::task::spawn_blocking(move || Files::read(&settings)).await {
+                Ok(files) => self.reload(files),
+                Err(error) => tracing::error!(%error, "reading the TLS files failed"),
+            }
         }
     }
 
-    /// Builds a new configuration if the files changed since they were last read.
-    fn reload(&self) {
-        let files = match Files::read(&self.settings) {
-            Ok(files) => files,
+    /// Builds a new configuration if the files changed since they were last loaded.
+    fn reload(&self, files: Result<Files, TlsError>) {
+        let mut state = self.reload.lock().unwrap_or_else(|p| p.into_inner());
+        let files = match files {
+            Ok(files) => {
+                state.missing_reported = false;
+                files
+            }
             Err(error) => {
-                // A file briefly missing while it is replaced: the next look finds it. Said
-                // once per content, like a broken one.
-                let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-                if *seen != [0; 32] {
-                    *seen = [0; 32];
+                // A file briefly missing while it is replaced: the next look finds it.
+                if !std::mem::replace(&mut state.missing_reported, true) {
                     tracing::warn!(%error, "TLS files cannot be read: keeping the last good certificate");
                 }
                 return;
             }
         };
         let digest = files.digest();
-        {
-            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            if *seen == digest {
-                return;
-            }
-            *seen = digest;
+        if digest == state.loaded || state.reported == Some(digest) {
+            return;
         }
         match build(&self.settings, &self.provider, &files) {
             Ok(config) => {
@@ -232,15 +250,20 @@ impl ServerTls {
                     .current
                     .write()
                     .unwrap_or_else(|poisoned| poisoned.into_inner()) = config;
+                state.loaded = digest;
+                state.suspect = None;
+                state.reported = None;
                 log_loaded(
                     &files,
                     self.settings.client_ca_path.is_some(),
                     "TLS certificate reloaded",
                 );
             }
-            Err(error) => {
+            Err(error) if state.suspect == Some(digest) => {
+                state.reported = Some(digest);
                 tracing::warn!(%error, "TLS files changed but cannot be used: keeping the last good certificate");
             }
+            Err(_) => state.suspect = Some(digest),
         }
     }
 }
@@ -285,13 +308,22 @@ fn build(
                     .map_err(|error| ca_error(error.to_string()))?;
             builder.with_client_cert_verifier(verifier)
         }
-        _ => builder.with_no_client_auth(),
+        (None, None) => builder.with_no_client_auth(),
+        // Files::read reads the CA exactly when its path is set.
+        _ => unreachable!("a client CA read without its path, or its path without reading"),
     };
     // Checks that the key is the certificate's.
     let mut config = builder
         .with_single_cert(chain, key)
         .map_err(|error| cert_error(format!("certificate and key do not go together: {error}")))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
+    if settings.client_ca_path.is_some() {
+        // A resumed session skips the client certificate's verification: under mTLS every
+        // connection shows a certificate valid now, against the CA in force now. gRPC
+        // connections are long-lived, so full handshakes cost little.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
     Ok(Arc::new(config))
 }
 

@@ -35,7 +35,15 @@ pub struct Incoming {
     last_refusal_log: Option<Instant>,
     tls: Option<Arc<ServerTls>>,
     handshakes: JoinSet<Option<Connection>>,
+    /// After an accept error, no accepts until this has elapsed.
+    backoff: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// Connections accepted in one poll at most, before the task yields.
+const ACCEPTS_PER_POLL: usize = 64;
+
+/// The pause after a failed accept (file descriptors exhausted, for one).
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// How often, at most, a refused connection is logged at `warn` (the others at `debug`).
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -49,6 +57,7 @@ impl Incoming {
             last_refusal_log: None,
             tls: None,
             handshakes: JoinSet::new(),
+            backoff: None,
         }
     }
 
@@ -79,11 +88,40 @@ impl tokio_stream::Stream for Incoming {
     type Item = io::Result<Connection>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        while let Poll::Ready(accepted) = self.listener.poll_accept(cx) {
-            let (stream, remote) = match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => return Poll::Ready(Some(Err(error))),
+        let mut accepted = 0;
+        loop {
+            // Finished handshakes first: they hold connection slots. Polled again after every
+            // spawn below, so the set's waker is always registered for the newest ones.
+            while let Poll::Ready(Some(finished)) = self.handshakes.poll_join_next(cx) {
+                match finished {
+                    Ok(Some(connection)) => return Poll::Ready(Some(Ok(connection))),
+                    Ok(None) => {}
+                    Err(error) => tracing::error!(%error, "a TLS handshake task failed"),
+                }
+            }
+            if let Some(backoff) = self.backoff.as_mut() {
+                if backoff.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.backoff = None;
+            }
+            if accepted == ACCEPTS_PER_POLL {
+                // A flood of connections does not keep this task: the server's other work
+                // (and the handshakes' delivery) gets its turn.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let (stream, remote) = match self.listener.poll_accept(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(accepted)) => accepted,
+                Poll::Ready(Err(error)) => {
+                    // Out of file descriptors, say: the listener stays readable, so without a
+                    // pause this would spin. tonic logs the error and polls again.
+                    self.backoff = Some(Box::pin(tokio::time::sleep(ACCEPT_ERROR_BACKOFF)));
+                    return Poll::Ready(Some(Err(error)));
+                }
             };
+            accepted += 1;
             let Ok(permit) = self.permits.clone().try_acquire_owned() else {
                 self.log_refusal(remote);
                 drop(stream);
@@ -112,12 +150,6 @@ impl tokio_stream::Stream for Incoming {
                 }
             }
         }
-        while let Poll::Ready(Some(finished)) = self.handshakes.poll_join_next(cx) {
-            if let Ok(Some(connection)) = finished {
-                return Poll::Ready(Some(Ok(connection)));
-            }
-        }
-        Poll::Pending
     }
 }
 

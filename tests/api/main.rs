@@ -16,6 +16,7 @@ mod hostile;
 mod idempotency;
 mod links;
 mod list;
+mod metrics;
 mod migrations;
 mod operability;
 mod pki;

@@ -1,0 +1,150 @@
+//! Prometheus metrics on the operations listener, through the real binary: `GET /metrics`
+//! over HTTP/1.1 holds the standard `grpc_server_*` series for the calls made, by code and
+//! with their messages; a method the server does not serve counts as `unknown`, and no label
+//! holds an id.
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use http::uri::PathAndQuery;
+use invitations::proto::invitations::v1::invitation_service_client::InvitationServiceClient;
+use invitations::proto::invitations::v1::{ListInvitationsRequest, ListInvitationsResponse};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::common::authorized;
+use crate::operability::{READINESS, await_health};
+use crate::process::{Served, admin_token};
+
+/// `GET /metrics` on `ops`: the whole HTTP/1.1 response, head and body.
+async fn scrape(ops: SocketAddr) -> String {
+    let mut stream = tokio::net::TcpStream::connect(ops)
+        .await
+        .expect("connect to the operations port");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send the request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("read the response");
+    response
+}
+
+/// Scrapes until every one of `series` is in the text (a call is counted as its response
+/// ends, a moment after the client has it), at most 10 s; the last text.
+async fn scrape_until(ops: SocketAddr, series: &[String]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = scrape(ops).await;
+        if series.iter().all(|line| text.contains(line.as_str())) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "missing {:?} in\n{text}",
+            series
+                .iter()
+                .filter(|line| !text.contains(line.as_str()))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn handled(method: &str, code: &str, count: u64) -> String {
+    format!(
+        "grpc_server_handled_total{{grpc_type=\"unary\",grpc_service=\"{service}\",\
+         grpc_method=\"{method}\",grpc_code=\"{code}\"}} {count}",
+        service = if method == "unknown" {
+            "unknown"
+        } else {
+            "invitations.v1.InvitationService"
+        }
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operations_port_serves_the_standard_grpc_series() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("address")
+        .port();
+    let ops: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+    let served = Served::start(&[("INVITATIONS_OPS_LISTEN_ADDR", &ops.to_string())]);
+    await_health(
+        ops,
+        READINESS,
+        ServingStatus::Serving,
+        Duration::from_secs(20),
+    )
+    .await;
+    let (token, admin) = admin_token();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", served.addr))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = InvitationServiceClient::new(channel.clone());
+    for _ in 0..3 {
+        client
+            .list_invitations(authorized(&token, ListInvitationsRequest::default()))
+            .await
+            .expect("listed");
+    }
+    let refused = client
+        .list_invitations(ListInvitationsRequest::default())
+        .await
+        .expect_err("no token");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    // A path of the caller's making: counted, but not under its name.
+    let mut raw = tonic::client::Grpc::new(channel);
+    raw.ready().await.expect("ready");
+    let unknown = raw
+        .unary::<ListInvitationsRequest, ListInvitationsResponse, _>(
+            tonic::Request::new(ListInvitationsRequest::default()),
+            PathAndQuery::from_static("/evil.v1.Made/up-8f2c1d"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .expect_err("no such method");
+    assert_eq!(unknown.code(), Code::Unimplemented);
+
+    let list = "grpc_type=\"unary\",grpc_service=\"invitations.v1.InvitationService\",\
+                grpc_method=\"ListInvitations\"";
+    let response = scrape_until(
+        ops,
+        &[
+            handled("ListInvitations", "OK", 3),
+            handled("ListInvitations", "Unauthenticated", 1),
+            handled("unknown", "Unimplemented", 1),
+            format!("grpc_server_started_total{{{list}}} 4"),
+            format!("grpc_server_msg_sent_total{{{list}}} 3"),
+            format!("grpc_server_handling_seconds_count{{{list}}} 4"),
+        ],
+    )
+    .await;
+    let (head, text) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    let received = text
+        .lines()
+        .find(|line| line.starts_with(&format!("grpc_server_msg_received_total{{{list}}}")))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|count| count.parse::<u64>().ok());
+    assert!(
+        received.is_some_and(|count| count >= 3),
+        "three requests read: {received:?}"
+    );
+    assert!(text.contains("invitations_build_info{version="), "{text}");
+    for private in [admin.to_string(), "up-8f2c1d".to_owned(), "evil".to_owned()] {
+        assert!(!text.contains(&private), "{private} in a label");
+    }
+}
