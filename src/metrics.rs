@@ -7,37 +7,19 @@
 //! the file descriptor sets it registers); any other path a client sends counts as
 //! `unknown`/`unknown`.
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use prost::Message;
 
 use crate::limits::StreamKind;
 
 /// What identifies an RPC in the `grpc_server_*` series.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub struct RpcLabels {
     pub grpc_type: &'static str,
     pub grpc_service: &'static str,
     pub grpc_method: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct HandledLabels {
-    grpc_type: &'static str,
-    grpc_service: &'static str,
-    grpc_method: &'static str,
-    grpc_code: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct BuildLabels {
-    version: &'static str,
 }
 
 /// Upper bounds of `grpc_server_handling_seconds`, from 0.5 ms (a cached read) to 10 s (the
@@ -47,117 +29,106 @@ const HANDLING_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// The replica's metrics and the registry that renders them.
-pub struct Metrics {
-    registry: Registry,
-    started: Family<RpcLabels, Counter>,
-    handled: Family<HandledLabels, Counter>,
-    handling_seconds: Family<RpcLabels, Histogram>,
-    msg_received: Family<RpcLabels, Counter>,
-    msg_sent: Family<RpcLabels, Counter>,
+/// How often recorded histogram samples are folded into their buckets (the exporter's
+/// upkeep), so their memory stays flat between scrapes.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The process's recorder, installed on first use (the `metrics` facade has one per
+/// process): before it, and in a process that never serves `/metrics`, recording is a
+/// no-op.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            RECORDING.store(true, std::sync::atomic::Ordering::Relaxed);
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("grpc_server_handling_seconds".into()),
+                    &HANDLING_BUCKETS,
+                )
+                .unwrap_or_else(|_| unreachable!("the buckets are not empty"))
+                .build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed: /metrics stays empty");
+            }
+            describe();
+            handle
+        })
+        .clone()
 }
 
-impl std::fmt::Debug for Metrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Metrics").finish_non_exhaustive()
+static RECORDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether RPCs are counted: once [`install`]ed. Without a recorder every series would be
+/// dropped anyway, so the middleware does not even count the messages.
+pub fn recording() -> bool {
+    RECORDING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Keeps the histograms' memory flat; runs until the server aborts it.
+pub async fn upkeep(handle: PrometheusHandle) {
+    let mut ticks = tokio::time::interval(UPKEEP_EVERY);
+    loop {
+        ticks.tick().await;
+        handle.run_upkeep();
     }
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!("grpc_server_started_total", "RPCs started on the server.");
+    describe_counter!(
+        "grpc_server_handled_total",
+        "RPCs completed on the server, by gRPC code."
+    );
+    describe_histogram!(
+        "grpc_server_handling_seconds",
+        metrics::Unit::Seconds,
+        "Time from an RPC's start to its last response message or status."
+    );
+    describe_counter!(
+        "grpc_server_msg_received_total",
+        "Request messages received."
+    );
+    describe_counter!("grpc_server_msg_sent_total", "Response messages sent.");
+    describe_gauge!("invitations_build_info", "The running build (always 1).");
+    metrics::gauge!("invitations_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
+
+pub fn rpc_started(rpc: &RpcLabels) {
+    metrics::counter!("grpc_server_started_total", &rpc.labels()).increment(1);
+}
+
+pub fn rpc_handled(rpc: &RpcLabels, code: tonic::Code, seconds: f64) {
+    let [kind, service, method] = rpc.labels();
+    metrics::counter!(
+        "grpc_server_handled_total",
+        &[kind, service, method, ("grpc_code", code_name(code))]
+    )
+    .increment(1);
+    metrics::histogram!("grpc_server_handling_seconds", &rpc.labels()).record(seconds);
+}
+
+pub fn messages_received(rpc: &RpcLabels, count: u64) {
+    if count > 0 {
+        metrics::counter!("grpc_server_msg_received_total", &rpc.labels()).increment(count);
     }
 }
 
-impl Metrics {
-    pub fn new() -> Self {
-        let mut registry = Registry::default();
-        let started = Family::<RpcLabels, Counter>::default();
-        registry.register(
-            "grpc_server_started",
-            "RPCs started on the server",
-            started.clone(),
-        );
-        let handled = Family::<HandledLabels, Counter>::default();
-        registry.register(
-            "grpc_server_handled",
-            "RPCs completed on the server, by gRPC code",
-            handled.clone(),
-        );
-        let handling_seconds = Family::<RpcLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(HANDLING_BUCKETS)
-        });
-        registry.register(
-            "grpc_server_handling_seconds",
-            "Time from an RPC's start to its last response message or status",
-            handling_seconds.clone(),
-        );
-        let msg_received = Family::<RpcLabels, Counter>::default();
-        registry.register(
-            "grpc_server_msg_received",
-            "Request messages received",
-            msg_received.clone(),
-        );
-        let msg_sent = Family::<RpcLabels, Counter>::default();
-        registry.register(
-            "grpc_server_msg_sent",
-            "Response messages sent",
-            msg_sent.clone(),
-        );
-        let build_info = Family::<BuildLabels, Gauge>::default();
-        registry.register(
-            "invitations_build_info",
-            "The running build (always 1)",
-            build_info.clone(),
-        );
-        build_info
-            .get_or_create(&BuildLabels {
-                version: env!("CARGO_PKG_VERSION"),
-            })
-            .set(1);
-        Self {
-            registry,
-            started,
-            handled,
-            handling_seconds,
-            msg_received,
-            msg_sent,
-        }
+pub fn messages_sent(rpc: &RpcLabels, count: u64) {
+    if count > 0 {
+        metrics::counter!("grpc_server_msg_sent_total", &rpc.labels()).increment(count);
     }
+}
 
-    /// The metrics in the Prometheus text exposition format (OpenMetrics text 1.0).
-    pub fn render(&self) -> String {
-        let mut text = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
-        text
-    }
-
-    pub fn rpc_started(&self, rpc: &RpcLabels) {
-        self.started.get_or_create(rpc).inc();
-    }
-
-    pub fn rpc_handled(&self, rpc: &RpcLabels, code: tonic::Code, seconds: f64) {
-        let handled = HandledLabels {
-            grpc_type: rpc.grpc_type,
-            grpc_service: rpc.grpc_service,
-            grpc_method: rpc.grpc_method,
-            grpc_code: code_name(code),
-        };
-        self.handled.get_or_create(&handled).inc();
-        self.handling_seconds.get_or_create(rpc).observe(seconds);
-    }
-
-    pub fn messages_received(&self, rpc: &RpcLabels, count: u64) {
-        if count > 0 {
-            self.msg_received.get_or_create(rpc).inc_by(count);
-        }
-    }
-
-    pub fn messages_sent(&self, rpc: &RpcLabels, count: u64) {
-        if count > 0 {
-            self.msg_sent.get_or_create(rpc).inc_by(count);
-        }
+impl RpcLabels {
+    fn labels(&self) -> [(&'static str, &'static str); 3] {
+        [
+            ("grpc_type", self.grpc_type),
+            ("grpc_service", self.grpc_service),
+            ("grpc_method", self.grpc_method),
+        ]
     }
 }
 
@@ -282,13 +253,13 @@ impl MessageCounter {
 
 /// `GET /metrics` on the operations listener: the text, whatever else it serves (gRPC health
 /// on the same port, over HTTP/2; Prometheus scrapes over HTTP/1.1).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ScrapeLayer {
-    metrics: Arc<Metrics>,
+    metrics: PrometheusHandle,
 }
 
 impl ScrapeLayer {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(metrics: PrometheusHandle) -> Self {
         Self { metrics }
     }
 }
@@ -303,14 +274,14 @@ impl<S> tower::Layer<S> for ScrapeLayer {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Scrape<S> {
     inner: S,
-    metrics: Arc<Metrics>,
+    metrics: PrometheusHandle,
 }
 
-/// OpenMetrics text, which Prometheus asks for first.
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The Prometheus text exposition format.
+const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 impl<S> tower::Service<http::Request<tonic::body::Body>> for Scrape<S>
 where
@@ -341,7 +312,7 @@ where
         let mut response = http::Response::new(tonic::body::Body::new(self.metrics.render()));
         response.headers_mut().insert(
             http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static(OPENMETRICS),
+            http::HeaderValue::from_static(TEXT_FORMAT),
         );
         Box::pin(std::future::ready(Ok(response)))
     }
@@ -395,17 +366,17 @@ mod tests {
 
     #[test]
     fn the_text_names_the_standard_series() {
-        let metrics = Metrics::new();
+        let handle = install();
         let rpc = rpc_of("/invitations.v1.InvitationService/GetInvitation");
-        metrics.rpc_started(&rpc);
-        metrics.messages_received(&rpc, 1);
-        metrics.messages_sent(&rpc, 1);
-        metrics.rpc_handled(&rpc, tonic::Code::NotFound, 0.002);
-        let text = metrics.render();
+        rpc_started(&rpc);
+        messages_received(&rpc, 1);
+        messages_sent(&rpc, 1);
+        rpc_handled(&rpc, tonic::Code::NotFound, 0.002);
+        let text = handle.render();
         for series in [
-            "grpc_server_started_total{grpc_type=\"unary\",grpc_service=\"invitations.v1.InvitationService\",grpc_method=\"GetInvitation\"} 1",
+            "# TYPE grpc_server_started_total counter",
             "grpc_server_handled_total{grpc_type=\"unary\",grpc_service=\"invitations.v1.InvitationService\",grpc_method=\"GetInvitation\",grpc_code=\"NotFound\"} 1",
-            "grpc_server_handling_seconds_bucket{le=\"0.0025\",grpc_type=\"unary\",grpc_service=\"invitations.v1.InvitationService\",grpc_method=\"GetInvitation\"} 1",
+            "grpc_server_handling_seconds_bucket{grpc_type=\"unary\",grpc_service=\"invitations.v1.InvitationService\",grpc_method=\"GetInvitation\",le=\"0.0025\"} 1",
             "grpc_server_msg_received_total{",
             "grpc_server_msg_sent_total{",
             "invitations_build_info{version=",

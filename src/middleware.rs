@@ -1,6 +1,5 @@
 //! The tower layer in front of every gRPC service: request ids and per-RPC telemetry.
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -13,7 +12,7 @@ use tracing::Instrument;
 
 use crate::domain::Error;
 use crate::limits::ConnectionInfo;
-use crate::metrics::{MessageCounter, Metrics, RpcLabels, rpc_of};
+use crate::metrics::{self, MessageCounter, RpcLabels, rpc_of};
 
 /// Metadata that carries the request id, in and out.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -67,17 +66,12 @@ fn documented(response: Response<Body>, max_request_bytes: usize) -> Response<Bo
 #[derive(Debug, Clone)]
 pub struct ObserveLayer {
     max_request_bytes: usize,
-    metrics: Arc<Metrics>,
 }
 
 impl ObserveLayer {
-    /// `max_request_bytes` is named in the error of a request over it; every RPC is counted
-    /// in `metrics` (the `grpc_server_*` series).
-    pub fn new(max_request_bytes: usize, metrics: Arc<Metrics>) -> Self {
-        Self {
-            max_request_bytes,
-            metrics,
-        }
+    /// `max_request_bytes` is named in the error of a request over it.
+    pub fn new(max_request_bytes: usize) -> Self {
+        Self { max_request_bytes }
     }
 }
 
@@ -87,7 +81,6 @@ impl<S> Layer<S> for ObserveLayer {
         Observe {
             inner,
             max_request_bytes: self.max_request_bytes,
-            metrics: self.metrics.clone(),
         }
     }
 }
@@ -96,7 +89,6 @@ impl<S> Layer<S> for ObserveLayer {
 pub struct Observe<S> {
     inner: S,
     max_request_bytes: usize,
-    metrics: Arc<Metrics>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
@@ -134,19 +126,17 @@ where
             span.record("client_certificate", client);
         }
         let started = Instant::now();
-        let rpc = rpc_of(&method);
-        self.metrics.rpc_started(&rpc);
-        let request = request.map(|inner| {
-            Body::new(CountedBody {
-                inner,
-                counter: MessageCounter::default(),
-                count: Counted::Received(self.metrics.clone(), rpc.clone()),
-            })
-        });
+        let rpc = metrics::recording().then(|| rpc_of(&method));
+        let request = match rpc {
+            None => request,
+            Some(rpc) => {
+                metrics::rpc_started(&rpc);
+                request.map(|inner| counted(inner, Direction::Received, rpc))
+            }
+        };
         let response = span.in_scope(|| self.inner.call(request));
         let body_span = span.clone();
         let max_request_bytes = self.max_request_bytes;
-        let metrics = self.metrics.clone();
         Box::pin(
             async move {
                 let mut response = documented(response.await?, max_request_bytes);
@@ -155,17 +145,15 @@ where
                 let code = response.headers().get("grpc-status").and_then(grpc_code);
                 Ok(response.map(|inner| {
                     Body::new(ObservedBody {
-                        inner: Body::new(CountedBody {
-                            inner,
-                            counter: MessageCounter::default(),
-                            count: Counted::Sent(metrics.clone(), rpc.clone()),
-                        }),
+                        inner: match rpc {
+                            None => inner,
+                            Some(rpc) => counted(inner, Direction::Sent, rpc),
+                        },
                         finish: Some(Finish {
                             span: body_span,
                             started,
                             code,
                             quiet,
-                            metrics,
                             rpc,
                         }),
                     })
@@ -191,8 +179,8 @@ struct Finish {
     started: Instant,
     code: Option<tonic::Code>,
     quiet: bool,
-    metrics: Arc<Metrics>,
-    rpc: RpcLabels,
+    /// Counted in the metrics, when they are recorded.
+    rpc: Option<RpcLabels>,
 }
 
 impl Finish {
@@ -204,7 +192,9 @@ impl Finish {
             (None, true) => tonic::Code::Unknown,
             (None, false) => tonic::Code::Cancelled,
         };
-        self.metrics.rpc_handled(&self.rpc, code, elapsed);
+        if let Some(rpc) = &self.rpc {
+            metrics::rpc_handled(rpc, code, elapsed);
+        }
         let _entered = self.span.enter();
         // `?code` is formatted only by a subscriber that keeps the event, not on every RPC.
         if self.quiet {
@@ -215,10 +205,20 @@ impl Finish {
     }
 }
 
-/// Which way a [`CountedBody`]'s messages go, and where they are counted.
-enum Counted {
-    Received(Arc<Metrics>, RpcLabels),
-    Sent(Arc<Metrics>, RpcLabels),
+/// Which way a [`CountedBody`]'s messages go.
+#[derive(Clone, Copy)]
+enum Direction {
+    Received,
+    Sent,
+}
+
+fn counted(inner: Body, direction: Direction, rpc: RpcLabels) -> Body {
+    Body::new(CountedBody {
+        inner,
+        counter: MessageCounter::default(),
+        direction,
+        rpc,
+    })
 }
 
 pin_project_lite::pin_project! {
@@ -227,7 +227,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Body,
         counter: MessageCounter,
-        count: Counted,
+        direction: Direction,
+        rpc: RpcLabels,
     }
 }
 
@@ -247,9 +248,9 @@ impl HttpBody for CountedBody {
             && let Some(data) = data
         {
             let messages = this.counter.feed(data);
-            match this.count {
-                Counted::Received(metrics, rpc) => metrics.messages_received(rpc, messages),
-                Counted::Sent(metrics, rpc) => metrics.messages_sent(rpc, messages),
+            match this.direction {
+                Direction::Received => metrics::messages_received(this.rpc, messages),
+                Direction::Sent => metrics::messages_sent(this.rpc, messages),
             }
         }
         Poll::Ready(frame)

@@ -16,7 +16,7 @@ use crate::domain::{EVENT_RETENTION_MARGIN, InvitationService, PageTokenCodec, W
 use crate::grpc::InvitationApi;
 use crate::health::{self, LIVENESS_SERVICE};
 use crate::limits::{Admission, Incoming, StreamLimitLayer};
-use crate::metrics::{Metrics, ScrapeLayer};
+use crate::metrics::ScrapeLayer;
 use crate::middleware::ObserveLayer;
 use crate::proto::server::invitation_service_server::InvitationServiceServer;
 use crate::rate_limit::RateLimiter;
@@ -244,13 +244,16 @@ impl Application {
         // Health and metrics alone, in plaintext, on their own port: health answers through
         // the grace period (NOT_SERVING) like the main one, and stops with it; Prometheus
         // scrapes `GET /metrics` over HTTP/1.1 there.
-        let metrics = Arc::new(Metrics::new());
+        // Metrics are recorded only where they can be scraped.
+        let mut background = tokio::task::JoinSet::new();
         let operations = self.ops_listener.map(|(listener, addr)| {
             tracing::info!(%addr, "serving operations (health, /metrics)");
+            let metrics = crate::metrics::install();
+            background.spawn(crate::metrics::upkeep(metrics.clone()));
             tokio::spawn(
                 Server::builder()
                     .accept_http1(true)
-                    .layer(ScrapeLayer::new(metrics.clone()))
+                    .layer(ScrapeLayer::new(metrics))
                     .add_service(health_service.clone())
                     .serve_with_incoming(Incoming::new(listener, OPS_MAX_CONNECTIONS)),
             )
@@ -267,7 +270,7 @@ impl Application {
             // tonic advertises no stream limit unless told: one connection could open streams
             // without end.
             .max_concurrent_streams(limits.max_concurrent_streams)
-            .layer(ObserveLayer::new(limits.max_request_bytes, metrics))
+            .layer(ObserveLayer::new(limits.max_request_bytes))
             .layer(StreamLimitLayer::new(&limits))
             .layer(InFlightLayer::new(calls.clone()))
             .add_service(health_service)
@@ -288,7 +291,6 @@ impl Application {
         );
         let mut server = tokio::spawn(server);
         // Rotated certificates are picked up until the process ends (dropped with it).
-        let mut background = tokio::task::JoinSet::new();
         if let Some(tls) = self.tls.clone() {
             background.spawn(tls.watch_files());
         }

@@ -124,6 +124,7 @@ async fn the_operations_port_serves_the_standard_grpc_series() {
             format!("grpc_server_started_total{{{list}}} 4"),
             format!("grpc_server_msg_sent_total{{{list}}} 3"),
             format!("grpc_server_handling_seconds_count{{{list}}} 4"),
+            "# TYPE grpc_server_handling_seconds histogram".to_owned(),
         ],
     )
     .await;
@@ -131,7 +132,7 @@ async fn the_operations_port_serves_the_standard_grpc_series() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(
         head.to_ascii_lowercase()
-            .contains("content-type: application/openmetrics-text"),
+            .contains("content-type: text/plain; version=0.0.4"),
         "{head}"
     );
     let received = text
