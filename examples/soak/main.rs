@@ -103,7 +103,7 @@ fn free_port() -> u16 {
 
 impl Replica {
     async fn start(name: &'static str, port: u16, generation: u32, opts: &Opts, url: &str) -> Self {
-        let child = Command::new(&opts.binary)
+        let mut child = Command::new(&opts.binary)
             .arg("serve")
             .env("DATABASE_URL", url)
             .env("INVITATIONS_LISTEN_ADDR", format!("127.0.0.1:{port}"))
@@ -119,14 +119,19 @@ impl Replica {
             .env("INVITATIONS_SHUTDOWN_DRAIN_MS", "5000")
             .env("INVITATIONS_RATE_LIMIT_PER_SECOND", "0")
             .env("INVITATIONS_LOG_FORMAT", "json")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", HTTP2_LOG)
             .env_remove("INVITATIONS_PAGE_TOKEN_SECRET")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("start a replica");
+        let stderr = child.stderr.take().expect("the replica's stderr");
+        tokio::spawn(forward_unusual_lines(
+            format!("{name}#{generation}"),
+            stderr,
+        ));
         let replica = Self {
             name,
             port,
@@ -180,6 +185,51 @@ impl Replica {
     }
 }
 
+/// What the replicas and the soak's own clients log: warnings, and HTTP/2's account of a
+/// connection that ended (at debug), so that a call lost with its connection comes with the
+/// reason the connection ended, on either side.
+const HTTP2_LOG: &str = "warn,h2::proto=debug";
+
+/// Whether a log line tells of the ordinary: a connection closed gracefully (a rotation, a
+/// restart) or settings applied. These are dropped; everything else is shown.
+fn is_ordinary(line: &str) -> bool {
+    line.contains("NO_ERROR") || line.contains("settings ACK")
+}
+
+/// Copies a replica's log to the soak's stderr, all but its ordinary lines.
+async fn forward_unusual_lines(replica: String, stderr: tokio::process::ChildStderr) {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if !is_ordinary(&line) {
+            eprintln!("replica {replica}: {line}");
+        }
+    }
+}
+
+/// The soak's own log (its clients' HTTP/2 connections), on stderr, without its ordinary
+/// lines: each event is formatted into a buffer and written, or dropped, when complete.
+struct UnusualLines(Vec<u8>);
+
+impl std::io::Write for UnusualLines {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for UnusualLines {
+    fn drop(&mut self) {
+        let line = String::from_utf8_lossy(&self.0);
+        if !is_ordinary(&line) {
+            eprint!("soak client: {line}");
+        }
+    }
+}
+
 /// RSS (KiB) and open descriptors of a process, from /proc.
 fn process_figures(pid: u32) -> Option<(u64, usize)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -211,6 +261,8 @@ struct Tally {
 struct Callers {
     clients: [InvitationServiceClient<Channel>; 2],
     tally: Arc<Mutex<Tally>>,
+    /// When the soak started: a failure says when it happened, to set beside the restarts.
+    started: Instant,
 }
 
 impl Callers {
@@ -227,7 +279,8 @@ impl Callers {
         let give_up = Instant::now() + Duration::from_secs(30);
         let mut attempt = 0;
         loop {
-            let client = self.clients[(prefer + attempt) % 2].clone();
+            let replica = (prefer + attempt) % 2;
+            let client = self.clients[replica].clone();
             attempt += 1;
             let outcome = call(client).await;
             let retry = {
@@ -250,7 +303,11 @@ impl Callers {
                                 let key = format!("{method} {:?} {}", status.code(), info.reason);
                                 *tally.documented.entry(key).or_default() += 1;
                             }
-                            _ => tally.undocumented.push(format!("{method}: {status:?}")),
+                            _ => tally.undocumented.push(format!(
+                                "{method} at {:.3} s on replica {}: {status:?}",
+                                self.started.elapsed().as_secs_f64(),
+                                ["a", "b"][replica]
+                            )),
                         }
                         false
                     }
@@ -385,6 +442,11 @@ fn with_database(admin_url: &str, name: &str) -> String {
 #[tokio::main]
 async fn main() {
     let opts = Opts::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(HTTP2_LOG))
+        .with_ansi(false)
+        .with_writer(|| UnusualLines(Vec::new()))
+        .init();
     if let Some(path) = &opts.from {
         let text = std::fs::read_to_string(path).expect("read the report");
         let report: serde_json::Value = serde_json::from_str(&text).expect("a soak report");
@@ -440,6 +502,7 @@ async fn main() {
                     InvitationServiceClient::new(channels[1].clone()),
                 ],
                 tally: tally.clone(),
+                started,
             };
             tokio::spawn(caller(number, callers, until))
         })
