@@ -71,6 +71,12 @@ pub struct HealthSettings {
 }
 
 pub async fn set_readiness(reporter: &HealthReporter, status: ServingStatus) {
+    let ready = if status == ServingStatus::Serving {
+        1.0
+    } else {
+        0.0
+    };
+    metrics::gauge!("invitations_ready").set(ready);
     for service in READINESS_SERVICES {
         reporter.set_service_status(service, status).await;
     }

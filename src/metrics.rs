@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use prost::Message;
 
+use crate::grpc::status::{LOAD_SHED_REASONS, RATE_LIMITED_REASON};
 use crate::limits::StreamKind;
 
 /// What identifies an RPC in the `grpc_server_*` series.
@@ -44,6 +45,11 @@ pub fn install() -> PrometheusHandle {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     Matcher::Full("grpc_server_handling_seconds".into()),
+                    &HANDLING_BUCKETS,
+                )
+                .unwrap_or_else(|_| unreachable!("the buckets are not empty"))
+                .set_buckets_for_metric(
+                    Matcher::Full("invitations_db_connection_wait_seconds".into()),
                     &HANDLING_BUCKETS,
                 )
                 .unwrap_or_else(|_| unreachable!("the buckets are not empty"))
@@ -93,6 +99,55 @@ fn describe() {
     );
     describe_counter!("grpc_server_msg_sent_total", "Response messages sent.");
     describe_gauge!("invitations_build_info", "The running build (always 1).");
+    describe_counter!(
+        "invitations_rpc_outcomes_total",
+        "Calls ended, by outcome: OK, the ErrorInfo reason of a documented error, \
+         UNDOCUMENTED (an error without one) or CANCELLED (the client left)."
+    );
+    describe_counter!(
+        "invitations_rate_limited_total",
+        "Calls refused by the per-caller rate limit (RATE_LIMITED)."
+    );
+    describe_counter!(
+        "invitations_load_shed_total",
+        "Calls refused to protect the replica, by reason (SERVER_OVERLOADED, \
+         CALLER_CONCURRENCY_LIMIT, STREAM_LIMIT_REACHED, RESPONSES_UNREAD)."
+    );
+    describe_gauge!(
+        "invitations_db_pool_max_connections",
+        "The database connection pool's bound."
+    );
+    describe_gauge!(
+        "invitations_db_pool_connections",
+        "Open database connections, idle or in use (sampled at each scrape)."
+    );
+    describe_histogram!(
+        "invitations_db_connection_wait_seconds",
+        metrics::Unit::Seconds,
+        "Time a PostgreSQL statement waited for a connection."
+    );
+    describe_counter!(
+        "invitations_db_errors_total",
+        "Database failures, by class: transaction_conflict (retried by the client), \
+         unavailable (UNAVAILABLE), other (INTERNAL)."
+    );
+    describe_gauge!(
+        "invitations_ready",
+        "1 while readiness is SERVING, 0 while NOT_SERVING."
+    );
+    describe_gauge!(
+        "invitations_outbox_lag_seconds",
+        "Age of the oldest event the relay has yet to publish (0 when caught up; set by \
+         the replica holding the relay lease)."
+    );
+    describe_counter!(
+        "invitations_events_relayed_total",
+        "Events published to NATS JetStream and acknowledged."
+    );
+    describe_gauge!(
+        "invitations_watch_streams",
+        "Open WatchInvitations streams."
+    );
     metrics::gauge!("invitations_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
@@ -108,6 +163,55 @@ pub fn rpc_handled(rpc: &RpcLabels, code: tonic::Code, seconds: f64) {
     )
     .increment(1);
     metrics::histogram!("grpc_server_handling_seconds", &rpc.labels()).record(seconds);
+}
+
+/// The outcome of a call, as `invitations_rpc_outcomes_total` labels it: `OK`, the
+/// `ErrorInfo.reason` of a documented error, `UNDOCUMENTED` for an error without one (tonic's
+/// own: an unknown method, a malformed request), `CANCELLED` when the client left first.
+/// Refusals that protect the replica are counted once more under their own names.
+pub fn rpc_outcome(rpc: &RpcLabels, code: tonic::Code, reason: Option<String>) {
+    let [_, service, method] = rpc.labels();
+    let outcome: metrics::SharedString = match (code, reason) {
+        (tonic::Code::Ok, _) => "OK".into(),
+        (_, Some(reason)) => reason.into(),
+        (tonic::Code::Cancelled, None) => "CANCELLED".into(),
+        (_, None) => "UNDOCUMENTED".into(),
+    };
+    if &*outcome == RATE_LIMITED_REASON {
+        metrics::counter!("invitations_rate_limited_total", &[service, method]).increment(1);
+    } else if LOAD_SHED_REASONS.contains(&&*outcome) {
+        metrics::counter!(
+            "invitations_load_shed_total",
+            "reason" => outcome.clone()
+        )
+        .increment(1);
+    }
+    metrics::counter!(
+        "invitations_rpc_outcomes_total",
+        "grpc_service" => service.1,
+        "grpc_method" => method.1,
+        "outcome" => outcome
+    )
+    .increment(1);
+}
+
+/// The `ErrorInfo.reason` of the status in `map` (a trailers-only response's headers, or a
+/// stream's trailers), if it is an error with one. Only the service's own upper-case reasons
+/// are taken, so a label can hold nothing else.
+pub fn error_reason(map: &http::HeaderMap) -> Option<String> {
+    use tonic_types::StatusExt;
+    let status = tonic::Status::from_header_map(map)?;
+    if status.code() == tonic::Code::Ok {
+        return None;
+    }
+    status
+        .get_details_error_info()
+        .map(|info| info.reason)
+        .filter(|reason| {
+            !reason.is_empty()
+                && reason.len() <= 64
+                && reason.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+        })
 }
 
 pub fn messages_received(rpc: &RpcLabels, count: u64) {
@@ -256,11 +360,15 @@ impl MessageCounter {
 #[derive(Clone)]
 pub struct ScrapeLayer {
     metrics: PrometheusHandle,
+    sample: Sampler,
 }
 
+/// Sets the gauges read at each scrape (the database pool's figures).
+pub type Sampler = std::sync::Arc<dyn Fn() + Send + Sync>;
+
 impl ScrapeLayer {
-    pub fn new(metrics: PrometheusHandle) -> Self {
-        Self { metrics }
+    pub fn new(metrics: PrometheusHandle, sample: Sampler) -> Self {
+        Self { metrics, sample }
     }
 }
 
@@ -270,6 +378,7 @@ impl<S> tower::Layer<S> for ScrapeLayer {
         Scrape {
             inner,
             metrics: self.metrics.clone(),
+            sample: self.sample.clone(),
         }
     }
 }
@@ -278,6 +387,7 @@ impl<S> tower::Layer<S> for ScrapeLayer {
 pub struct Scrape<S> {
     inner: S,
     metrics: PrometheusHandle,
+    sample: Sampler,
 }
 
 /// The Prometheus text exposition format.
@@ -309,6 +419,7 @@ where
         if request.uri().path() != "/metrics" {
             return Box::pin(self.inner.call(request));
         }
+        (self.sample)();
         let mut response = http::Response::new(tonic::body::Body::new(self.metrics.render()));
         response.headers_mut().insert(
             http::header::CONTENT_TYPE,

@@ -143,6 +143,7 @@ where
                 response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
                 // A trailers-only response (every error) has its status in the headers.
                 let code = response.headers().get("grpc-status").and_then(grpc_code);
+                let reason = rpc.and_then(|_| metrics::error_reason(response.headers()));
                 Ok(response.map(|inner| {
                     Body::new(ObservedBody {
                         inner: match rpc {
@@ -153,6 +154,7 @@ where
                             span: body_span,
                             started,
                             code,
+                            reason,
                             quiet,
                             rpc,
                         }),
@@ -178,6 +180,8 @@ struct Finish {
     span: tracing::Span,
     started: Instant,
     code: Option<tonic::Code>,
+    /// The error's `ErrorInfo.reason`, when metrics are recorded and the call failed.
+    reason: Option<String>,
     quiet: bool,
     /// Counted in the metrics, when they are recorded.
     rpc: Option<RpcLabels>,
@@ -194,6 +198,7 @@ impl Finish {
         };
         if let Some(rpc) = &self.rpc {
             metrics::rpc_handled(rpc, code, elapsed);
+            metrics::rpc_outcome(rpc, code, self.reason);
         }
         let _entered = self.span.enter();
         // `?code` is formatted only by a subscriber that keeps the event, not on every RPC.
@@ -293,13 +298,14 @@ impl HttpBody for ObservedBody {
         let frame = std::task::ready!(this.inner.poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
-                if let Some(code) = frame
-                    .trailers_ref()
-                    .and_then(|t| t.get("grpc-status"))
-                    .and_then(grpc_code)
+                if let Some(trailers) = frame.trailers_ref()
+                    && let Some(code) = trailers.get("grpc-status").and_then(grpc_code)
                     && let Some(finish) = this.finish.as_mut()
                 {
                     finish.code = Some(code);
+                    if finish.rpc.is_some() {
+                        finish.reason = metrics::error_reason(trailers);
+                    }
                 }
             }
             Some(Err(_)) | None => {

@@ -76,7 +76,8 @@ pub async fn run<R: InvitationRepository>(
             relayed = lead(&store, &jetstream, &mut follower.changes, &settings, holder) => relayed,
         };
         match relayed {
-            Ok(()) => {}
+            // Standing by: the replica that leads reports the lag.
+            Ok(()) => metrics::gauge!("invitations_outbox_lag_seconds").set(0.0),
             Err(error) => tracing::warn!(error = %error, "event relay interrupted; trying again"),
         }
         tokio::select! {
@@ -130,7 +131,13 @@ async fn lead<R: InvitationRepository>(
         let mut reached = position;
         if let Some(horizon) = horizon.filter(|h| *h > position) {
             let events = store.events_since(position, horizon, BATCH).await?;
+            if let Some(oldest) = events.first() {
+                let waited =
+                    Timestamp::now().unix_micros() - oldest.record.occurred_at.unix_micros();
+                metrics::gauge!("invitations_outbox_lag_seconds").set(waited.max(0) as f64 / 1e6);
+            }
             publish(jetstream, &events).await?;
+            metrics::counter!("invitations_events_relayed_total").increment(events.len() as u64);
             reached = match events.last() {
                 Some(last) if events.len() as u64 == BATCH => last.position,
                 _ => horizon,
@@ -146,6 +153,7 @@ async fn lead<R: InvitationRepository>(
             continue;
         }
         // Caught up: wait for more, renewing the lease meanwhile.
+        metrics::gauge!("invitations_outbox_lag_seconds").set(0.0);
         let _ = tokio::time::timeout(renew, settled.changed()).await;
     }
 }

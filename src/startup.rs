@@ -164,6 +164,8 @@ impl Application {
         shutdown: impl Future<Output = ()>,
     ) -> Result<Stopped, StartupError> {
         let limits = self.settings.server;
+        // Metrics are recorded only where they can be scraped, from the first readiness on.
+        let metrics = self.ops_listener.is_some().then(crate::metrics::install);
         let (reporter, health_service) = tonic_health::server::health_reporter();
         health::set_readiness(&reporter, ServingStatus::NotServing).await;
         reporter
@@ -244,20 +246,23 @@ impl Application {
         // Health and metrics alone, in plaintext, on their own port: health answers through
         // the grace period (NOT_SERVING) like the main one, and stops with it; Prometheus
         // scrapes `GET /metrics` over HTTP/1.1 there.
-        // Metrics are recorded only where they can be scraped.
         let mut background = tokio::task::JoinSet::new();
-        let operations = self.ops_listener.map(|(listener, addr)| {
-            tracing::info!(%addr, "serving operations (health, /metrics)");
-            let metrics = crate::metrics::install();
-            background.spawn(crate::metrics::upkeep(metrics.clone()));
-            tokio::spawn(
-                Server::builder()
-                    .accept_http1(true)
-                    .layer(ScrapeLayer::new(metrics))
-                    .add_service(health_service.clone())
-                    .serve_with_incoming(Incoming::new(listener, OPS_MAX_CONNECTIONS)),
-            )
-        });
+        let operations = self
+            .ops_listener
+            .zip(metrics)
+            .map(|((listener, addr), metrics)| {
+                tracing::info!(%addr, "serving operations (health, /metrics)");
+                background.spawn(crate::metrics::upkeep(metrics.clone()));
+                let store = self.store.clone();
+                let pool_figures = std::sync::Arc::new(move || store.record_pool_figures());
+                tokio::spawn(
+                    Server::builder()
+                        .accept_http1(true)
+                        .layer(ScrapeLayer::new(metrics, pool_figures))
+                        .add_service(health_service.clone())
+                        .serve_with_incoming(Incoming::new(listener, OPS_MAX_CONNECTIONS)),
+                )
+            });
 
         let calls = CallsInFlight::new();
         let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -20,6 +20,19 @@ use crate::domain::{
 pub const ERROR_DOMAIN: &str = "invitations.api";
 
 /// `ResourceInfo.resource_type` of an invitation.
+/// The reason of a call refused by the per-caller rate limit (counted on its own in
+/// `metrics.rs`).
+pub const RATE_LIMITED_REASON: &str = "RATE_LIMITED";
+
+/// The reasons of the refusals that shed load to protect the replica (counted on their own in
+/// `metrics.rs`).
+pub const LOAD_SHED_REASONS: [&str; 4] = [
+    "SERVER_OVERLOADED",
+    "CALLER_CONCURRENCY_LIMIT",
+    "STREAM_LIMIT_REACHED",
+    "RESPONSES_UNREAD",
+];
+
 pub const INVITATION_RESOURCE_TYPE: &str = "invitations.v1.Invitation";
 
 /// How one error is answered.
@@ -314,7 +327,7 @@ pub fn row(error: &Error) -> ErrorRow {
                 Code::ResourceExhausted,
                 429,
                 "rate_limited",
-                "RATE_LIMITED",
+                RATE_LIMITED_REASON,
                 "Too many requests.",
             )
         }
@@ -642,5 +655,33 @@ mod readme {
         reasons.sort();
         reasons.dedup();
         assert_eq!(reasons.len(), all, "a reason names one row");
+    }
+
+    #[test]
+    fn the_refusals_metrics_count_apart_are_rows() {
+        let shed: Vec<&str> = [
+            Error::Overloaded,
+            Error::CallerOverloaded { limit: 1 },
+            Error::StreamLimit {
+                scope: StreamLimitScope::Server,
+                limit: 1,
+            },
+            Error::ResponsesUnread { limit: 1 },
+        ]
+        .iter()
+        .map(|error| row(error).reason)
+        .collect();
+        assert_eq!(shed, LOAD_SHED_REASONS);
+        let limited = Error::RateLimited {
+            retry_after: Duration::from_secs(1),
+        };
+        assert_eq!(row(&limited).reason, RATE_LIMITED_REASON);
+        let reasons: Vec<&str> = one_of_each().iter().map(|e| row(e).reason).collect();
+        assert!(
+            reasons
+                .iter()
+                .all(|reason| reason.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')),
+            "metrics take a reason only if it is upper case: {reasons:?}"
+        );
     }
 }

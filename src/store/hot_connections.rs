@@ -121,6 +121,19 @@ impl HotConnections {
     /// one (measured: racing always, List at c=32 fell to a quarter of its throughput as
     /// cancelled connection attempts piled up).
     pub async fn checkout(&self, pool: &PgPool) -> Result<(HotConnection, bool), Error> {
+        let started = Instant::now();
+        let checked_out = self.take_or_wait(pool).await;
+        metrics::histogram!("invitations_db_connection_wait_seconds")
+            .record(started.elapsed().as_secs_f64());
+        checked_out
+    }
+
+    /// Kept connections counted as idle by the pool's gauges.
+    pub fn idle_count(&self) -> usize {
+        self.state().idle.len()
+    }
+
+    async fn take_or_wait(&self, pool: &PgPool) -> Result<(HotConnection, bool), Error> {
         let pool_is_exhausted =
             || pool.num_idle() == 0 && pool.size() >= pool.options().get_max_connections();
         let mut handed_over = match self.take_or_queue(pool_is_exhausted) {

@@ -192,6 +192,8 @@ struct StoreState {
 /// Sorts a database failure into what the client should be told.
 fn classify(error: DbErr) -> Error {
     if is_transaction_conflict(&error) {
+        metrics::counter!("invitations_db_errors_total", "class" => "transaction_conflict")
+            .increment(1);
         return Error::TransactionConflict(Box::new(error));
     }
     let unavailable = match &error {
@@ -214,6 +216,8 @@ fn classify(error: DbErr) -> Error {
         }
         _ => false,
     };
+    let class = if unavailable { "unavailable" } else { "other" };
+    metrics::counter!("invitations_db_errors_total", "class" => class).increment(1);
     if unavailable {
         Error::DatabaseUnavailable(Box::new(error))
     } else {
@@ -549,6 +553,41 @@ impl Store {
             postgres,
             acquire_timeout: settings.acquire_timeout,
         })
+    }
+
+    /// Sets the connection pool's gauges (at each scrape of `/metrics`): its bound, and its
+    /// open connections idle or in use. On PostgreSQL a connection kept between requests
+    /// (`hot_connections`) counts as idle, like one in the pool; on a SQLite file the reader
+    /// connections are not counted (they are opened once, one per permit).
+    pub fn record_pool_figures(&self) {
+        let (max, open, idle) = match self.db.get_database_backend() {
+            DbBackend::Postgres => {
+                let pool = self.db.get_postgres_connection_pool();
+                let kept = self
+                    .hot_connections
+                    .as_ref()
+                    .map_or(0, |hot| hot.idle_count());
+                (
+                    pool.options().get_max_connections(),
+                    pool.size(),
+                    pool.num_idle() + kept,
+                )
+            }
+            DbBackend::Sqlite => {
+                let pool = self.db.get_sqlite_connection_pool();
+                (
+                    pool.options().get_max_connections(),
+                    pool.size(),
+                    pool.num_idle(),
+                )
+            }
+            _ => return,
+        };
+        let idle = idle.min(open as usize);
+        metrics::gauge!("invitations_db_pool_max_connections").set(f64::from(max));
+        metrics::gauge!("invitations_db_pool_connections", "state" => "idle").set(idle as f64);
+        metrics::gauge!("invitations_db_pool_connections", "state" => "in_use")
+            .set((open as usize - idle) as f64);
     }
 
     pub fn backend(&self) -> DbBackend {

@@ -191,6 +191,7 @@ impl EventHub {
                         lagged: lagged.clone(),
                     });
                     drop(state);
+                    metrics::gauge!("invitations_watch_streams").increment(1.0);
                     self.shared.joined.notify_one();
                     return Subscription {
                         from,
@@ -356,6 +357,7 @@ impl Drop for Follower {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        metrics::gauge!("invitations_watch_streams").decrement(1.0);
         let mut state = self.hub.lock();
         if let Some(watches) = state.watches.get_mut(&self.enterprise) {
             watches.retain(|watch| watch.id != self.id);

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use http::uri::PathAndQuery;
 use invitations::proto::invitations::v1::invitation_service_client::InvitationServiceClient;
-use invitations::proto::invitations::v1::{ListInvitationsRequest, ListInvitationsResponse};
+use invitations::proto::invitations::v1::{
+    GetInvitationRequest, ListInvitationsRequest, ListInvitationsResponse, WatchInvitationsRequest,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -112,6 +114,16 @@ async fn the_operations_port_serves_the_standard_grpc_series() {
         .await
         .expect_err("no such method");
     assert_eq!(unknown.code(), Code::Unimplemented);
+    let missing = client
+        .get_invitation(authorized(
+            &token,
+            GetInvitationRequest {
+                invitation_id: uuid::Uuid::new_v4().to_string(),
+            },
+        ))
+        .await
+        .expect_err("no such invitation");
+    assert_eq!(missing.code(), Code::NotFound);
 
     let list = "grpc_type=\"unary\",grpc_service=\"invitations.v1.InvitationService\",\
                 grpc_method=\"ListInvitations\"";
@@ -145,6 +157,52 @@ async fn the_operations_port_serves_the_standard_grpc_series() {
         "three requests read: {received:?}"
     );
     assert!(text.contains("invitations_build_info{version="), "{text}");
+
+    // The service's own: outcomes by documented reason, readiness, the pool.
+    let outcome = |method: &str, outcome: &str, count: u64| {
+        let service = if method == "unknown" {
+            "unknown"
+        } else {
+            "invitations.v1.InvitationService"
+        };
+        format!(
+            "invitations_rpc_outcomes_total{{grpc_service=\"{service}\",\
+             grpc_method=\"{method}\",outcome=\"{outcome}\"}} {count}"
+        )
+    };
+    let response = scrape_until(
+        ops,
+        &[
+            outcome("ListInvitations", "OK", 3),
+            outcome("ListInvitations", "UNAUTHORIZED", 1),
+            outcome("GetInvitation", "INVITATION_NOT_FOUND", 1),
+            outcome("unknown", "UNDOCUMENTED", 1),
+            "invitations_ready 1".to_owned(),
+            "# TYPE invitations_db_pool_connections gauge".to_owned(),
+            "invitations_db_pool_connections{state=\"in_use\"}".to_owned(),
+            "invitations_db_pool_connections{state=\"idle\"}".to_owned(),
+        ],
+    )
+    .await;
+    let (_, text) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    let max_connections = text
+        .lines()
+        .find_map(|line| line.strip_prefix("invitations_db_pool_max_connections "))
+        .and_then(|value| value.parse::<f64>().ok());
+    assert!(
+        max_connections.is_some_and(|max| max >= 1.0),
+        "the pool's bound: {max_connections:?}"
+    );
+
+    // An open watch is counted while it lasts.
+    let watch = client
+        .watch_invitations(authorized(&token, WatchInvitationsRequest::default()))
+        .await
+        .expect("watching")
+        .into_inner();
+    scrape_until(ops, &["invitations_watch_streams 1".to_owned()]).await;
+    drop(watch);
+    scrape_until(ops, &["invitations_watch_streams 0".to_owned()]).await;
     for private in [admin.to_string(), "up-8f2c1d".to_owned(), "evil".to_owned()] {
         assert!(!text.contains(&private), "{private} in a label");
     }
