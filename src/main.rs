@@ -14,15 +14,23 @@ async fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let database_url = cli.config.database_url.clone();
-    telemetry::init(cli.config.log_format, &database_url);
-    match run(cli).await {
+    let telemetry = match telemetry::init(cli.config.log_format, &database_url) {
+        Ok(telemetry) => telemetry,
+        Err(reason) => {
+            eprintln!("invitations: {reason}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match run(cli).await {
         Ok(code) => code,
         Err(reason) => {
             // A driver's error may quote the URL: its password never reaches the terminal.
             eprintln!("invitations: {}", database_url.redact(&reason.to_string()));
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown().await;
+    code
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {

@@ -111,13 +111,18 @@ where
         let request_id = request_id(&request);
         let method = request.uri().path().to_owned();
         let quiet = is_health_check(&method);
-        let span = tracing::info_span!(
-            "rpc",
-            method = %method,
-            request_id = request_id.to_str().unwrap_or_default(),
-            subject = tracing::field::Empty,
-            client_certificate = tracing::field::Empty,
-        );
+        let traced = crate::telemetry::tracing_enabled();
+        let span = if traced {
+            traced_span(&request, &method, &request_id)
+        } else {
+            tracing::info_span!(
+                "rpc",
+                method = %method,
+                request_id = request_id.to_str().unwrap_or_default(),
+                subject = tracing::field::Empty,
+                client_certificate = tracing::field::Empty,
+            )
+        };
         if let Some(client) = request
             .extensions()
             .get::<ConnectionInfo>()
@@ -151,6 +156,7 @@ where
                             Some(rpc) => counted(inner, Direction::Sent, rpc),
                         },
                         finish: Some(Finish {
+                            traced,
                             span: body_span,
                             started,
                             code,
@@ -175,8 +181,62 @@ fn grpc_code(value: &HeaderValue) -> Option<tonic::Code> {
         .map(tonic::Code::from)
 }
 
+/// The `rpc` span while traces are exported: named and attributed by the RPC semantic
+/// conventions (`rpc.system`, `rpc.service`, `rpc.method`; `rpc.grpc.status_code` when it
+/// ends), a child of the caller's span when its W3C `traceparent` says so, and with the
+/// trace id as a field, so every log line of the call carries it.
+fn traced_span(request: &Request<Body>, method: &str, request_id: &HeaderValue) -> tracing::Span {
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    // Only the served methods are named: a made-up path must not make a span name of its own.
+    let rpc = rpc_of(method);
+    let (service, name) = (rpc.grpc_service, rpc.grpc_method);
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = %format_args!("{service}/{name}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = name,
+        rpc.grpc.status_code = tracing::field::Empty,
+        method = %method,
+        request_id = request_id.to_str().unwrap_or_default(),
+        trace_id = tracing::field::Empty,
+        subject = tracing::field::Empty,
+        client_certificate = tracing::field::Empty,
+    );
+    let caller = opentelemetry_sdk::propagation::TraceContextPropagator::new()
+        .extract(&opentelemetry_http::HeaderExtractor(request.headers()));
+    if caller.span().span_context().is_valid() {
+        // Fails only without the OpenTelemetry layer, which `traced` rules out.
+        let _ = span.set_parent(caller);
+    }
+    let trace_id = span.context().span().span_context().trace_id();
+    span.record("trace_id", tracing::field::display(trace_id));
+    span
+}
+
+/// The codes a server reports as its own failure (the RPC conventions' span status).
+fn is_server_error(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
+}
+
 /// What to log when the response body ends (or is dropped: the client went away).
 struct Finish {
+    /// The span carries the RPC conventions' attributes (traces are exported).
+    traced: bool,
     span: tracing::Span,
     started: Instant,
     code: Option<tonic::Code>,
@@ -199,6 +259,12 @@ impl Finish {
         if let Some(rpc) = &self.rpc {
             metrics::rpc_handled(rpc, code, elapsed);
             metrics::rpc_outcome(rpc, code, self.reason);
+        }
+        if self.traced {
+            self.span.record("rpc.grpc.status_code", code as i64);
+            if is_server_error(code) {
+                self.span.record("otel.status_code", "ERROR");
+            }
         }
         let _entered = self.span.enter();
         // `?code` is formatted only by a subscriber that keeps the event, not on every RPC.

@@ -1,34 +1,152 @@
-//! Logging, set up once at start. The level comes from `RUST_LOG` (default `info`). Every
-//! line passes through [`RedactingWriter`], so a library that quotes the database URL in an
-//! error cannot put its password in the logs; panics are redacted the same way.
+//! Logging and tracing, set up once at start. The level comes from `RUST_LOG` (default
+//! `info`). Every line passes through [`RedactingWriter`], so a library that quotes the
+//! database URL in an error cannot put its password in the logs; panics are redacted the
+//! same way.
+//!
+//! OpenTelemetry traces are off unless `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; `OTEL_SDK_DISABLED=true` keeps them off.
+//! Then tracing's spans go to that collector over OTLP/gRPC (`opentelemetry-otlp`, tonic),
+//! with the SDK's own variables honoured (`OTEL_SERVICE_NAME`, default `invitations`;
+//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`,
+//! `OTEL_EXPORTER_OTLP_{TIMEOUT,HEADERS,COMPRESSION}`). Only the `grpc` protocol is built in:
+//! another `OTEL_EXPORTER_OTLP_PROTOCOL` stops the start instead of exporting nowhere. What is
+//! exported: the `rpc` span of each call (`middleware.rs`, the RPC semantic conventions,
+//! continuing the caller's W3C `traceparent`) and, under it, a span per database operation
+//! (`store/mod.rs`, at `debug`, so they cost nothing while traces are off).
 use std::io::{self, IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{DatabaseUrl, LogFormat};
 
-pub fn init(format: LogFormat, database_url: &DatabaseUrl) {
+/// The name the service reports itself under when `OTEL_SERVICE_NAME` does not say.
+const SERVICE_NAME: &str = "invitations";
+
+static TRACING: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans are exported: the middleware then continues callers' traces and names the
+/// span by the RPC conventions. Off, it does neither (nothing would read them).
+pub fn tracing_enabled() -> bool {
+    TRACING.load(Ordering::Relaxed)
+}
+
+/// What [`init`] started; [`Telemetry::shutdown`] exports the spans still buffered.
+pub struct Telemetry {
+    traces: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports what is buffered and stops the exporter: called as the process ends, after
+    /// the server has stopped.
+    pub async fn shutdown(self) {
+        let Some(provider) = self.traces else { return };
+        // The exporter's thread waits for its batch's export, which the runtime drives.
+        match tokio::task::spawn_blocking(move || provider.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "traces not all exported at shutdown"),
+            Err(error) => tracing::warn!(%error, "traces not all exported at shutdown"),
+        }
+    }
+}
+
+/// A setting of the `OTEL_*` variables that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("OTEL_EXPORTER_OTLP_PROTOCOL={0}: only grpc is built in (the collector's port 4317)")]
+    Protocol(String),
+    #[error("OTEL_EXPORTER_OTLP_ENDPOINT: {0}")]
+    Exporter(String),
+}
+
+/// Whether the environment asks for traces.
+fn traces_wanted() -> bool {
+    let set = |name: &str| std::env::var(name).is_ok_and(|value| !value.trim().is_empty());
+    let disabled = std::env::var("OTEL_SDK_DISABLED")
+        .is_ok_and(|value| value.trim().eq_ignore_ascii_case("true"));
+    !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+}
+
+/// The tracer provider for the `OTEL_*` settings, exporting in batches from a task of the
+/// current Tokio runtime's tonic client.
+fn tracer_provider() -> Result<SdkTracerProvider, TelemetryError> {
+    for name in [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ] {
+        if let Ok(protocol) = std::env::var(name)
+            && !protocol.trim().is_empty()
+        {
+            if protocol.trim() != "grpc" {
+                return Err(TelemetryError::Protocol(protocol));
+            }
+            break;
+        }
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()
+        .map_err(|error| TelemetryError::Exporter(error.to_string()))?;
+    let detected = opentelemetry_sdk::Resource::builder().build();
+    let named = detected
+        .get(&opentelemetry::Key::from_static_str("service.name"))
+        .map(|name| name.to_string())
+        .filter(|name| !name.starts_with("unknown_service"));
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(named.unwrap_or_else(|| SERVICE_NAME.to_owned()))
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.version",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
+}
+
+/// Logs to stderr as `format` says, and exports traces when the environment asks for them
+/// (see the module's documentation). Must run inside the Tokio runtime.
+pub fn init(format: LogFormat, database_url: &DatabaseUrl) -> Result<Telemetry, TelemetryError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour only for a person at a terminal: a log redirected to a file or collected by
     // a container runtime would be full of escape sequences. NO_COLOR (no-color.org) wins.
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let lines = tracing_subscriber::fmt::layer()
         .with_ansi(colour)
         .with_writer(RedactingWriter {
             url: database_url.clone(),
         });
-    // `try_init` fails only when a subscriber is already set (tests): keep that one.
-    let _ = match format {
-        LogFormat::Pretty => builder.try_init(),
-        LogFormat::Json => builder
+    let lines = match format {
+        LogFormat::Pretty => lines.boxed(),
+        LogFormat::Json => lines
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .try_init(),
+            .boxed(),
     };
+    let traces = traces_wanted().then(tracer_provider).transpose()?;
+    // The service's own spans only: the `rpc` span (info) and the database's (debug).
+    let exported = traces.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(SERVICE_NAME))
+            .with_filter(Targets::new().with_target("invitations", tracing::Level::DEBUG))
+    });
+    // `try_init` fails only when a subscriber is already set (tests): keep that one.
+    let installed = tracing_subscriber::registry()
+        .with(lines.with_filter(filter))
+        .with(exported)
+        .try_init()
+        .is_ok();
+    TRACING.store(installed && traces.is_some(), Ordering::Relaxed);
     redact_panics(database_url.clone());
+    Ok(Telemetry { traces })
 }
 
 /// Panic messages on stderr with the database password masked (with a backtrace when

@@ -590,6 +590,15 @@ impl Store {
             .set((open as usize - idle) as f64);
     }
 
+    /// The database, as the OpenTelemetry conventions name it (`db.system.name`).
+    fn system_name(&self) -> &'static str {
+        match self.backend() {
+            DbBackend::Postgres => "postgresql",
+            DbBackend::Sqlite => "sqlite",
+            _ => "other_sql",
+        }
+    }
+
     pub fn backend(&self) -> DbBackend {
         self.db.get_database_backend()
     }
@@ -993,6 +1002,12 @@ impl Store {
 /// The domain's port (`domain::InvitationRepository`), on SeaORM. Every statement comes
 /// from [`queries`].
 impl InvitationRepository for Store {
+    #[tracing::instrument(level = "debug", name = "SELECT invitations", skip_all, fields(
+        otel.kind = "client",
+        db.system.name = self.system_name(),
+        db.operation.name = "SELECT",
+        db.collection.name = "invitations",
+    ))]
     async fn list(&self, filter: &ListFilter<'_>) -> Result<Vec<Invitation>, Error> {
         let backend = self.backend();
         let page = || Tenant::of(filter.enterprise).page(filter, backend);
@@ -1007,6 +1022,12 @@ impl InvitationRepository for Store {
         self.read_statement(statement, expected_rows).await
     }
 
+    #[tracing::instrument(level = "debug", name = "SELECT invitations", skip_all, fields(
+        otel.kind = "client",
+        db.system.name = self.system_name(),
+        db.operation.name = "SELECT",
+        db.collection.name = "invitations",
+    ))]
     async fn get(
         &self,
         enterprise: EnterpriseId,
@@ -1021,6 +1042,12 @@ impl InvitationRepository for Store {
     /// concurrent creators. On PostgreSQL the create is first tried as one statement with its
     /// event (`Tenant::insert_pending_with_event`), which is the whole create whenever no
     /// pending row holds the address; the transaction runs only when one does.
+    #[tracing::instrument(level = "debug", name = "INSERT invitations", skip_all, fields(
+        otel.kind = "client",
+        db.system.name = self.system_name(),
+        db.operation.name = "INSERT",
+        db.collection.name = "invitations",
+    ))]
     async fn insert_pending(
         &self,
         invitation: &Invitation,
@@ -1093,6 +1120,12 @@ impl InvitationRepository for Store {
 
     /// With an idempotency key, the response is stored in the cancel's transaction, after
     /// the write (so a SQLite transaction takes the write lock at once).
+    #[tracing::instrument(level = "debug", name = "UPDATE invitations", skip_all, fields(
+        otel.kind = "client",
+        db.system.name = self.system_name(),
+        db.operation.name = "UPDATE",
+        db.collection.name = "invitations",
+    ))]
     async fn cancel_pending(
         &self,
         enterprise: EnterpriseId,
@@ -1162,6 +1195,12 @@ impl InvitationRepository for Store {
         Ok(CancelOutcome::Cancelled(Box::new(cancelled)))
     }
 
+    #[tracing::instrument(level = "debug", name = "SELECT idempotency_keys", skip_all, fields(
+        otel.kind = "client",
+        db.system.name = self.system_name(),
+        db.operation.name = "SELECT",
+        db.collection.name = "idempotency_keys",
+    ))]
     async fn prior_response(
         &self,
         enterprise: EnterpriseId,
@@ -1189,6 +1228,12 @@ impl InvitationRepository for Store {
         }))
     }
 
+    #[tracing::instrument(level = "debug", name = "UPDATE invitations", skip_all, fields(
+        otel.kind = "client",
+        db.system.name = self.system_name(),
+        db.operation.name = "UPDATE",
+        db.collection.name = "invitations",
+    ))]
     async fn issue_link(
         &self,
         enterprise: EnterpriseId,
@@ -1203,6 +1248,12 @@ impl InvitationRepository for Store {
         self.change_with_event(update, event, None).await
     }
 
+    #[tracing::instrument(level = "debug", name = "UPDATE invitations", skip_all, fields(
+        otel.kind = "client",
+        db.system.name = self.system_name(),
+        db.operation.name = "UPDATE",
+        db.collection.name = "invitations",
+    ))]
     async fn accept_by_link(
         &self,
         link: LinkTokenHash,
@@ -1215,6 +1266,12 @@ impl InvitationRepository for Store {
         self.change_with_event(update, event, None).await
     }
 
+    #[tracing::instrument(level = "debug", name = "SELECT invitations", skip_all, fields(
+        otel.kind = "client",
+        db.system.name = self.system_name(),
+        db.operation.name = "SELECT",
+        db.collection.name = "invitations",
+    ))]
     async fn find_by_link(&self, link: LinkTokenHash) -> Result<Option<Invitation>, Error> {
         let statement = queries::by_link(link, self.backend());
         Ok(self.read_statement(statement, 1).await?.into_iter().next())

@@ -27,4 +27,5 @@ mod rotation;
 mod shutdown;
 mod tls;
 mod tokens;
+mod traces;
 mod watch;
