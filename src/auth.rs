@@ -22,7 +22,6 @@ use tonic::metadata::MetadataMap;
 
 use crate::domain::{AuthFailure, Error, Forbidden};
 use crate::domain::{EmailAddress, EnterpriseId, UserRef};
-use crate::rate_limit::RateLimiter;
 
 /// The capability every management RPC requires.
 pub const ENTERPRISE_ADMIN: &str = "enterprise_admin";
@@ -505,21 +504,17 @@ impl Authenticator {
 }
 
 /// The tonic interceptor in front of the invitations service: authenticates every call,
-/// names the caller in the RPC's span, takes a token from the caller's rate-limit bucket,
-/// and leaves the [`Caller`] in the request extensions. Health and reflection are not
-/// behind it.
+/// names the caller in the RPC's span, and leaves the [`Caller`] in the request extensions
+/// (where the rate limit, `rate_limit.rs`, finds it). Health and reflection are not behind
+/// it.
 #[derive(Clone)]
 pub struct AuthInterceptor {
     authenticator: Arc<Authenticator>,
-    limiter: Arc<RateLimiter>,
 }
 
 impl AuthInterceptor {
-    pub fn new(authenticator: Arc<Authenticator>, limiter: Arc<RateLimiter>) -> Self {
-        Self {
-            authenticator,
-            limiter,
-        }
+    pub fn new(authenticator: Arc<Authenticator>) -> Self {
+        Self { authenticator }
     }
 }
 
@@ -530,9 +525,6 @@ impl tonic::service::Interceptor for AuthInterceptor {
     ) -> Result<tonic::Request<()>, tonic::Status> {
         let caller = self.authenticator.authenticate(request.metadata())?;
         tracing::Span::current().record("subject", tracing::field::display(caller.subject));
-        self.limiter
-            .check(caller.enterprise, caller.subject)
-            .map_err(|retry_after| Error::RateLimited { retry_after })?;
         request.extensions_mut().insert(caller);
         Ok(request)
     }

@@ -653,6 +653,39 @@ pub struct Config {
     )]
     pub rate_limit_burst: u32,
 
+    /// Redis server through which the replicas share one rate limit per caller (a GCRA
+    /// script, one round trip per call), e.g. `redis://redis:6379`; unset, each replica
+    /// limits on its own. May carry credentials (`redis://:password@host`). If Redis does
+    /// not answer, each replica falls back to its own limit until it does.
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "INVITATIONS_RATE_LIMIT_REDIS_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    pub rate_limit_redis_url: Option<Secret>,
+
+    /// A file holding the Redis URL (with its credentials), instead of
+    /// INVITATIONS_RATE_LIMIT_REDIS_URL.
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "INVITATIONS_RATE_LIMIT_REDIS_URL_FILE",
+        global = true
+    )]
+    pub rate_limit_redis_url_file: Option<std::path::PathBuf>,
+
+    /// Milliseconds a call waits for Redis's decision before its replica decides alone.
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "INVITATIONS_RATE_LIMIT_REDIS_TIMEOUT_MS",
+        default_value_t = 50,
+        global = true
+    )]
+    pub rate_limit_redis_timeout_ms: u64,
+
     /// Store accelerators to use (docs/adr/): `all`, `none`, or a list of
     /// `kept-connections`, `sqlite-reader`, `rendered-statements`. Each one left out takes
     /// SeaORM's plain path instead, with the same answers and more CPU per request.
@@ -686,6 +719,8 @@ pub struct Settings {
     pub watch: crate::watch::WatchSettings,
     /// The relay to NATS JetStream, when configured.
     pub relay: Option<RelaySettings>,
+    /// The Redis that shares the rate limit between replicas, when configured.
+    pub shared_rate_limit: Option<SharedRateLimitSettings>,
     pub store: StoreSettings,
     pub store_accelerators: crate::store::Accelerators,
     pub jwt: JwtSettings,
@@ -694,6 +729,14 @@ pub struct Settings {
     pub health: HealthSettings,
     /// Whether server reflection is served.
     pub reflection: bool,
+}
+
+/// Where the replicas share their rate limit (`INVITATIONS_RATE_LIMIT_REDIS_*`).
+#[derive(Debug, Clone)]
+pub struct SharedRateLimitSettings {
+    pub url: Secret,
+    /// How long a call waits for Redis's decision.
+    pub timeout: Duration,
 }
 
 /// What the relay needs (`INVITATIONS_NATS_*`).
@@ -881,6 +924,13 @@ impl Config {
             }
             let secret = read_secret_file(path, "INVITATIONS_PAGE_TOKEN_SECRET_FILE")?;
             self.page_token_secret = Some(Secret::new(secret));
+        }
+        if let Some(path) = &self.rate_limit_redis_url_file {
+            if self.rate_limit_redis_url.is_some() {
+                return Err(given_twice("INVITATIONS_RATE_LIMIT_REDIS_URL"));
+            }
+            let url = read_secret_file(path, "INVITATIONS_RATE_LIMIT_REDIS_URL_FILE")?;
+            self.rate_limit_redis_url = Some(Secret::new(url));
         }
         if let Some(path) = &self.nats_url_file {
             if self.nats_url.is_some() {
@@ -1123,6 +1173,16 @@ impl Config {
                     stream: self.nats_stream.clone(),
                     lease: positive(self.nats_lease_ms, "INVITATIONS_NATS_LEASE_MS")?,
                     max_age: self.event_retention,
+                }),
+            },
+            shared_rate_limit: match &self.rate_limit_redis_url {
+                None => None,
+                Some(url) => Some(SharedRateLimitSettings {
+                    url: url.clone(),
+                    timeout: positive(
+                        self.rate_limit_redis_timeout_ms,
+                        "INVITATIONS_RATE_LIMIT_REDIS_TIMEOUT_MS",
+                    )?,
                 }),
             },
             store: self.store_settings()?,

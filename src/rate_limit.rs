@@ -1,13 +1,111 @@
-//! Per-caller token buckets: the 429 row. A caller is its `sub` within its enterprise, so
+//! Per-caller rate limits: the 429 row. A caller is its `sub` within its enterprise, so
 //! one noisy client never slows another.
+//!
+//! Each replica keeps token buckets of its own ([`LocalLimit`]), so N replicas admit N times
+//! the configured rate. With `INVITATIONS_RATE_LIMIT_REDIS_URL` the replicas share one limit
+//! instead ([`SharedLimit`]): a GCRA script in Redis, one round trip per call, timed by the
+//! Redis server's clock so the replicas' clocks do not matter. When Redis does not answer in
+//! time the call is decided by the replica's own buckets (never refused because Redis is
+//! down), the log and `invitations_rate_limit_shared` say so, and a probe brings the shared
+//! limit back once Redis answers again.
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::domain::{EnterpriseId, UserRef};
+use http::{Request, Response};
+use tonic::body::Body;
+use tower::{Layer, Service};
+
+use crate::auth::Caller;
+use crate::domain::{EnterpriseId, Error, UserRef};
 
 /// Buckets kept before idle, full ones are forgotten (they carry no information).
 const PRUNE_ABOVE: usize = 50_000;
+
+/// How often a replica that fell back to its own buckets asks Redis whether it is back.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// The limit every call passes before its handler runs.
+pub struct RateLimiter {
+    local: LocalLimit,
+    shared: Option<Arc<SharedLimit>>,
+}
+
+impl RateLimiter {
+    /// `per_second` tokens refill continuously up to `burst`; each RPC takes one. Kept by
+    /// this replica alone.
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        Self {
+            local: LocalLimit::new(per_second, burst),
+            shared: None,
+        }
+    }
+
+    /// The same limit, shared by every replica through the Redis server at `url` (connected
+    /// on first use: a Redis that is down at start is a fallback, not a failed start). Each
+    /// decision waits at most `timeout` for Redis.
+    pub fn shared(
+        per_second: u32,
+        burst: u32,
+        url: &str,
+        timeout: Duration,
+    ) -> Result<Self, redis::RedisError> {
+        let local = LocalLimit::new(per_second, burst);
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout.max(Duration::from_millis(250))))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(PROBE_EVERY);
+        let redis = redis::aio::ConnectionManager::new_lazy_with_config(client, config)?;
+        let shared = Arc::new(SharedLimit {
+            redis,
+            script: redis::Script::new(GCRA),
+            interval_micros: (1e6 / f64::from(per_second.max(1))).round() as u64,
+            burst: u64::from(burst.max(1)),
+            timeout,
+            up: AtomicBool::new(true),
+            probing: AtomicBool::new(false),
+        });
+        metrics::gauge!("invitations_rate_limit_shared").set(1.0);
+        Ok(Self {
+            local,
+            shared: (per_second > 0).then_some(shared),
+        })
+    }
+
+    /// Takes a token for the caller `subject` of `enterprise`, or says how long until one
+    /// is there.
+    pub async fn check(
+        &self,
+        enterprise: Option<EnterpriseId>,
+        subject: UserRef,
+    ) -> Result<(), Duration> {
+        if self.local.per_second <= 0.0 {
+            return Ok(());
+        }
+        if let Some(shared) = &self.shared
+            && shared.up.load(Ordering::Acquire)
+        {
+            match shared.check(enterprise, subject).await {
+                Ok(decision) => return decision,
+                Err(reason) => shared.fall_back(&reason),
+            }
+        }
+        self.local.check(enterprise, subject)
+    }
+}
+
+/// Token buckets kept by this replica.
+#[derive(Debug)]
+struct LocalLimit {
+    per_second: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<(Option<EnterpriseId>, UserRef), Bucket>>,
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -15,16 +113,8 @@ struct Bucket {
     refilled_at: Instant,
 }
 
-#[derive(Debug)]
-pub struct RateLimiter {
-    per_second: f64,
-    burst: f64,
-    buckets: Mutex<HashMap<(Option<EnterpriseId>, UserRef), Bucket>>,
-}
-
-impl RateLimiter {
-    /// `per_second` tokens refill continuously up to `burst`; each RPC takes one.
-    pub fn new(per_second: u32, burst: u32) -> Self {
+impl LocalLimit {
+    fn new(per_second: u32, burst: u32) -> Self {
         Self {
             per_second: f64::from(per_second),
             burst: f64::from(burst.max(1)),
@@ -32,16 +122,7 @@ impl RateLimiter {
         }
     }
 
-    /// Takes a token for the caller `subject` of `enterprise`, or says how long until one
-    /// is there.
-    pub fn check(
-        &self,
-        enterprise: Option<EnterpriseId>,
-        subject: UserRef,
-    ) -> Result<(), Duration> {
-        if self.per_second <= 0.0 {
-            return Ok(());
-        }
+    fn check(&self, enterprise: Option<EnterpriseId>, subject: UserRef) -> Result<(), Duration> {
         let now = Instant::now();
         // A poisoned lock only means another thread panicked mid-update of plain numbers.
         let mut buckets = self
@@ -72,12 +153,181 @@ impl RateLimiter {
     }
 }
 
+/// GCRA (the generic cell rate algorithm), the token bucket kept as one number per caller:
+/// the theoretical arrival time (TAT) of its next call, in microseconds of the Redis
+/// server's clock. A call is admitted when it is no earlier than TAT minus the burst's
+/// worth of intervals; it then moves TAT one interval on. The key expires once TAT has
+/// passed (a full bucket carries no information). Answers 0 (admitted) or the microseconds
+/// until a call would be.
+///
+/// KEYS[1]: the caller; ARGV[1]: the interval between calls at the steady rate (µs);
+/// ARGV[2]: the burst (calls).
+const GCRA: &str = r"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if tat == nil or tat < now then
+  tat = now
+end
+local next_tat = tat + interval
+local allowed_at = next_tat - burst * interval
+if now < allowed_at then
+  return allowed_at - now
+end
+redis.call('SET', KEYS[1], string.format('%d', next_tat), 'PX', math.ceil((next_tat - now) / 1000))
+return 0
+";
+
+/// The limit shared through Redis.
+struct SharedLimit {
+    redis: redis::aio::ConnectionManager,
+    script: redis::Script,
+    interval_micros: u64,
+    burst: u64,
+    timeout: Duration,
+    /// Redis answered last time; while not, calls are decided by the local buckets.
+    up: AtomicBool,
+    /// A probe is running (at most one).
+    probing: AtomicBool,
+}
+
+impl SharedLimit {
+    /// Redis's decision, or why there is none.
+    async fn check(
+        &self,
+        enterprise: Option<EnterpriseId>,
+        subject: UserRef,
+    ) -> Result<Result<(), Duration>, String> {
+        let key = format!(
+            "invitations:rate:{}:{}",
+            enterprise.map_or_else(|| "-".to_owned(), |e| e.as_uuid().to_string()),
+            subject.as_uuid()
+        );
+        let mut redis = self.redis.clone();
+        let mut invocation = self.script.key(key);
+        invocation.arg(self.interval_micros).arg(self.burst);
+        let waited = tokio::time::timeout(self.timeout, invocation.invoke_async::<u64>(&mut redis));
+        match waited.await {
+            Ok(Ok(0)) => Ok(Ok(())),
+            Ok(Ok(micros)) => Ok(Err(Duration::from_micros(micros))),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
+        }
+    }
+
+    /// From now on the local buckets decide, until a probe finds Redis answering.
+    fn fall_back(self: &Arc<Self>, reason: &str) {
+        metrics::counter!("invitations_rate_limit_fallbacks_total").increment(1);
+        if self.up.swap(false, Ordering::AcqRel) {
+            metrics::gauge!("invitations_rate_limit_shared").set(0.0);
+            tracing::warn!(
+                %reason,
+                "rate limit: Redis did not answer; each replica limits callers on its own \
+                 until it does"
+            );
+        }
+        if !self.probing.swap(true, Ordering::AcqRel) {
+            tokio::spawn(self.clone().probe());
+        }
+    }
+
+    /// Asks Redis every [`PROBE_EVERY`] until it answers, then shares the limit again.
+    async fn probe(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(PROBE_EVERY).await;
+            let mut redis = self.redis.clone();
+            let command = redis::cmd("PING");
+            let ping = command.query_async::<String>(&mut redis);
+            if let Ok(Ok(_)) = tokio::time::timeout(self.timeout.max(PROBE_EVERY / 2), ping).await {
+                break;
+            }
+        }
+        self.up.store(true, Ordering::Release);
+        self.probing.store(false, Ordering::Release);
+        metrics::gauge!("invitations_rate_limit_shared").set(1.0);
+        tracing::info!("rate limit: Redis answers again; the limit is shared by the replicas");
+    }
+}
+
+/// The rate limit in front of the invitations service, behind its authentication: a call
+/// the caller's limit refuses is answered RESOURCE_EXHAUSTED (`RATE_LIMITED`) before its
+/// request is read.
+#[derive(Clone)]
+pub struct RateLimitLayer {
+    limiter: Arc<RateLimiter>,
+}
+
+impl RateLimitLayer {
+    pub fn new(limiter: Arc<RateLimiter>) -> Self {
+        Self { limiter }
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimited<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimited {
+            inner,
+            limiter: self.limiter.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RateLimited<S> {
+    inner: S,
+    limiter: Arc<RateLimiter>,
+}
+
+/// Served under the name of the service it guards.
+impl<S: tonic::server::NamedService> tonic::server::NamedService for RateLimited<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
+
+impl<S> Service<Request<Body>> for RateLimited<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        // The service that was polled ready serves this call; a fresh clone takes its place.
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let limiter = self.limiter.clone();
+        let caller = request
+            .extensions()
+            .get::<Arc<Caller>>()
+            .map(|caller| (caller.enterprise, caller.subject));
+        Box::pin(async move {
+            if let Some((enterprise, subject)) = caller
+                && let Err(retry_after) = limiter.check(enterprise, subject).await
+            {
+                return Ok(tonic::Status::from(Error::RateLimited { retry_after }).into_http());
+            }
+            inner.call(request).await
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn check(
-        limiter: &RateLimiter,
+        limiter: &LocalLimit,
         (enterprise, subject): (Option<EnterpriseId>, UserRef),
     ) -> Result<(), Duration> {
         limiter.check(enterprise, subject)
@@ -92,7 +342,7 @@ mod tests {
 
     #[test]
     fn a_burst_then_a_real_delay_per_caller() {
-        let limiter = RateLimiter::new(2, 3);
+        let limiter = LocalLimit::new(2, 3);
         let alice = caller(1, 1);
         for _ in 0..3 {
             assert_eq!(check(&limiter, alice), Ok(()));
@@ -107,11 +357,12 @@ mod tests {
         assert_eq!(check(&limiter, caller(1, 2)), Ok(()));
     }
 
-    #[test]
-    fn zero_rate_disables_limiting() {
+    #[tokio::test]
+    async fn zero_rate_disables_limiting() {
         let limiter = RateLimiter::new(0, 1);
+        let (enterprise, subject) = caller(1, 1);
         for _ in 0..100 {
-            assert_eq!(check(&limiter, caller(1, 1)), Ok(()));
+            assert_eq!(limiter.check(enterprise, subject).await, Ok(()));
         }
     }
 }

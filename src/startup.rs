@@ -19,13 +19,14 @@ use crate::limits::{Admission, Incoming, StreamLimitLayer};
 use crate::metrics::ScrapeLayer;
 use crate::middleware::ObserveLayer;
 use crate::proto::server::invitation_service_server::InvitationServiceServer;
-use crate::rate_limit::RateLimiter;
+use crate::rate_limit::{RateLimitLayer, RateLimiter};
 use crate::shutdown::{CLOSE_BOUND, CallsInFlight, InFlightLayer};
 use crate::store::Store;
 use crate::tls::ServerTls;
 use crate::watch::Watcher;
 use crate::watch::hub::EventHub;
 use tokio_util::sync::CancellationToken;
+use tower::Layer as _;
 
 /// The exit code of a `serve` that stopped on a signal but had to abandon calls at the
 /// drain timeout (their clients were answered UNAVAILABLE `SHUTTING_DOWN` and nothing they
@@ -72,6 +73,8 @@ pub enum StartupError {
     Database(#[from] health::DatabaseUnusable),
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("INVITATIONS_RATE_LIMIT_REDIS_URL: not a Redis URL ({0})")]
+    RateLimit(String),
 }
 
 /// A bound server, not serving yet. The database is not touched until it runs: migrations
@@ -234,13 +237,24 @@ impl Application {
             drain.clone(),
         );
         let api = InvitationApi::new(service, watcher, admission);
-        let limiter = Arc::new(RateLimiter::new(
-            limits.rate_limit_per_second,
-            limits.rate_limit_burst,
-        ));
+        let limiter = Arc::new(match &self.settings.shared_rate_limit {
+            None => RateLimiter::new(limits.rate_limit_per_second, limits.rate_limit_burst),
+            Some(shared) => RateLimiter::shared(
+                limits.rate_limit_per_second,
+                limits.rate_limit_burst,
+                &String::from_utf8_lossy(shared.url.expose()),
+                shared.timeout,
+            )
+            // The error names what is wrong with the URL, never the URL (its password).
+            .map_err(|error| StartupError::RateLimit(format!("{:?}", error.kind())))?,
+        });
+        // Authenticated first, then limited per caller, then read.
         let invitations = InterceptedService::new(
-            InvitationServiceServer::new(api).max_decoding_message_size(limits.max_request_bytes),
-            AuthInterceptor::new(self.authenticator.clone(), limiter),
+            RateLimitLayer::new(limiter).layer(
+                InvitationServiceServer::new(api)
+                    .max_decoding_message_size(limits.max_request_bytes),
+            ),
+            AuthInterceptor::new(self.authenticator.clone()),
         );
 
         // Health and metrics alone, in plaintext, on their own port: health answers through

@@ -24,6 +24,7 @@ mod process;
 mod relay;
 mod replicas;
 mod rotation;
+mod shared_rate_limit;
 mod shutdown;
 mod tls;
 mod tokens;

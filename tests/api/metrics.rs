@@ -19,7 +19,7 @@ use crate::operability::{READINESS, await_health};
 use crate::process::{Served, admin_token};
 
 /// `GET /metrics` on `ops`: the whole HTTP/1.1 response, head and body.
-async fn scrape(ops: SocketAddr) -> String {
+pub(crate) async fn scrape(ops: SocketAddr) -> String {
     let mut stream = tokio::net::TcpStream::connect(ops)
         .await
         .expect("connect to the operations port");
@@ -37,7 +37,7 @@ async fn scrape(ops: SocketAddr) -> String {
 
 /// Scrapes until every one of `series` is in the text (a call is counted as its response
 /// ends, a moment after the client has it), at most 10 s; the last text.
-async fn scrape_until(ops: SocketAddr, series: &[String]) -> String {
+pub(crate) async fn scrape_until(ops: SocketAddr, series: &[String]) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let text = scrape(ops).await;

@@ -1,0 +1,239 @@
+//! One rate limit across replicas, through the real binary and a real Redis
+//! (`TEST_REDIS_URL`): three replicas admit one caller at the configured rate between them,
+//! not three times it; a Redis that stops answering makes each replica limit on its own
+//! (calls never fail for it), says so in the log and in `invitations_rate_limit_shared`,
+//! and the shared limit comes back with Redis.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use invitations::proto::invitations::v1::ListInvitationsRequest;
+use invitations::proto::invitations::v1::invitation_service_client::InvitationServiceClient;
+use tokio::task::JoinSet;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+use crate::common::authorized;
+use crate::metrics::scrape_until;
+use crate::process::{Served, admin_token};
+
+/// The Redis server of `TEST_REDIS_URL`: skipped without it on a developer's machine,
+/// never in CI.
+fn redis_url() -> Option<String> {
+    match std::env::var("TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CI").is_ok_and(|v| !v.is_empty()) => {
+            panic!("TEST_REDIS_URL must be set in CI: Redis tests are never skipped there")
+        }
+        _ => {
+            eprintln!("skipping: TEST_REDIS_URL is not set");
+            None
+        }
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("address")
+}
+
+async fn client(served: &Served) -> InvitationServiceClient<Channel> {
+    InvitationServiceClient::connect(format!("http://{}", served.addr))
+        .await
+        .expect("connect")
+}
+
+/// Admitted or refused by the rate limit; any other answer fails the test.
+async fn list(mut client: InvitationServiceClient<Channel>, token: &str) -> bool {
+    match client
+        .list_invitations(authorized(token, ListInvitationsRequest::default()))
+        .await
+    {
+        Ok(_) => true,
+        Err(status) => {
+            let reason = status.get_details_error_info().map(|info| info.reason);
+            assert_eq!(
+                (status.code(), reason.as_deref()),
+                (Code::ResourceExhausted, Some("RATE_LIMITED")),
+                "{status:?}"
+            );
+            false
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_admit_one_caller_at_the_configured_rate() {
+    let Some(url) = redis_url() else { return };
+    const PER_SECOND: f64 = 40.0;
+    const BURST: f64 = 5.0;
+    let env = [
+        ("INVITATIONS_RATE_LIMIT_PER_SECOND", "40"),
+        ("INVITATIONS_RATE_LIMIT_BURST", "5"),
+        ("INVITATIONS_RATE_LIMIT_REDIS_URL", url.as_str()),
+    ];
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(Served::start_ready(&env, Duration::from_secs(20)).await);
+    }
+    let mut clients = Vec::new();
+    for replica in &replicas {
+        clients.push(client(replica).await);
+    }
+    let (token, _) = admin_token();
+    let token = Arc::new(token);
+
+    // One caller, spread over the three, calling as fast as it can (two calls in flight on
+    // each) for three seconds.
+    let started = Instant::now();
+    let until = started + Duration::from_secs(3);
+    let mut callers = JoinSet::new();
+    for lane in 0..6 {
+        let client = clients[lane % 3].clone();
+        let token = token.clone();
+        callers.spawn(async move {
+            let (mut admitted, mut refused) = (0u32, 0u32);
+            while Instant::now() < until {
+                if list(client.clone(), &token).await {
+                    admitted += 1;
+                } else {
+                    refused += 1;
+                }
+            }
+            (admitted, refused)
+        });
+    }
+    let (mut admitted, mut refused) = (0u32, 0u32);
+    while let Some(lane) = callers.join_next().await {
+        let (a, r) = lane.expect("a lane");
+        admitted += a;
+        refused += r;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let expected = BURST + PER_SECOND * seconds;
+    let ratio = f64::from(admitted) / expected;
+    eprintln!(
+        "shared rate limit: {admitted} admitted, {refused} refused in {seconds:.2} s over three \
+         replicas: {ratio:.3} x the {expected:.0} the limit allows"
+    );
+    assert!(
+        refused > admitted,
+        "the caller must have called well above its limit: {admitted} admitted, {refused} refused"
+    );
+    assert!(
+        (0.9..=1.1).contains(&ratio),
+        "{admitted} admitted in {seconds:.2} s across three replicas: {ratio:.3} x the \
+         {expected:.0} one limit allows ({refused} refused)"
+    );
+}
+
+/// A TCP relay to Redis that can be cut (every connection dropped, new ones closed at once)
+/// and restored: Redis going away and coming back, as the service sees it.
+struct Switch {
+    addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    relayed: Arc<std::sync::Mutex<JoinSet<()>>>,
+}
+
+impl Switch {
+    async fn start(redis: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let addr = listener.local_addr().expect("address");
+        let up = Arc::new(AtomicBool::new(true));
+        let relayed = Arc::new(std::sync::Mutex::new(JoinSet::new()));
+        let (up_accepting, relaying) = (up.clone(), relayed.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up_accepting.load(Ordering::Acquire) {
+                    continue;
+                }
+                relaying.lock().expect("relays").spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(redis).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Self { addr, up, relayed }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::Release);
+        self.relayed.lock().expect("relays").abort_all();
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::Release);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_redis_each_replica_limits_alone_until_it_returns() {
+    let Some(url) = redis_url() else { return };
+    let redis: SocketAddr = tokio::net::lookup_host(
+        url.trim_start_matches("redis://")
+            .trim_end_matches('/')
+            .rsplit('@')
+            .next()
+            .expect("host:port"),
+    )
+    .await
+    .expect("Redis's address")
+    .next()
+    .expect("an address");
+    let switch = Switch::start(redis).await;
+    let ops = free_addr();
+    let through_switch = format!("redis://{}", switch.addr);
+    let served = Served::start_ready(
+        &[
+            ("INVITATIONS_RATE_LIMIT_PER_SECOND", "1000"),
+            ("INVITATIONS_RATE_LIMIT_REDIS_URL", &through_switch),
+            ("INVITATIONS_OPS_LISTEN_ADDR", &ops.to_string()),
+        ],
+        Duration::from_secs(20),
+    )
+    .await;
+    let client = client(&served).await;
+    let (token, _) = admin_token();
+
+    assert!(list(client.clone(), &token).await);
+    scrape_until(ops, &["invitations_rate_limit_shared 1".to_owned()]).await;
+
+    switch.cut();
+    // Every call is still answered, by the replica's own limit.
+    for _ in 0..20 {
+        assert!(
+            list(client.clone(), &token).await,
+            "a call failed for Redis"
+        );
+    }
+    let text = scrape_until(ops, &["invitations_rate_limit_shared 0".to_owned()]).await;
+    assert!(
+        text.contains("invitations_rate_limit_fallbacks_total"),
+        "{text}"
+    );
+    assert!(
+        served
+            .logs()
+            .iter()
+            .any(|line| line.contains("Redis did not answer")),
+        "the fallback is logged"
+    );
+
+    switch.restore();
+    scrape_until(ops, &["invitations_rate_limit_shared 1".to_owned()]).await;
+    assert!(list(client.clone(), &token).await);
+    assert!(
+        served
+            .logs()
+            .iter()
+            .any(|line| line.contains("Redis answers again")),
+        "the recovery is logged"
+    );
+}
