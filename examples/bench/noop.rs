@@ -120,6 +120,7 @@ pub(crate) async fn serve_noop(listener: tokio::net::TcpListener) {
         "sqlite://unused.db",
         "127.0.0.1:0".parse().expect("addr"),
         None,
+        &crate::plan::RateLimit::default(),
     )
     .server;
     let service = InvitationServiceServer::new(Noop::new())

@@ -95,9 +95,23 @@ pub(crate) struct Opts {
     /// The service's pool size (INVITATIONS_DB_MAX_CONNECTIONS); default: its own default.
     #[arg(long)]
     db_max_connections: Option<u32>,
+    /// Limit the benchmark's caller to this many calls per second (default: no limit), to
+    /// measure what the rate limit costs; set it far above the load so nothing is refused.
+    #[arg(long)]
+    rate_limit_per_second: Option<u32>,
+    /// Share that limit through this Redis (INVITATIONS_RATE_LIMIT_REDIS_URL).
+    #[arg(long)]
+    rate_limit_redis_url: Option<String>,
     /// A label stored with the results (e.g. `baseline`, `after-fix`).
     #[arg(long, default_value = "")]
     label: String,
+}
+
+/// The service's rate limit during the run: off (0) unless asked for.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RateLimit {
+    pub(crate) per_second: u32,
+    pub(crate) redis_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +174,7 @@ pub(crate) struct Plan {
     pub(crate) out: Option<PathBuf>,
     pub(crate) chart: Option<PathBuf>,
     pub(crate) db_max_connections: Option<u32>,
+    pub(crate) rate_limit: RateLimit,
     pub(crate) label: String,
 }
 
@@ -327,6 +342,10 @@ pub(crate) fn plan_from(opts: &Opts) -> Result<Plan, String> {
             .clone()
             .or_else(|| (!quick || opts.report).then(|| PathBuf::from("bench/throughput.svg"))),
         db_max_connections: opts.db_max_connections,
+        rate_limit: RateLimit {
+            per_second: opts.rate_limit_per_second.unwrap_or(0),
+            redis_url: opts.rate_limit_redis_url.clone(),
+        },
         label: opts.label.clone(),
     })
 }

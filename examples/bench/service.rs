@@ -11,7 +11,7 @@ use invitations::config::{Config, Secret};
 use invitations::startup::Application;
 use sea_orm::sqlx;
 
-use crate::plan::Plan;
+use crate::plan::{Plan, RateLimit};
 use crate::servers::{ChildGuard, Running, Server, free_port, pinned, wait_ready};
 
 pub(crate) const JWT_SECRET: &str = "benchmark-secret-that-is-at-least-32-bytes-long";
@@ -21,12 +21,15 @@ pub(crate) fn service_settings(
     database_url: &str,
     listen: SocketAddr,
     pool: Option<u32>,
+    rate_limit: &RateLimit,
 ) -> invitations::config::Settings {
     let mut config = Config::defaults();
     config.database_url = database_url.into();
     config.listen_addr = listen;
     config.jwt_hs256_secret = Some(Secret::new(JWT_SECRET));
-    config.rate_limit_per_second = 0;
+    config.rate_limit_per_second = rate_limit.per_second;
+    config.rate_limit_burst = rate_limit.per_second;
+    config.rate_limit_redis_url = rate_limit.redis_url.as_deref().map(Secret::new);
     config.max_concurrent_requests_per_caller = 4096;
     config.max_concurrent_requests = 4096;
     config.sqlite_synchronous = crate::db::sqlite_synchronous();
@@ -42,6 +45,7 @@ pub(crate) async fn start_service(plan: &Plan, database_url: &str) -> Server {
             database_url,
             "127.0.0.1:0".parse().expect("addr"),
             plan.db_max_connections,
+            &plan.rate_limit,
         );
         let app = Application::build(&settings)
             .await
@@ -69,7 +73,14 @@ pub(crate) async fn start_service(plan: &Plan, database_url: &str) -> Server {
         .env("DATABASE_URL", service_database_url(database_url))
         .env("INVITATIONS_LISTEN_ADDR", addr.to_string())
         .env("INVITATIONS_JWT_HS256_SECRET", JWT_SECRET)
-        .env("INVITATIONS_RATE_LIMIT_PER_SECOND", "0")
+        .env(
+            "INVITATIONS_RATE_LIMIT_PER_SECOND",
+            plan.rate_limit.per_second.to_string(),
+        )
+        .env(
+            "INVITATIONS_RATE_LIMIT_BURST",
+            plan.rate_limit.per_second.max(1).to_string(),
+        )
         .env("INVITATIONS_MAX_CONCURRENT_REQUESTS", "4096")
         .env("INVITATIONS_MAX_CONCURRENT_REQUESTS_PER_CALLER", "4096")
         .env("INVITATIONS_SHUTDOWN_GRACE_MS", "0")
@@ -79,6 +90,9 @@ pub(crate) async fn start_service(plan: &Plan, database_url: &str) -> Server {
         .stderr(Stdio::inherit());
     if let Some(pool) = plan.db_max_connections {
         cmd.env("INVITATIONS_DB_MAX_CONNECTIONS", pool.to_string());
+    }
+    if let Some(url) = &plan.rate_limit.redis_url {
+        cmd.env("INVITATIONS_RATE_LIMIT_REDIS_URL", url);
     }
     let child = ChildGuard::new(cmd.spawn().expect("start the service binary"));
     wait_ready(addr).await;
