@@ -111,7 +111,8 @@ where
         let request_id = request_id(&request);
         let method = request.uri().path().to_owned();
         let quiet = is_health_check(&method);
-        let traced = crate::telemetry::tracing_enabled();
+        // Health checks are not traced: frequent, and of no caller's trace.
+        let traced = crate::telemetry::tracing_enabled() && !quiet;
         let span = if traced {
             traced_span(&request, &method, &request_id)
         } else {

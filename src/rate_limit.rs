@@ -64,17 +64,18 @@ impl RateLimiter {
         let shared = Arc::new(SharedLimit {
             redis,
             script: redis::Script::new(GCRA),
-            interval_micros: (1e6 / f64::from(per_second.max(1))).round() as u64,
+            // At least 1 µs: Redis refuses an expiry of 0 ms.
+            interval_micros: ((1e6 / f64::from(per_second.max(1))).round() as u64).max(1),
             burst: u64::from(burst.max(1)),
             timeout,
             up: AtomicBool::new(true),
             probing: AtomicBool::new(false),
         });
-        metrics::gauge!("invitations_rate_limit_shared").set(1.0);
-        Ok(Self {
-            local,
-            shared: (per_second > 0).then_some(shared),
-        })
+        let shared = (per_second > 0).then_some(shared);
+        if shared.is_some() {
+            metrics::gauge!("invitations_rate_limit_shared").set(1.0);
+        }
+        Ok(Self { local, shared })
     }
 
     /// Takes a token for the caller `subject` of `enterprise`, or says how long until one
@@ -233,21 +234,28 @@ impl SharedLimit {
         }
     }
 
-    /// Asks Redis every [`PROBE_EVERY`] until it answers, then shares the limit again.
+    /// Runs the script every [`PROBE_EVERY`], for a caller of its own, until Redis answers
+    /// it (not just a PING: a Redis that answers but cannot run the script, a read-only
+    /// replica after a failover say, must not bring the shared limit back), then shares the
+    /// limit again.
     async fn probe(self: Arc<Self>) {
         loop {
             tokio::time::sleep(PROBE_EVERY).await;
             let mut redis = self.redis.clone();
-            let command = redis::cmd("PING");
-            let ping = command.query_async::<String>(&mut redis);
-            if let Ok(Ok(_)) = tokio::time::timeout(self.timeout.max(PROBE_EVERY / 2), ping).await {
+            let mut invocation = self.script.key("invitations:rate:probe");
+            invocation.arg(self.interval_micros).arg(self.burst);
+            let answer = invocation.invoke_async::<u64>(&mut redis);
+            if let Ok(Ok(_)) = tokio::time::timeout(self.timeout.max(PROBE_EVERY / 2), answer).await
+            {
                 break;
             }
         }
-        self.up.store(true, Ordering::Release);
+        // `up` last: until then no call asks Redis, so none can fall back and find a probe
+        // still marked as running.
         self.probing.store(false, Ordering::Release);
         metrics::gauge!("invitations_rate_limit_shared").set(1.0);
         tracing::info!("rate limit: Redis answers again; the limit is shared by the replicas");
+        self.up.store(true, Ordering::Release);
     }
 }
 

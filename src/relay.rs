@@ -77,7 +77,7 @@ pub async fn run<R: InvitationRepository>(
         };
         match relayed {
             // Standing by: the replica that leads reports the lag.
-            Ok(()) => metrics::gauge!("invitations_outbox_lag_seconds").set(0.0),
+            Ok(()) => record_lag(None),
             Err(error) => tracing::warn!(error = %error, "event relay interrupted; trying again"),
         }
         tokio::select! {
@@ -116,6 +116,13 @@ async fn lead<R: InvitationRepository>(
         return Ok(());
     };
     tracing::info!(position, "relaying events to NATS JetStream");
+    // Before JetStream is asked anything: while it is down, each try measures the lag
+    // anew, so the gauge grows with the outage instead of keeping its last value.
+    let horizon = *settled.borrow();
+    if let Some(horizon) = horizon.filter(|h| *h > position) {
+        let oldest = store.events_since(position, horizon, 1).await?;
+        record_lag(oldest.first());
+    }
     jetstream
         .get_or_create_stream(stream::Config {
             name: settings.stream.clone(),
@@ -131,11 +138,7 @@ async fn lead<R: InvitationRepository>(
         let mut reached = position;
         if let Some(horizon) = horizon.filter(|h| *h > position) {
             let events = store.events_since(position, horizon, BATCH).await?;
-            if let Some(oldest) = events.first() {
-                let waited =
-                    Timestamp::now().unix_micros() - oldest.record.occurred_at.unix_micros();
-                metrics::gauge!("invitations_outbox_lag_seconds").set(waited.max(0) as f64 / 1e6);
-            }
+            record_lag(events.first());
             publish(jetstream, &events).await?;
             metrics::counter!("invitations_events_relayed_total").increment(events.len() as u64);
             reached = match events.last() {
@@ -153,9 +156,18 @@ async fn lead<R: InvitationRepository>(
             continue;
         }
         // Caught up: wait for more, renewing the lease meanwhile.
-        metrics::gauge!("invitations_outbox_lag_seconds").set(0.0);
+        record_lag(None);
         let _ = tokio::time::timeout(renew, settled.changed()).await;
     }
+}
+
+/// `invitations_outbox_lag_seconds`: the age of `oldest`, the first event not relayed yet
+/// (0 when there is none).
+fn record_lag(oldest: Option<&InvitationEvent>) {
+    let waited = oldest.map_or(0, |event| {
+        Timestamp::now().unix_micros() - event.record.occurred_at.unix_micros()
+    });
+    metrics::gauge!("invitations_outbox_lag_seconds").set(waited.max(0) as f64 / 1e6);
 }
 
 /// Publishes `events` in order and waits until JetStream has acknowledged every one.
