@@ -3,8 +3,13 @@
 //!
 //! Each replica keeps token buckets of its own ([`LocalLimit`]), so N replicas admit N times
 //! the configured rate. With `INVITATIONS_RATE_LIMIT_REDIS_URL` the replicas share one limit
-//! instead ([`SharedLimit`]): a GCRA script in Redis, one round trip per call, timed by the
-//! Redis server's clock so the replicas' clocks do not matter. When Redis does not answer in
+//! instead ([`SharedLimit`]): a GCRA script in Redis, timed by the Redis server's clock so
+//! the replicas' clocks do not matter. A round trip takes a lease of up to 10 ms of the
+//! caller's rate ([`SharedLimit::lease_size`]), which this replica's next calls of that
+//! caller spend before asking again: one round trip per call at modest rates, a few dozen
+//! a second per busy caller at high ones. Redis counts every token it leases, so the
+//! replicas together never admit more than the limit; a lease left unspent for
+//! [`LEASE_LIFETIME`] lapses (a little under-admission, never over). When Redis does not answer in
 //! time the call is decided by the replica's own buckets (never refused because Redis is
 //! down), the log and `invitations_rate_limit_shared` say so, and a probe brings the shared
 //! limit back once Redis answers again.
@@ -27,6 +32,13 @@ const PRUNE_ABOVE: usize = 50_000;
 
 /// How often a replica that fell back to its own buckets asks Redis whether it is back.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// The most tokens one round trip leases.
+const LEASE_MAX: u64 = 64;
+
+/// How long leased tokens stay spendable: not much longer than the 10 ms of rate a lease
+/// holds, so a replica cannot spend a lease as a late burst.
+const LEASE_LIFETIME: Duration = Duration::from_millis(20);
 
 /// The limit every call passes before its handler runs.
 pub struct RateLimiter {
@@ -68,6 +80,8 @@ impl RateLimiter {
             interval_micros: ((1e6 / f64::from(per_second.max(1))).round() as u64).max(1),
             burst: u64::from(burst.max(1)),
             timeout,
+            lease_size: (u64::from(per_second) / 100).clamp(1, LEASE_MAX),
+            leases: Mutex::default(),
             up: AtomicBool::new(true),
             probing: AtomicBool::new(false),
         });
@@ -156,29 +170,31 @@ impl LocalLimit {
 
 /// GCRA (the generic cell rate algorithm), the token bucket kept as one number per caller:
 /// the theoretical arrival time (TAT) of its next call, in microseconds of the Redis
-/// server's clock. A call is admitted when it is no earlier than TAT minus the burst's
-/// worth of intervals; it then moves TAT one interval on. The key expires once TAT has
-/// passed (a full bucket carries no information). Answers 0 (admitted) or the microseconds
-/// until a call would be.
+/// server's clock. A call fits now when TAT is at most `burst - 1` intervals ahead of now;
+/// each call admitted moves TAT one interval on. This grants up to ARGV[3] calls at once
+/// (those that fit). The key expires once TAT has passed (a full bucket carries no
+/// information). Answers {calls granted, 0}, or {0, microseconds until one would fit}.
 ///
 /// KEYS[1]: the caller; ARGV[1]: the interval between calls at the steady rate (µs);
-/// ARGV[2]: the burst (calls).
+/// ARGV[2]: the burst (calls); ARGV[3]: the calls wanted.
 const GCRA: &str = r"
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local wanted = tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1]))
 if tat == nil or tat < now then
   tat = now
 end
-local next_tat = tat + interval
-local allowed_at = next_tat - burst * interval
-if now < allowed_at then
-  return allowed_at - now
+local fit = math.floor((now + burst * interval - tat) / interval)
+if fit < 1 then
+  return {0, tat + interval - burst * interval - now}
 end
+local granted = math.min(fit, wanted)
+local next_tat = tat + granted * interval
 redis.call('SET', KEYS[1], string.format('%d', next_tat), 'PX', math.ceil((next_tat - now) / 1000))
-return 0
+return {granted, 0}
 ";
 
 /// The limit shared through Redis.
@@ -187,6 +203,10 @@ struct SharedLimit {
     script: redis::Script,
     interval_micros: u64,
     burst: u64,
+    /// Tokens one round trip asks for: 10 ms of the rate, at least 1, at most [`LEASE_MAX`].
+    lease_size: u64,
+    /// Tokens this replica holds per caller, leased from Redis.
+    leases: Mutex<HashMap<(Option<EnterpriseId>, UserRef), Lease>>,
     timeout: Duration,
     /// Redis answered last time; while not, calls are decided by the local buckets.
     up: AtomicBool,
@@ -194,13 +214,25 @@ struct SharedLimit {
     probing: AtomicBool,
 }
 
+/// Tokens leased from Redis for one caller, spendable until `until`.
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    tokens: u64,
+    until: Instant,
+}
+
 impl SharedLimit {
-    /// Redis's decision, or why there is none.
+    /// The decision for one call: a token of the caller's lease, else Redis's; or why
+    /// there is none.
     async fn check(
         &self,
         enterprise: Option<EnterpriseId>,
         subject: UserRef,
     ) -> Result<Result<(), Duration>, String> {
+        let caller = (enterprise, subject);
+        if self.spend_leased(caller) {
+            return Ok(Ok(()));
+        }
         let key = format!(
             "invitations:rate:{}:{}",
             enterprise.map_or_else(|| "-".to_owned(), |e| e.as_uuid().to_string()),
@@ -208,14 +240,62 @@ impl SharedLimit {
         );
         let mut redis = self.redis.clone();
         let mut invocation = self.script.key(key);
-        invocation.arg(self.interval_micros).arg(self.burst);
-        let waited = tokio::time::timeout(self.timeout, invocation.invoke_async::<u64>(&mut redis));
-        match waited.await {
-            Ok(Ok(0)) => Ok(Ok(())),
-            Ok(Ok(micros)) => Ok(Err(Duration::from_micros(micros))),
+        invocation
+            .arg(self.interval_micros)
+            .arg(self.burst)
+            .arg(self.lease_size);
+        let waited = invocation.invoke_async::<(u64, u64)>(&mut redis);
+        match tokio::time::timeout(self.timeout, waited).await {
+            Ok(Ok((0, micros))) => Ok(Err(Duration::from_micros(micros.max(1)))),
+            Ok(Ok((granted, _))) => {
+                // One token for this call; the rest for this caller's next ones here.
+                self.keep_leased(caller, granted - 1);
+                Ok(Ok(()))
+            }
             Ok(Err(error)) => Err(error.to_string()),
             Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
         }
+    }
+
+    fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<(Option<EnterpriseId>, UserRef), Lease>> {
+        // A poisoned lock only means another thread panicked mid-update of plain numbers.
+        self.leases
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes a token of the caller's lease, if it holds one still spendable.
+    fn spend_leased(&self, caller: (Option<EnterpriseId>, UserRef)) -> bool {
+        let mut leases = self.leases();
+        match leases.get_mut(&caller) {
+            Some(lease) if lease.tokens > 0 && lease.until > Instant::now() => {
+                lease.tokens -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Keeps `tokens` leased for the caller's next calls on this replica.
+    fn keep_leased(&self, caller: (Option<EnterpriseId>, UserRef), tokens: u64) {
+        if tokens == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut leases = self.leases();
+        if leases.len() > PRUNE_ABOVE {
+            leases.retain(|_, lease| lease.until > now);
+        }
+        let lease = leases.entry(caller).or_insert(Lease {
+            tokens: 0,
+            until: now,
+        });
+        // Tokens of a lapsed lease are not carried over: they were leased for then.
+        if lease.until <= now {
+            lease.tokens = 0;
+        }
+        lease.tokens += tokens;
+        lease.until = now + LEASE_LIFETIME;
     }
 
     /// From now on the local buckets decide, until a probe finds Redis answering.
@@ -243,8 +323,8 @@ impl SharedLimit {
             tokio::time::sleep(PROBE_EVERY).await;
             let mut redis = self.redis.clone();
             let mut invocation = self.script.key("invitations:rate:probe");
-            invocation.arg(self.interval_micros).arg(self.burst);
-            let answer = invocation.invoke_async::<u64>(&mut redis);
+            invocation.arg(self.interval_micros).arg(self.burst).arg(1);
+            let answer = invocation.invoke_async::<(u64, u64)>(&mut redis);
             if let Ok(Ok(_)) = tokio::time::timeout(self.timeout.max(PROBE_EVERY / 2), answer).await
             {
                 break;
