@@ -654,9 +654,10 @@ pub struct Config {
     pub rate_limit_burst: u32,
 
     /// Redis server through which the replicas share one rate limit per caller (a GCRA
-    /// script, each round trip leasing up to 10 ms of the caller's rate), e.g. `redis://redis:6379`; unset, each replica
-    /// limits on its own. May carry credentials (`redis://:password@host`). If Redis does
-    /// not answer, each replica falls back to its own limit until it does.
+    /// script, each round trip leasing up to 10 ms of the caller's rate), e.g.
+    /// `redis://redis:6379`; unset, each replica limits on its own. May carry credentials
+    /// (`redis://:password@host`). If Redis does not answer, each replica falls back to its
+    /// own limit until it does.
     #[arg(
         help_heading = "Limits",
         long,
