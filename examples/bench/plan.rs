@@ -102,6 +102,11 @@ pub(crate) struct Opts {
     /// Share that limit through this Redis (INVITATIONS_RATE_LIMIT_REDIS_URL).
     #[arg(long)]
     rate_limit_redis_url: Option<String>,
+    /// Serve the operations listener, so the service records its Prometheus metrics (off
+    /// by default: what they cost is measured against a run without them). With
+    /// `--server process`.
+    #[arg(long)]
+    metrics: bool,
     /// A label stored with the results (e.g. `baseline`, `after-fix`).
     #[arg(long, default_value = "")]
     label: String,
@@ -175,6 +180,7 @@ pub(crate) struct Plan {
     pub(crate) chart: Option<PathBuf>,
     pub(crate) db_max_connections: Option<u32>,
     pub(crate) rate_limit: RateLimit,
+    pub(crate) metrics: bool,
     pub(crate) label: String,
 }
 
@@ -267,6 +273,9 @@ pub(crate) fn plan_from(opts: &Opts) -> Result<Plan, String> {
         "process" => false,
         other => return Err(format!("unknown --server {other}")),
     };
+    if opts.metrics && inproc {
+        return Err("--metrics needs --server process".into());
+    }
     let server_bin = opts.server_bin.clone().unwrap_or_else(default_server_bin);
     if benchmarking && !inproc && !server_bin.is_file() {
         return Err(format!(
@@ -342,6 +351,7 @@ pub(crate) fn plan_from(opts: &Opts) -> Result<Plan, String> {
             .clone()
             .or_else(|| (!quick || opts.report).then(|| PathBuf::from("bench/throughput.svg"))),
         db_max_connections: opts.db_max_connections,
+        metrics: opts.metrics,
         rate_limit: RateLimit {
             per_second: opts.rate_limit_per_second.unwrap_or(0),
             redis_url: opts.rate_limit_redis_url.clone(),

@@ -94,6 +94,9 @@ pub(crate) async fn start_service(plan: &Plan, database_url: &str) -> Server {
     if let Some(url) = &plan.rate_limit.redis_url {
         cmd.env("INVITATIONS_RATE_LIMIT_REDIS_URL", url);
     }
+    if plan.metrics {
+        cmd.env("INVITATIONS_OPS_LISTEN_ADDR", free_port().to_string());
+    }
     let child = ChildGuard::new(cmd.spawn().expect("start the service binary"));
     wait_ready(addr).await;
     Server {
