@@ -102,6 +102,22 @@ macro_rules! on_each_backend {
     };
 }
 
+/// The URL of a component a test needs (`TEST_NATS_URL`, `TEST_REDIS_URL`): like
+/// PostgreSQL's, the test is skipped without it on a developer's machine, saying so, and
+/// fails instead in CI (`CI` set).
+pub fn component_url(variable: &str) -> Option<String> {
+    match std::env::var(variable) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CI").is_ok_and(|v| !v.is_empty()) => {
+            panic!("{variable} must be set in CI: its tests are never skipped there")
+        }
+        _ => {
+            eprintln!("skipping: {variable} is not set");
+            None
+        }
+    }
+}
+
 /// Where a test's database lives, and how to get rid of it.
 enum Database_ {
     Sqlite(tempfile::TempDir),

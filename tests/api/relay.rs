@@ -18,16 +18,7 @@ use crate::{on_both_stores, on_each_backend};
 /// The NATS server of `TEST_NATS_URL`: like PostgreSQL's, skipped without it on a
 /// developer's machine, never in CI.
 pub(crate) fn nats_url() -> Option<String> {
-    match std::env::var("TEST_NATS_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("CI").is_ok_and(|v| !v.is_empty()) => {
-            panic!("TEST_NATS_URL must be set in CI: NATS tests are never skipped there")
-        }
-        _ => {
-            eprintln!("skipping: TEST_NATS_URL is not set");
-            None
-        }
-    }
+    crate::common::component_url("TEST_NATS_URL")
 }
 
 /// A message of the stream: its subject, its `Nats-Msg-Id` and the event it carries.

@@ -22,16 +22,7 @@ use crate::process::{Served, admin_token};
 /// The Redis server of `TEST_REDIS_URL`: skipped without it on a developer's machine,
 /// never in CI.
 fn redis_url() -> Option<String> {
-    match std::env::var("TEST_REDIS_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ if std::env::var("CI").is_ok_and(|v| !v.is_empty()) => {
-            panic!("TEST_REDIS_URL must be set in CI: Redis tests are never skipped there")
-        }
-        _ => {
-            eprintln!("skipping: TEST_REDIS_URL is not set");
-            None
-        }
-    }
+    crate::common::component_url("TEST_REDIS_URL")
 }
 
 fn free_addr() -> SocketAddr {
