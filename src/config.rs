@@ -291,6 +291,42 @@ pub struct Config {
     )]
     pub db_acquire_timeout_ms: u64,
 
+    /// `true` when DATABASE_URL leads to a pooler in transaction mode (PgBouncer 1.21 or later,
+    /// `pool_mode = transaction`, `max_prepared_statements` above 0): no session settings are
+    /// sent when connecting (set them on the role instead: README "Scaling out"), and LISTEN
+    /// uses INVITATIONS_DB_LISTEN_URL, without which other replicas' events are found by polling.
+    #[arg(
+        help_heading = "Database",
+        long,
+        env = "INVITATIONS_DB_TRANSACTION_POOLING",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new(),
+        global = true
+    )]
+    pub db_transaction_pooling: bool,
+
+    /// A PostgreSQL URL that keeps its session (the server itself, or a session-mode database
+    /// of the pooler) for the connection that LISTENs for other replicas' events; by default
+    /// DATABASE_URL, unless INVITATIONS_DB_TRANSACTION_POOLING is on.
+    #[arg(
+        help_heading = "Database",
+        long,
+        env = "INVITATIONS_DB_LISTEN_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    pub db_listen_url: Option<DatabaseUrl>,
+
+    /// A file holding INVITATIONS_DB_LISTEN_URL (with its password).
+    #[arg(
+        help_heading = "Database",
+        long,
+        env = "INVITATIONS_DB_LISTEN_URL_FILE",
+        global = true
+    )]
+    pub db_listen_url_file: Option<std::path::PathBuf>,
+
     /// Milliseconds a SQLite writer waits for the write lock.
     #[arg(
         help_heading = "Database",
@@ -899,8 +935,29 @@ impl Config {
                 "DATABASE_URL holds the example password of deploy/kubernetes/secret.example.yaml: set the real one".into(),
             ));
         }
+        let listen_url = match &self.db_listen_url {
+            Some(listen) => {
+                let listen = listen.expose().trim();
+                if url.starts_with("sqlite:") {
+                    return Err(ConfigError(
+                        "INVITATIONS_DB_LISTEN_URL is for PostgreSQL; DATABASE_URL is SQLite"
+                            .into(),
+                    ));
+                }
+                if !(listen.starts_with("postgres://") || listen.starts_with("postgresql://")) {
+                    return Err(ConfigError(
+                        "INVITATIONS_DB_LISTEN_URL must start with postgres:// (or postgresql://)"
+                            .into(),
+                    ));
+                }
+                Some(listen.into())
+            }
+            None => None,
+        };
         Ok(StoreSettings {
             url: url.into(),
+            transaction_pooling: self.db_transaction_pooling,
+            listen_url,
             max_connections: self.db_max_connections,
             acquire_timeout: Duration::from_millis(self.db_acquire_timeout_ms),
             sqlite_busy_timeout: Duration::from_millis(self.sqlite_busy_timeout_ms),
@@ -932,6 +989,13 @@ impl Config {
             }
             let url = read_secret_file(path, "INVITATIONS_RATE_LIMIT_REDIS_URL_FILE")?;
             self.rate_limit_redis_url = Some(Secret::new(url));
+        }
+        if let Some(path) = &self.db_listen_url_file {
+            if self.db_listen_url.is_some() {
+                return Err(given_twice("INVITATIONS_DB_LISTEN_URL"));
+            }
+            let url = read_secret_file(path, "INVITATIONS_DB_LISTEN_URL_FILE")?;
+            self.db_listen_url = Some(url.into());
         }
         if let Some(path) = &self.nats_url_file {
             if self.nats_url.is_some() {

@@ -108,6 +108,8 @@ impl Db {
             acquire_timeout: Duration::from_secs(10),
             sqlite_busy_timeout: Duration::from_secs(5),
             sqlite_synchronous: sqlite_synchronous(),
+            transaction_pooling: false,
+            listen_url: None,
         })
         .await
         .expect("connect");

@@ -107,6 +107,12 @@ pub(crate) struct Opts {
     /// `--server process`.
     #[arg(long)]
     metrics: bool,
+    /// Serve through this PgBouncer (transaction mode, 1.21+), e.g.
+    /// `postgres://postgres@127.0.0.1:6432/test`: the service's DATABASE_URL names the
+    /// pooler with the benchmark's database, and INVITATIONS_DB_TRANSACTION_POOLING is on.
+    /// PostgreSQL only, with `--server process`; the database limit stays direct.
+    #[arg(long)]
+    pgbouncer_url: Option<String>,
     /// A label stored with the results (e.g. `baseline`, `after-fix`).
     #[arg(long, default_value = "")]
     label: String,
@@ -181,6 +187,7 @@ pub(crate) struct Plan {
     pub(crate) db_max_connections: Option<u32>,
     pub(crate) rate_limit: RateLimit,
     pub(crate) metrics: bool,
+    pub(crate) pgbouncer_url: Option<String>,
     pub(crate) label: String,
 }
 
@@ -276,6 +283,9 @@ pub(crate) fn plan_from(opts: &Opts) -> Result<Plan, String> {
     if opts.metrics && inproc {
         return Err("--metrics needs --server process".into());
     }
+    if opts.pgbouncer_url.is_some() && inproc {
+        return Err("--pgbouncer-url needs --server process".into());
+    }
     let server_bin = opts.server_bin.clone().unwrap_or_else(default_server_bin);
     if benchmarking && !inproc && !server_bin.is_file() {
         return Err(format!(
@@ -352,6 +362,7 @@ pub(crate) fn plan_from(opts: &Opts) -> Result<Plan, String> {
             .or_else(|| (!quick || opts.report).then(|| PathBuf::from("bench/throughput.svg"))),
         db_max_connections: opts.db_max_connections,
         metrics: opts.metrics,
+        pgbouncer_url: opts.pgbouncer_url.clone(),
         rate_limit: RateLimit {
             per_second: opts.rate_limit_per_second.unwrap_or(0),
             redis_url: opts.rate_limit_redis_url.clone(),

@@ -69,8 +69,15 @@ pub(crate) async fn start_service(plan: &Plan, database_url: &str) -> Server {
     }
     let addr = free_port();
     let mut cmd = pinned(&plan.server_bin, plan.pin.then_some(0));
+    let database_url = match &plan.pgbouncer_url {
+        Some(pooler) if database_url.starts_with("postgres") => {
+            cmd.env("INVITATIONS_DB_TRANSACTION_POOLING", "true");
+            through_pooler(database_url, pooler)
+        }
+        _ => database_url.to_owned(),
+    };
     cmd.arg("serve")
-        .env("DATABASE_URL", service_database_url(database_url))
+        .env("DATABASE_URL", service_database_url(&database_url))
         .env("INVITATIONS_LISTEN_ADDR", addr.to_string())
         .env("INVITATIONS_JWT_HS256_SECRET", JWT_SECRET)
         .env(
@@ -103,6 +110,15 @@ pub(crate) async fn start_service(plan: &Plan, database_url: &str) -> Server {
         addr,
         running: Running::Process(child),
     }
+}
+
+/// `database_url`'s database (and query) on the server of `pooler`.
+fn through_pooler(database_url: &str, pooler: &str) -> String {
+    let database = url::Url::parse(database_url).expect("a PostgreSQL URL");
+    let mut url = url::Url::parse(pooler).expect("--pgbouncer-url is a PostgreSQL URL");
+    url.set_path(database.path());
+    url.set_query(database.query());
+    url.to_string()
 }
 
 /// The name the service's PostgreSQL connections carry (followed by the service's own

@@ -118,6 +118,10 @@ pub struct StoreSettings {
     pub sqlite_busy_timeout: Duration,
     /// What a SQLite commit waits for (README, "Durability").
     pub sqlite_synchronous: SqliteSync,
+    /// `url` leads to a pooler in transaction mode (see [`Store::connect_with`]).
+    pub transaction_pooling: bool,
+    /// Where the connection that LISTENs for other processes' events goes, when not `url`.
+    pub listen_url: Option<DatabaseUrl>,
 }
 
 /// `PRAGMA synchronous` of every SQLite connection, in WAL mode.
@@ -164,6 +168,8 @@ pub struct Store {
     /// `application_name` every connection of this process carries (see
     /// [`Store::cancel_running_statements`]).
     postgres: Option<Arc<(PgConnectOptions, String)>>,
+    /// On PostgreSQL, where the connection that LISTENs for other processes' events goes.
+    listen: Listen,
     /// How long a request waits for a connection (and for the first migration run).
     acquire_timeout: Duration,
 }
@@ -268,6 +274,15 @@ pub fn startup_failure(error: &DbErr) -> StartupFailure {
             }
             // invalid_password, invalid_authorization_specification
             Some("28P01" | "28000") => StartupFailure::Credentials,
+            // protocol_violation from PgBouncer, which refuses a session setting in the
+            // startup packet (`options`) that it cannot carry between server connections.
+            Some("08P01") if db.message().starts_with("unsupported startup parameter") => {
+                StartupFailure::Fatal(format!(
+                    "a connection pooler refused the session settings ({}): behind PgBouncer \
+                     in transaction mode set INVITATIONS_DB_TRANSACTION_POOLING=true",
+                    db.message()
+                ))
+            }
             // SQLITE_CANTOPEN, SQLITE_READONLY, SQLITE_NOTADB: the file or its folder
             Some("14" | "8" | "26") => {
                 StartupFailure::Fatal(format!("the SQLite file cannot be used: {}", db.message()))
@@ -299,8 +314,26 @@ fn sqlx_failure(error: sea_orm::sqlx::Error) -> Error {
     classify(DbErr::Query(RuntimeErr::SqlxError(Arc::new(error))))
 }
 
+/// Where [`Store::listen_for_events`] listens.
+#[derive(Clone)]
+enum Listen {
+    /// On a connection like the pool's.
+    Pool,
+    /// On a connection of its own URL (`INVITATIONS_DB_LISTEN_URL`).
+    Url(Box<PgConnectOptions>),
+    /// Nowhere: behind a transaction pooler a LISTEN would hear nothing (the server connection
+    /// goes back to the pool after the statement), so other processes' events are found
+    /// by the outbox reader's polling alone.
+    Off,
+}
+
 /// The session settings of every PostgreSQL connection (`Store::connect_with` says why).
-fn postgres_options(options: PgConnectOptions) -> PgConnectOptions {
+/// Behind a transaction pooler there is no session to set them on: the connection is
+/// opened without them, and the role carries them (README, "Scaling out").
+fn postgres_options(options: PgConnectOptions, transaction_pooling: bool) -> PgConnectOptions {
+    if transaction_pooling {
+        return options;
+    }
     options.options([
         ("plan_cache_mode", "force_generic_plan"),
         (
@@ -479,6 +512,7 @@ impl Store {
         let named = application_name.clone();
         let busy = settings.sqlite_busy_timeout;
         let synchronous = settings.sqlite_synchronous;
+        let transaction_pooling = settings.transaction_pooling;
         options
             .max_connections(settings.max_connections)
             .min_connections(1)
@@ -498,7 +532,7 @@ impl Store {
             // within `client_connection_check_interval`: a call abandoned at shutdown is
             // not committed after the process exits (`shutdown.rs`). PostgreSQL 14 or later.
             .map_sqlx_postgres_opts(move |o: PgConnectOptions| {
-                postgres_options(o).application_name(&named)
+                postgres_options(o, transaction_pooling).application_name(&named)
             })
             // No connection at start: the process comes up (liveness, health) even while
             // the database is down, and readiness says so.
@@ -540,10 +574,20 @@ impl Store {
             .filter(|_| db.get_database_backend() == DbBackend::Postgres)
             .map(|options| {
                 Arc::new((
-                    postgres_options(options).application_name(&application_name),
+                    postgres_options(options, transaction_pooling)
+                        .application_name(&application_name),
                     application_name,
                 ))
             });
+        let listen = match &settings.listen_url {
+            Some(url) => Listen::Url(Box::new(
+                PgConnectOptions::from_str(url.expose())
+                    .map_err(|error| DbErr::Conn(RuntimeErr::SqlxError(Arc::new(error))))?
+                    .application_name(&format!("{base} listener")),
+            )),
+            None if settings.transaction_pooling => Listen::Off,
+            None => Listen::Pool,
+        };
         Ok(Self {
             db,
             sqlite_readers,
@@ -551,6 +595,7 @@ impl Store {
             statements,
             state: Arc::default(),
             postgres,
+            listen,
             acquire_timeout: settings.acquire_timeout,
         })
     }
@@ -930,7 +975,19 @@ impl Store {
         {
             return;
         }
-        let pool = self.db.get_postgres_connection_pool().clone();
+        let pool = match &self.listen {
+            Listen::Pool => self.db.get_postgres_connection_pool().clone(),
+            Listen::Url(options) => sea_orm::sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect_lazy_with((**options).clone()),
+            Listen::Off => {
+                tracing::info!(
+                    "behind a transaction pooler without INVITATIONS_DB_LISTEN_URL: other \
+                     replicas' events are found at the watch poll interval"
+                );
+                return;
+            }
+        };
         let elsewhere = self.state.events_elsewhere.clone();
         tokio::spawn(async move {
             use sea_orm::sqlx::postgres::PgListener;
@@ -938,6 +995,8 @@ impl Store {
                 let listening = async {
                     let mut listener = PgListener::connect_with(&pool).await?;
                     listener.listen(queries::EVENTS_CHANNEL).await?;
+                    // What was announced before the LISTEN took hold was not heard.
+                    elsewhere.notify_one();
                     loop {
                         // `None`: the connection dropped and was made again.
                         let _ = listener.try_recv().await?;
@@ -1486,6 +1545,8 @@ mod tests {
                 acquire_timeout: Duration::from_secs(5),
                 sqlite_busy_timeout: Duration::from_secs(5),
                 sqlite_synchronous: setting,
+                transaction_pooling: false,
+                listen_url: None,
             })
             .await
             .expect("connect");

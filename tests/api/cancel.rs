@@ -70,7 +70,7 @@ async fn cancel_is_soft_and_persisted(app: &TestApp) {
     );
 }
 
-async fn a_stale_etag_is_aborted_with_the_current_one(app: &TestApp) {
+pub(crate) async fn a_stale_etag_is_aborted_with_the_current_one(app: &TestApp) {
     let invitation = app.insert(Fixture::pending("stale@acme.example")).await;
     let stale = "W/\"0.deadbeef\"";
     let status = app
@@ -224,7 +224,7 @@ async fn bad_cancel_requests_name_each_field(app: &TestApp) {
     );
 }
 
-async fn concurrent_cancels_with_one_etag_have_one_winner(app: &TestApp) {
+pub(crate) async fn concurrent_cancels_with_one_etag_have_one_winner(app: &TestApp) {
     let invitation = app.insert(Fixture::pending("race@acme.example")).await;
     let etag = invitation.etag();
     let attempts: Vec<_> = (0..20)

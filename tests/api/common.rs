@@ -36,6 +36,12 @@ pub enum Backend {
     Sqlite,
     /// The URL of a server where each test creates (and drops) its own database.
     Postgres(String),
+    /// PostgreSQL through a pooler in transaction mode: each test's database is made on the
+    /// server of `admin_url` and served through the pooler of `pooled_url`.
+    PgBouncer {
+        admin_url: String,
+        pooled_url: String,
+    },
 }
 
 impl Backend {
@@ -54,6 +60,20 @@ impl Backend {
                 None
             }
         }
+    }
+
+    /// PostgreSQL through the PgBouncer of `TEST_PGBOUNCER_URL` (any database name: the
+    /// pooler forwards every name to the server of `TEST_DATABASE_URL`); skipped like
+    /// [`Backend::postgres`] without it.
+    pub fn pgbouncer() -> Option<Self> {
+        let Self::Postgres(admin_url) = Self::postgres()? else {
+            unreachable!("Backend::postgres is PostgreSQL")
+        };
+        let pooled_url = component_url("TEST_PGBOUNCER_URL")?;
+        Some(Self::PgBouncer {
+            admin_url,
+            pooled_url,
+        })
     }
 }
 
@@ -252,6 +272,7 @@ impl TestApp {
         customize: impl FnOnce(&mut Config),
         migrate: bool,
     ) -> Self {
+        let transaction_pooling = matches!(backend, Backend::PgBouncer { .. });
         let (url, database) = match backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
@@ -262,9 +283,18 @@ impl TestApp {
                 let (name, url) = create_database(&admin_url).await;
                 (url, Database_::Postgres { admin_url, name })
             }
+            Backend::PgBouncer {
+                admin_url,
+                pooled_url,
+            } => {
+                let (name, _) = create_database(&admin_url).await;
+                let url = with_database(&pooled_url, &name);
+                (url, Database_::Postgres { admin_url, name })
+            }
         };
         let mut config = Config::defaults();
         config.database_url = url.into();
+        config.db_transaction_pooling = transaction_pooling;
         config.listen_addr = "127.0.0.1:0".parse().expect("address");
         config.jwt_hs256_secret = Some(Secret::new(JWT_SECRET));
         config.jwt_issuer = ISSUER.into();
@@ -304,6 +334,14 @@ impl TestApp {
             shutdown: running.shutdown,
             server: running.server,
             database,
+        }
+    }
+
+    /// The name of this app's PostgreSQL database (`None` on SQLite).
+    pub fn database_name(&self) -> Option<&str> {
+        match &self.database {
+            Database_::Sqlite(_) => None,
+            Database_::Postgres { name, .. } => Some(name),
         }
     }
 

@@ -60,7 +60,7 @@ async fn assert_event(
     assert!(event.record.occurred_at > age, "{event:?}");
 }
 
-async fn every_change_records_exactly_its_event(app: &TestApp) {
+pub(crate) async fn every_change_records_exactly_its_event(app: &TestApp) {
     let admin = Actor::User(app.admin);
     // Create, then issue a link, then rotate it, then cancel with a reason and a request_id.
     let created = app
@@ -340,7 +340,7 @@ async fn the_horizon_waits_for_a_position_still_in_flight(app: &TestApp) {
 
 /// Eight writers and one reader resuming after its last position, up to the horizon: the
 /// reader sees every event exactly once, in position order.
-async fn a_reader_up_to_the_horizon_sees_every_event_once(app: &TestApp) {
+pub(crate) async fn a_reader_up_to_the_horizon_sees_every_event_once(app: &TestApp) {
     let writers: Vec<_> = (0..8)
         .map(|w| {
             let caller = app.caller(&app.token);
@@ -428,7 +428,9 @@ async fn await_events(app: &TestApp, count: usize) -> Vec<InvitationEvent> {
     }
 }
 
-async fn lapsed_invitations_get_exactly_one_expired_event_across_replicas(backend: Backend) {
+pub(crate) async fn lapsed_invitations_get_exactly_one_expired_event_across_replicas(
+    backend: Backend,
+) {
     let (app, (_, stop, replica)) = sweeping_pair(backend).await;
     let mut lapsed = Vec::new();
     for n in 0..250 {
@@ -468,7 +470,7 @@ async fn lapsed_invitations_get_exactly_one_expired_event_across_replicas(backen
     app.finish().await;
 }
 
-async fn a_cancel_racing_the_sweeper_has_one_outcome(backend: Backend) {
+pub(crate) async fn a_cancel_racing_the_sweeper_has_one_outcome(backend: Backend) {
     let (app, (_, stop, replica)) = sweeping_pair(backend).await;
     // Invitations that all lapse at one instant, and a cancel of each sent around it.
     let lapse_at = Timestamp::now().saturating_add(Duration::from_millis(1500));

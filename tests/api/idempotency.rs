@@ -24,7 +24,7 @@ fn cancel(
     }
 }
 
-async fn a_retry_returns_the_original_response_without_a_second_write(app: &TestApp) {
+pub(crate) async fn a_retry_returns_the_original_response_without_a_second_write(app: &TestApp) {
     let invitation = app.insert(Fixture::pending("retry@acme.example")).await;
     let request_id = Uuid::new_v4().to_string();
     let first = app
@@ -98,7 +98,7 @@ async fn a_request_id_reused_for_another_request_is_refused(app: &TestApp) {
     assert_invalid(&status, &[("request_id", Row::InvalidFormat)]);
 }
 
-async fn concurrent_retries_write_once_and_agree(app: &TestApp) {
+pub(crate) async fn concurrent_retries_write_once_and_agree(app: &TestApp) {
     let invitation = app.insert(Fixture::pending("twins@acme.example")).await;
     let request_id = Uuid::new_v4().to_string();
     let tasks: Vec<_> = (0..10)

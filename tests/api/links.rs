@@ -50,7 +50,7 @@ fn assert_token_invalid(status: &Status) {
     assert_eq!(status.get_error_details_vec().len(), 1, "{status:?}");
 }
 
-async fn issue_rotate_and_accept(app: &TestApp) {
+pub(crate) async fn issue_rotate_and_accept(app: &TestApp) {
     // Arrange
     let invitation = app.insert(Fixture::pending(INVITEE_EMAIL)).await;
     let (first, first_etag) = issue(app, &invitation).await;
@@ -240,7 +240,7 @@ async fn bad_link_requests(app: &TestApp) {
 
 /// Many accepts (the invitee, one token) against many cancels (an admin, one etag): one
 /// write happens, and every answer agrees with it. Repeated 100 times.
-async fn accept_and_cancel_race_has_one_consistent_outcome(app: &TestApp) {
+pub(crate) async fn accept_and_cancel_race_has_one_consistent_outcome(app: &TestApp) {
     let mut outcomes = HashSet::new();
     for round in 0..100 {
         let invitation = app

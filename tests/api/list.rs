@@ -76,7 +76,7 @@ async fn seed(app: &TestApp) -> Vec<Invitation> {
     seeded
 }
 
-async fn full_walks_return_each_match_once_in_order(app: &TestApp) {
+pub(crate) async fn full_walks_return_each_match_once_in_order(app: &TestApp) {
     // Arrange
     let seeded = seed(app).await;
     // Another enterprise's invitations never appear.
@@ -263,7 +263,7 @@ async fn page_tokens_are_bound_to_enterprise_and_filters(app: &TestApp) {
     }
 }
 
-async fn page_tokens_survive_a_restart_and_work_on_a_replica(app: &TestApp) {
+pub(crate) async fn page_tokens_survive_a_restart_and_work_on_a_replica(app: &TestApp) {
     for n in 0..4 {
         app.insert(Fixture::pending(format!("r{n}@acme.example")))
             .await;

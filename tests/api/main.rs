@@ -19,6 +19,7 @@ mod list;
 mod metrics;
 mod migrations;
 mod operability;
+mod pgbouncer;
 mod pki;
 mod process;
 mod relay;

@@ -246,6 +246,8 @@ async fn stores_opened_together_on_a_new_sqlite_file_all_connect_and_migrate() {
                     acquire_timeout: Duration::from_secs(10),
                     sqlite_busy_timeout: Duration::from_secs(5),
                     sqlite_synchronous: invitations::store::SqliteSync::default(),
+                    transaction_pooling: false,
+                    listen_url: None,
                 };
                 tokio::spawn(async move {
                     let store = Store::connect(&settings).await?;

@@ -35,7 +35,7 @@ fn resuming(cursor: &str) -> wire::WatchInvitationsRequest {
     }
 }
 
-async fn open_with(
+pub(crate) async fn open_with(
     client: &mut InvitationServiceClient<Channel>,
     token: &str,
     request: wire::WatchInvitationsRequest,
@@ -68,7 +68,7 @@ async fn next(
 
 /// The next `count` events, past checkpoints, and the last one's cursor (a message may
 /// carry more: those are left out).
-async fn next_events(
+pub(crate) async fn next_events(
     stream: &mut Streaming<wire::WatchInvitationsResponse>,
     count: usize,
 ) -> (Vec<wire::InvitationEvent>, String) {
@@ -92,7 +92,7 @@ fn event_type(event: &wire::InvitationEvent) -> wire::InvitationEventType {
     wire::InvitationEventType::try_from(event.r#type).expect("a known type")
 }
 
-async fn a_watch_delivers_each_change_once_with_its_cursor(app: &TestApp) {
+pub(crate) async fn a_watch_delivers_each_change_once_with_its_cursor(app: &TestApp) {
     let mut watch = open(app, watch_request()).await;
     let created = app
         .create(create_request("w1@acme.example"))
@@ -293,7 +293,7 @@ fn whole_enterprise(enterprise: EnterpriseId) -> WatchFilter {
         .expect("a filter")
 }
 
-async fn cursors_are_bound_to_their_watch_and_expire(app: &TestApp) {
+pub(crate) async fn cursors_are_bound_to_their_watch_and_expire(app: &TestApp) {
     let mut watch = open(app, watch_request()).await;
     app.create(create_request("c1@acme.example"))
         .await
