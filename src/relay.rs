@@ -6,7 +6,8 @@
 //! message it already has within its duplicate window. The payload is the protobuf encoding
 //! of `invitations.v1.InvitationEvent` (`proto/invitations/v1/invitations.proto`; its
 //! `cursor` is left empty: cursors belong to watches), with header `Content-Type:
-//! application/protobuf; messageType=invitations.v1.InvitationEvent`.
+//! application/protobuf; messageType=invitations.v1.InvitationEvent`, and, when the change
+//! was made by a traced call, the W3C `traceparent` of that call's span.
 //!
 //! One replica relays at a time: it holds the relay's lease (the `event_relays` row) and
 //! renews it with every advance of the relay's position, which is stored in the database
@@ -178,10 +179,15 @@ async fn publish(
     let mut acks = Vec::with_capacity(events.len());
     for event in events {
         let payload = wire_event(event, String::new()).encode_to_vec();
-        let message = PublishMessage::build()
+        let mut message = PublishMessage::build()
             .message_id(event.record.id.to_string())
             .header("Content-Type", CONTENT_TYPE)
             .payload(payload.into());
+        // A consumer continues the trace of the call that made the change (the W3C header,
+        // as the OpenTelemetry messaging conventions carry it).
+        if let Some(trace) = event.record.trace {
+            message = message.header("traceparent", trace.traceparent());
+        }
         let ack = jetstream
             .send_publish(subject(event), message)
             .await

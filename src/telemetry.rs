@@ -37,6 +37,28 @@ pub fn tracing_enabled() -> bool {
     TRACING.load(Ordering::Relaxed)
 }
 
+/// The trace context of the current span (an RPC's, in a handler), while traces are
+/// exported; `None` otherwise. Events carry it (`EventRecord::trace`).
+pub fn current_trace() -> Option<crate::domain::TraceContext> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    if !tracing_enabled() {
+        return None;
+    }
+    let context = tracing::Span::current().context();
+    let span = context.span();
+    let span = span.span_context();
+    if !span.is_valid() {
+        return None;
+    }
+    crate::domain::TraceContext::new(
+        span.trace_id().to_bytes(),
+        span.span_id().to_bytes(),
+        span.is_sampled(),
+    )
+}
+
 /// What [`init`] started; [`Telemetry::shutdown`] exports the spans still buffered.
 pub struct Telemetry {
     traces: Option<SdkTracerProvider>,

@@ -9,6 +9,7 @@ mod m20261123_000002_invitation_links;
 mod m20261123_000003_idempotency_keys;
 mod m20261206_000004_invitation_events;
 mod m20261206_000005_event_relays;
+mod m20261207_000006_event_traceparent;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000003_idempotency_keys::Migration),
             Box::new(m20261206_000004_invitation_events::Migration),
             Box::new(m20261206_000005_event_relays::Migration),
+            Box::new(m20261207_000006_event_traceparent::Migration),
         ]
     }
 }

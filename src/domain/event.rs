@@ -103,6 +103,69 @@ impl fmt::Display for EventId {
     }
 }
 
+/// The W3C trace context of the call that made a change: the trace id joins the event to
+/// the call's trace, the span id lets a consumer's work be a child of the call's span. Only
+/// while traces are exported (`telemetry.rs`): otherwise there is no span to point at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    sampled: bool,
+}
+
+impl TraceContext {
+    /// `None` for the all-zero ids W3C calls invalid.
+    pub fn new(trace_id: [u8; 16], span_id: [u8; 8], sampled: bool) -> Option<Self> {
+        (trace_id != [0; 16] && span_id != [0; 8]).then_some(Self {
+            trace_id,
+            span_id,
+            sampled,
+        })
+    }
+
+    /// The trace id as W3C writes it: 32 lower-case hex digits.
+    pub fn trace_id(&self) -> String {
+        hex(&self.trace_id)
+    }
+
+    /// The `traceparent` header: `00-{trace id}-{span id}-{flags}`.
+    pub fn traceparent(&self) -> String {
+        format!(
+            "00-{}-{}-{}",
+            hex(&self.trace_id),
+            hex(&self.span_id),
+            if self.sampled { "01" } else { "00" }
+        )
+    }
+
+    /// Reads what [`TraceContext::traceparent`] wrote (version `00` only).
+    pub fn parse_traceparent(raw: &str) -> Option<Self> {
+        let mut parts = raw.split('-');
+        let (version, trace, span, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if version != "00" || parts.next().is_some() || flags.len() != 2 {
+            return None;
+        }
+        let flags = u8::from_str_radix(flags, 16).ok()?;
+        Self::new(unhex(trace)?, unhex(span)?, flags & 1 == 1)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.len() != 2 * N || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    let mut bytes = [0; N];
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(bytes)
+}
+
 /// What the domain says of a change before the store writes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRecord {
@@ -112,6 +175,8 @@ pub struct EventRecord {
     pub actor: Actor,
     /// The client's `request_id`, when the change was made with one.
     pub request_id: Option<RequestId>,
+    /// The call's trace, while traces are exported.
+    pub trace: Option<TraceContext>,
 }
 
 impl EventRecord {
@@ -123,11 +188,17 @@ impl EventRecord {
             occurred_at: at,
             actor,
             request_id: None,
+            trace: None,
         }
     }
 
     pub fn with_request_id(mut self, request_id: Option<RequestId>) -> Self {
         self.request_id = request_id;
+        self
+    }
+
+    pub fn with_trace(mut self, trace: Option<TraceContext>) -> Self {
+        self.trace = trace;
         self
     }
 
@@ -163,6 +234,34 @@ mod tests {
             assert_eq!(Actor::parse_stored(&actor.to_string()), Some(actor));
         }
         assert_eq!(Actor::parse_stored("robots/1"), None);
+    }
+
+    #[test]
+    fn trace_contexts_read_back_as_written() {
+        let trace = TraceContext::new([0x4b; 16], [0x07; 8], true).expect("valid");
+        let written = trace.traceparent();
+        assert_eq!(
+            written,
+            "00-4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b-0707070707070707-01"
+        );
+        assert_eq!(TraceContext::parse_traceparent(&written), Some(trace));
+        assert_eq!(trace.trace_id(), "4b".repeat(16));
+        let unsampled = TraceContext::new([1; 16], [2; 8], false).expect("valid");
+        assert_eq!(
+            TraceContext::parse_traceparent(&unsampled.traceparent()),
+            Some(unsampled)
+        );
+        assert_eq!(TraceContext::new([0; 16], [1; 8], true), None);
+        for bad in [
+            "",
+            "01-4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b-0707070707070707-01",
+            "00-4B4B4B4B4B4B4B4B4B4B4B4B4B4B4B4B-0707070707070707-01",
+            "00-4b4b-0707070707070707-01",
+            "00-00000000000000000000000000000000-0707070707070707-01",
+            "00-4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b-0707070707070707-01-x",
+        ] {
+            assert_eq!(TraceContext::parse_traceparent(bad), None, "{bad}");
+        }
     }
 
     #[test]

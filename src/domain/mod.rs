@@ -11,7 +11,9 @@ mod values;
 mod watch;
 
 pub use error::{AuthFailure, Error, FieldViolation, Forbidden, StreamLimitScope, ViolationReason};
-pub use event::{Actor, DEFAULT_EVENT_RETENTION, EventId, EventRecord, EventType, InvitationEvent};
+pub use event::{
+    Actor, DEFAULT_EVENT_RETENTION, EventId, EventRecord, EventType, InvitationEvent, TraceContext,
+};
 pub use invitation::{Etag, Invitation, InvitationStatus, StatusFilter, Timestamp, Version};
 pub use link_token::{LINK_TOKEN_LEN, LinkToken, LinkTokenHash};
 pub use page_token::{PageCursor, PageTokenCodec, TokenSigner};

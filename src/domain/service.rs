@@ -5,7 +5,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::error::{Error, Forbidden, ViolationReason};
-use super::event::{Actor, EventRecord, EventType};
+use super::event::{Actor, EventRecord, EventType, TraceContext};
 use super::invitation::{Etag, Invitation, InvitationStatus, StatusFilter, Timestamp, Version};
 use super::link_token::LinkToken;
 use super::page_token::{PageCursor, PageTokenCodec};
@@ -94,6 +94,8 @@ pub struct CreateCommand {
     pub scope: Option<Scope>,
     pub expires_at: Option<Timestamp>,
     pub pending_human_actor: Option<UserRef>,
+    /// The call's trace, for its event.
+    pub trace: Option<TraceContext>,
 }
 
 /// A validated CancelInvitation request.
@@ -108,6 +110,8 @@ pub struct CancelCommand {
     pub validate_only: bool,
     /// Makes retries safe (AIP-155).
     pub request_id: Option<RequestId>,
+    /// The call's trace, for its event.
+    pub trace: Option<TraceContext>,
 }
 
 /// `idempotency_keys.operation` of a cancel.
@@ -140,6 +144,8 @@ pub struct IssueTokenCommand {
     /// Optional If-Match.
     pub if_match: Option<String>,
     pub expires_at: Option<Timestamp>,
+    /// The call's trace, for its event.
+    pub trace: Option<TraceContext>,
 }
 
 /// A validated AcceptInvitation request, on behalf of the invitee.
@@ -149,6 +155,8 @@ pub struct AcceptCommand {
     pub invitee: UserRef,
     /// The invitee's verified e-mail address.
     pub email: EmailAddress,
+    /// The call's trace, for its event.
+    pub trace: Option<TraceContext>,
 }
 
 /// The operations, over any repository: the store in the service, a fake in a unit test.
@@ -281,7 +289,8 @@ impl<R: InvitationRepository> InvitationService<R> {
             cancelled_by: None,
             version: Version::FIRST,
         };
-        let event = EventRecord::of(EventType::Created, Actor::User(command.actor), now);
+        let event = EventRecord::of(EventType::Created, Actor::User(command.actor), now)
+            .with_trace(command.trace);
         match self.store.insert_pending(&invitation, &event).await? {
             InsertOutcome::Created => {
                 // Never a whole address in the logs.
@@ -320,7 +329,8 @@ impl<R: InvitationRepository> InvitationService<R> {
                 reason: command.reason.clone(),
             };
             let event = EventRecord::of(EventType::Cancelled, Actor::User(command.actor), now)
-                .with_request_id(key.as_ref().map(|key| key.request_id));
+                .with_request_id(key.as_ref().map(|key| key.request_id))
+                .with_trace(command.trace);
             match self
                 .store
                 .cancel_pending(
@@ -427,7 +437,8 @@ impl<R: InvitationRepository> InvitationService<R> {
             None => Some(None),
             Some(raw) => Etag::version_if_of(raw, command.id).map(Some),
         };
-        let event = EventRecord::of(EventType::LinkIssued, Actor::User(command.actor), now);
+        let event = EventRecord::of(EventType::LinkIssued, Actor::User(command.actor), now)
+            .with_trace(command.trace);
         if let Some(expected) = expected
             && let Some(issued) = self
                 .store
@@ -484,7 +495,8 @@ impl<R: InvitationRepository> InvitationService<R> {
     pub async fn accept(&self, command: AcceptCommand) -> Result<Invitation, Error> {
         let now = Timestamp::now();
         let link = command.token.hash();
-        let event = EventRecord::of(EventType::Accepted, Actor::User(command.invitee), now);
+        let event = EventRecord::of(EventType::Accepted, Actor::User(command.invitee), now)
+            .with_trace(command.trace);
         if let Some(accepted) = self
             .store
             .accept_by_link(link, &command.email, command.invitee, &event)

@@ -321,6 +321,10 @@ pub fn wire_event(event: &InvitationEvent, cursor: String) -> pb::InvitationEven
             record.occurred_at,
         )),
         cursor,
+        trace_id: record
+            .trace
+            .map(|trace| trace.trace_id())
+            .unwrap_or_default(),
     }
 }
 
@@ -372,6 +376,7 @@ pub fn create_command(
             } else {
                 None
             },
+            trace: None,
         })
     })
 }
@@ -454,6 +459,7 @@ pub fn cancel_command(
             } else {
                 None
             },
+            trace: None,
         })
     })
 }
@@ -482,6 +488,7 @@ pub fn issue_token_command(
             } else {
                 None
             },
+            trace: None,
         })
     })
 }
@@ -498,6 +505,7 @@ pub fn accept_command(
             token: token?,
             invitee,
             email,
+            trace: None,
         })
     })
 }

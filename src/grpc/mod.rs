@@ -21,7 +21,6 @@ use crate::proto::server::invitation_service_server::InvitationService as Invita
 use crate::watch::{WatchEnd, WatchItem, Watcher};
 
 pub use convert::wire_invitation;
-use prost::Message as _;
 pub use wire::WireInvitation;
 use wire::{
     IssueInvitationTokenResponse, ListInvitationsResponse, WatchInvitationsResponse, WireEvent,
@@ -106,12 +105,10 @@ fn watch_message(item: WatchItem) -> WatchInvitationsResponse {
             message.events = events
                 .into_iter()
                 .map(|(shared, at)| {
-                    let encoded = shared.encoded.get_or_init(|| {
-                        convert::wire_event(&shared.event, String::new())
-                            .encode_to_vec()
-                            .into()
+                    let (encoded, cursor_at) = shared.encoded.get_or_init(|| {
+                        WireEvent::encode_shared(convert::wire_event(&shared.event, String::new()))
                     });
-                    WireEvent::new(encoded.clone(), at)
+                    WireEvent::new(encoded.clone(), *cursor_at, at)
                 })
                 .collect();
             message.cursor = cursor;
@@ -209,7 +206,8 @@ impl<R: InvitationRepository> InvitationRpc for InvitationApi<R> {
             async {
                 let admin = enterprise_admin(&request)?;
                 let _slot = self.admit(&request)?;
-                let command = convert::create_command(admin, request.into_inner())?;
+                let mut command = convert::create_command(admin, request.into_inner())?;
+                command.trace = crate::telemetry::current_trace();
                 let invitation = self.service.create(command).await?;
                 Ok(WireInvitation::new(invitation, Timestamp::now()))
             }
@@ -226,7 +224,8 @@ impl<R: InvitationRepository> InvitationRpc for InvitationApi<R> {
                 let admin = enterprise_admin(&request)?;
                 let _slot = self.admit(&request)?;
                 let (metadata, _, message) = request.into_parts();
-                let command = convert::cancel_command(admin, &metadata, message)?;
+                let mut command = convert::cancel_command(admin, &metadata, message)?;
+                command.trace = crate::telemetry::current_trace();
                 let invitation = self.service.cancel(command).await?;
                 Ok(WireInvitation::new(invitation, Timestamp::now()))
             }
@@ -243,7 +242,8 @@ impl<R: InvitationRepository> InvitationRpc for InvitationApi<R> {
                 let admin = enterprise_admin(&request)?;
                 let _slot = self.admit(&request)?;
                 let (metadata, _, message) = request.into_parts();
-                let command = convert::issue_token_command(admin, &metadata, message)?;
+                let mut command = convert::issue_token_command(admin, &metadata, message)?;
+                command.trace = crate::telemetry::current_trace();
                 let (invitation, token) = self.service.issue_token(command).await?;
                 Ok(IssueInvitationTokenResponse {
                     invitation: Some(WireInvitation::new(invitation, Timestamp::now())),
@@ -266,8 +266,9 @@ impl<R: InvitationRepository> InvitationRpc for InvitationApi<R> {
                     .verified_email
                     .clone()
                     .ok_or(Error::PermissionDenied(Forbidden::EmailNotVerified))?;
-                let command =
+                let mut command =
                     convert::accept_command(caller.subject, email, &request.get_ref().token)?;
+                command.trace = crate::telemetry::current_trace();
                 let invitation = self.service.accept(command).await?;
                 Ok(WireInvitation::new(invitation, Timestamp::now()))
             }

@@ -54,30 +54,56 @@ pub struct WatchInvitationsResponse {
 
 /// One `invitations.v1.InvitationEvent` of a watch: the event's fields, encoded once for
 /// every watch that sends it (`encoded`, the generated message's bytes without a cursor),
-/// then this watch's cursor (field 7). A hundred watches of one event encode it once and
-/// each writes only its cursor; `the_event_bytes_are_the_generated_messages` holds it to
-/// the generated message.
+/// with this watch's cursor (field 7) written in its place among them. A hundred watches of
+/// one event encode it once and each writes only its cursor;
+/// `the_event_bytes_are_the_generated_messages` holds it to the generated message.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct WireEvent {
     encoded: Bytes,
+    /// Where in `encoded` the fields numbered after the cursor's begin.
+    cursor_at: usize,
     cursor: String,
 }
 
 /// `InvitationEvent.cursor`.
 const EVENT_CURSOR_TAG: u32 = 7;
+/// `InvitationEvent.trace_id`, the one field after the cursor.
+const EVENT_TRACE_ID_TAG: u32 = 8;
 
 impl WireEvent {
-    pub fn new(encoded: Bytes, cursor: String) -> Self {
-        Self { encoded, cursor }
+    pub fn new(encoded: Bytes, cursor_at: usize, cursor: String) -> Self {
+        Self {
+            encoded,
+            cursor_at,
+            cursor,
+        }
+    }
+
+    /// The bytes of `event` without its cursor, in field order, and where the cursor goes.
+    pub fn encode_shared(
+        mut event: crate::proto::invitations::v1::InvitationEvent,
+    ) -> (Bytes, usize) {
+        event.cursor.clear();
+        let trace_id = std::mem::take(&mut event.trace_id);
+        let mut encoded = event.encode_to_vec();
+        let cursor_at = encoded.len();
+        if !trace_id.is_empty() {
+            encoding::string::encode(EVENT_TRACE_ID_TAG, &trace_id, &mut encoded);
+        }
+        (encoded.into(), cursor_at)
     }
 }
 
 impl Message for WireEvent {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        buf.put_slice(&self.encoded);
+        let (before, after) = self
+            .encoded
+            .split_at(self.cursor_at.min(self.encoded.len()));
+        buf.put_slice(before);
         if !self.cursor.is_empty() {
             encoding::string::encode(EVENT_CURSOR_TAG, &self.cursor, buf);
         }
+        buf.put_slice(after);
     }
 
     /// The service only sends events.
@@ -457,17 +483,21 @@ mod tests {
             occurred_at in at(),
             cursors in proptest::collection::vec("[A-Za-z0-9_-]{0,60}", 1..4),
             request_id in proptest::option::of(uuid()),
+            trace in proptest::option::of((any::<[u8; 16]>(), any::<[u8; 8]>(), any::<bool>())),
         ) {
-            use crate::domain::{Actor, EventRecord, EventType, InvitationEvent, RequestId};
+            use crate::domain::{
+                Actor, EventRecord, EventType, InvitationEvent, RequestId, TraceContext,
+            };
             let event = InvitationEvent {
                 position: 42,
                 record: EventRecord::of(EventType::Cancelled, Actor::System, occurred_at)
-                    .with_request_id(request_id.map(RequestId::from_uuid)),
+                    .with_request_id(request_id.map(RequestId::from_uuid))
+                    .with_trace(trace.and_then(|(t, s, sampled)| TraceContext::new(t, s, sampled))),
                 invitation,
             };
-            let encoded: Bytes = crate::grpc::convert::wire_event(&event, String::new())
-                .encode_to_vec()
-                .into();
+            let (encoded, cursor_at) = WireEvent::encode_shared(
+                crate::grpc::convert::wire_event(&event, String::new()),
+            );
             let expected = generated::WatchInvitationsResponse {
                 events: cursors
                     .iter()
@@ -479,7 +509,7 @@ mod tests {
             let sent = WatchInvitationsResponse {
                 events: cursors
                     .iter()
-                    .map(|cursor| WireEvent::new(encoded.clone(), cursor.clone()))
+                    .map(|cursor| WireEvent::new(encoded.clone(), cursor_at, cursor.clone()))
                     .collect(),
                 cursor: cursors.last().cloned().unwrap_or_default(),
                 ..Default::default()

@@ -34,6 +34,7 @@ pub struct Model {
     pub cancel_reason: Option<String>,
     pub cancelled_by: Option<String>,
     pub version: i64,
+    pub traceparent: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -65,22 +66,24 @@ pub const SNAPSHOT_COLUMNS: [Column; 18] = [
 ];
 
 /// The record's columns, in the order `queries` binds them.
-pub const RECORD_COLUMNS: [Column; 5] = [
+pub const RECORD_COLUMNS: [Column; 6] = [
     Column::EventId,
     Column::EventType,
     Column::OccurredAt,
     Column::Actor,
     Column::RequestId,
+    Column::Traceparent,
 ];
 
 /// The record's values, in the order of [`RECORD_COLUMNS`].
-pub fn record_values(record: &EventRecord) -> [sea_orm::Value; 5] {
+pub fn record_values(record: &EventRecord) -> [sea_orm::Value; 6] {
     [
         record.id.as_uuid().into(),
         record.kind.as_str().into(),
         record.occurred_at.unix_micros().into(),
         record.actor.to_string().into(),
         record.request_id.map(|r| r.as_uuid()).into(),
+        record.trace.map(|trace| trace.traceparent()).into(),
     ]
 }
 
@@ -94,6 +97,7 @@ pub fn active_model(record: &EventRecord, invitation: &Invitation) -> ActiveMode
         occurred_at: Set(record.occurred_at.unix_micros()),
         actor: Set(record.actor.to_string()),
         request_id: Set(record.request_id.map(|r| r.as_uuid())),
+        traceparent: Set(record.trace.map(|trace| trace.traceparent())),
         invitation_id: row.id,
         enterprise_id: row.enterprise_id,
         scope: row.scope,

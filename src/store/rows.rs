@@ -15,7 +15,7 @@ use super::queries::READ_COLUMNS;
 use crate::domain::{
     Actor, CancelReason, EmailAddress, EnterpriseId, Error, EventId, EventRecord, EventType,
     Invitation, InvitationEvent, InvitationId, InvitationStatus, RequestId, RoleRef, Scope,
-    Timestamp, UserRef, Version,
+    Timestamp, TraceContext, UserRef, Version,
 };
 
 fn corrupt(id: uuid::Uuid, column: &str) -> Error {
@@ -287,6 +287,12 @@ pub(super) fn into_domain_event(row: &outbox::Model) -> Result<InvitationEvent, 
         occurred_at: Timestamp::from_unix_micros(row.occurred_at),
         actor: Actor::parse_stored(&row.actor).ok_or_else(|| corrupt("actor"))?,
         request_id: row.request_id.map(RequestId::from_uuid),
+        // Only the service writes it, and it is no part of the change: one that does not
+        // read back (a row edited by hand) is dropped rather than failing the event.
+        trace: row
+            .traceparent
+            .as_deref()
+            .and_then(TraceContext::parse_traceparent),
     };
     let invitation = into_domain(StoredRow {
         id: row.invitation_id,

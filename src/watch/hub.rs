@@ -34,11 +34,12 @@ const RETRY_DELAY: Duration = Duration::from_millis(500);
 pub type SharedEvent = Arc<HubEvent>;
 
 /// An event, and the bytes a transport made of it for the first watch that sent it, which
-/// every other watch sending it reuses.
+/// every other watch sending it reuses: the bytes, and the offset at which a watch's own
+/// part (its cursor) goes.
 #[derive(Debug)]
 pub struct HubEvent {
     pub event: InvitationEvent,
-    pub encoded: OnceLock<bytes::Bytes>,
+    pub encoded: OnceLock<(bytes::Bytes, usize)>,
 }
 
 impl HubEvent {

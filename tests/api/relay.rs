@@ -21,11 +21,13 @@ pub(crate) fn nats_url() -> Option<String> {
     crate::common::component_url("TEST_NATS_URL")
 }
 
-/// A message of the stream: its subject, its `Nats-Msg-Id` and the event it carries.
+/// A message of the stream: its subject, its `Nats-Msg-Id`, its `traceparent` (when the
+/// change was made by a traced call) and the event it carries.
 #[derive(Debug)]
 pub(crate) struct Published {
     pub subject: String,
     pub message_id: String,
+    pub traceparent: Option<String>,
     pub event: wire::InvitationEvent,
 }
 
@@ -58,15 +60,19 @@ pub(crate) async fn published(url: &str, enterprise: EnterpriseId) -> Vec<Publis
         let before = all.len();
         while let Some(message) = batch.next().await {
             let message = message.expect("a message");
-            let message_id = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("Nats-Msg-Id"))
-                .map(|v| v.as_str().to_owned())
-                .unwrap_or_default();
+            let header = |name: &str| {
+                message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map(|v| v.as_str().to_owned())
+            };
+            let message_id = header("Nats-Msg-Id").unwrap_or_default();
+            let traceparent = header("traceparent");
             all.push(Published {
                 subject: message.subject.to_string(),
                 message_id,
+                traceparent,
                 event: wire::InvitationEvent::decode(message.payload.clone()).expect("protobuf"),
             });
         }

@@ -1,11 +1,14 @@
 //! OpenTelemetry traces through the real binary: with `OTEL_EXPORTER_OTLP_ENDPOINT` naming a
 //! collector (here the OTLP trace service of `opentelemetry-proto`, run by the test), a call
 //! that carries a W3C `traceparent` yields a server span in the caller's trace with the RPC
-//! conventions' attributes, a database span under it, and log lines with the trace id.
+//! conventions' attributes, a database span under it, and log lines with the trace id; the
+//! change such a call makes carries the trace into its event (the watch's `trace_id`, the
+//! relay's `traceparent` header).
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use invitations::domain::EnterpriseId;
 use invitations::proto::invitations::v1::ListInvitationsRequest;
 use invitations::proto::invitations::v1::invitation_service_client::InvitationServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
@@ -107,22 +110,33 @@ fn text(value: &str) -> Option<Value> {
     Some(Value::StringValue(value.to_owned()))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_call_continues_the_callers_trace_with_its_database_span() {
+/// The binary exporting its spans to a collector of the test's (every 100 ms), with
+/// `extra_env`; a client of it.
+async fn traced_binary(
+    extra_env: &[(&str, &str)],
+) -> (
+    Collector,
+    Served,
+    InvitationServiceClient<tonic::transport::Channel>,
+) {
     let collector = Collector::default();
     let endpoint = format!("http://{}", collector.start().await);
-    let served = Served::start_ready(
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ],
-        Duration::from_secs(20),
-    )
-    .await;
-    let (token, _) = admin_token();
-    let mut client = InvitationServiceClient::connect(format!("http://{}", served.addr))
+    let mut env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    env.extend_from_slice(extra_env);
+    let served = Served::start_ready(&env, Duration::from_secs(20)).await;
+    let client = InvitationServiceClient::connect(format!("http://{}", served.addr))
         .await
         .expect("connect");
+    (collector, served, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_continues_the_callers_trace_with_its_database_span() {
+    let (collector, served, mut client) = traced_binary(&[]).await;
+    let (token, _) = admin_token();
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
@@ -177,6 +191,80 @@ async fn a_call_continues_the_callers_trace_with_its_database_span() {
         finished.iter().all(|line| line.contains(trace_id)),
         "{finished:?}"
     );
+}
+
+/// A change made by a traced call: its event names the call's trace (`trace_id` on the
+/// watch) and the relay's NATS message carries the call's span as its `traceparent`, so a
+/// consumer's work joins the trace under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_carries_its_calls_trace_into_its_event_and_the_relay() {
+    let Some(nats) = crate::relay::nats_url() else {
+        return;
+    };
+    let (collector, _served, mut client) = traced_binary(&[("INVITATIONS_NATS_URL", &nats)]).await;
+    let (token, _) = admin_token();
+    let mut watch = client
+        .watch_invitations(authorized(&token, Default::default()))
+        .await
+        .expect("the watch opens")
+        .into_inner();
+
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let mut request = authorized(&token, crate::common::create_request("traced@acme.example"));
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-b7ad6b7169203331-01")
+            .parse()
+            .expect("ascii"),
+    );
+    let created = client
+        .create_invitation(request)
+        .await
+        .expect("created")
+        .into_inner();
+
+    let event = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let message = watch.message().await.expect("the watch").expect("open");
+            if let Some(event) = message.events.into_iter().next() {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("the created event");
+    assert_eq!(event.trace_id, trace_id, "the call's trace on the watch");
+
+    let spans = collector.trace(&hex(trace_id), 1).await;
+    let (_, server) = spans
+        .iter()
+        .find(|(_, span)| span.kind == SpanKind::Server as i32)
+        .expect("the call's server span");
+    assert_eq!(
+        server.name,
+        "invitations.v1.InvitationService/CreateInvitation"
+    );
+    let span_id: String = server.span_id.iter().map(|b| format!("{b:02x}")).collect();
+
+    let enterprise = EnterpriseId::parse_ref(&created.enterprise_ref).expect("enterprise");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let relayed = loop {
+        let published = crate::relay::published(&nats, enterprise).await;
+        if let Some(message) = published
+            .into_iter()
+            .find(|m| m.message_id == event.event_id)
+        {
+            break message;
+        }
+        assert!(Instant::now() < deadline, "the event relayed within 15 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        relayed.traceparent,
+        Some(format!("00-{trace_id}-{span_id}-01")),
+        "the call's span as the message's parent"
+    );
+    assert_eq!(relayed.event.trace_id, trace_id);
 }
 
 #[test]

@@ -122,6 +122,7 @@ pub(crate) async fn a_watch_delivers_each_change_once_with_its_cursor(app: &Test
         assert!(!event.cursor.is_empty());
         let id = Uuid::parse_str(&event.event_id).expect("a uuid");
         assert_eq!(id.get_version_num(), 7);
+        assert_eq!(event.trace_id, "", "no trace while traces are not exported");
     }
     assert_eq!(events[2].request_id.as_deref(), Some(request_id.as_str()));
     assert_eq!(
