@@ -70,12 +70,7 @@ fn handled(method: &str, code: &str, count: u64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operations_port_serves_the_standard_grpc_series() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("a free port")
-        .local_addr()
-        .expect("address")
-        .port();
-    let ops: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+    let ops = free_ops_addr();
     let served = Served::start(&[("INVITATIONS_OPS_LISTEN_ADDR", &ops.to_string())]);
     await_health(
         ops,
@@ -205,5 +200,84 @@ async fn the_operations_port_serves_the_standard_grpc_series() {
     scrape_until(ops, &["invitations_watch_streams 0".to_owned()]).await;
     for private in [admin.to_string(), "up-8f2c1d".to_owned(), "evil".to_owned()] {
         assert!(!text.contains(&private), "{private} in a label");
+    }
+}
+
+/// A free port on the loopback, for an operations listener.
+fn free_ops_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("address")
+}
+
+/// The value of a series without labels.
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{series} ")))
+        .and_then(|value| value.parse().ok())
+}
+
+/// The relay's series: the events it relayed, and the age of the oldest event it has not,
+/// which grows while NATS does not answer and is 0 once the relay has caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_reports_what_it_relayed_and_how_far_behind_it_is() {
+    let Some(nats) = crate::relay::nats_url() else {
+        return;
+    };
+    // Nothing listens on port 1: the relay leads, and cannot publish.
+    for (url, reachable) in [("nats://127.0.0.1:1", false), (nats.as_str(), true)] {
+        let ops = free_ops_addr();
+        let served = Served::start(&[
+            ("INVITATIONS_OPS_LISTEN_ADDR", &ops.to_string()),
+            ("INVITATIONS_NATS_URL", url),
+            ("INVITATIONS_NATS_LEASE_MS", "600"),
+        ]);
+        await_health(
+            ops,
+            READINESS,
+            ServingStatus::Serving,
+            Duration::from_secs(20),
+        )
+        .await;
+        let (token, _) = admin_token();
+        let mut client = InvitationServiceClient::connect(format!("http://{}", served.addr))
+            .await
+            .expect("connect");
+        for n in 0..3 {
+            client
+                .create_invitation(authorized(
+                    &token,
+                    crate::common::create_request(format!("relayed{n}@acme.example")),
+                ))
+                .await
+                .expect("created");
+        }
+        if reachable {
+            let text = scrape_until(
+                ops,
+                &[
+                    "invitations_events_relayed_total 3".to_owned(),
+                    "invitations_outbox_lag_seconds 0".to_owned(),
+                ],
+            )
+            .await;
+            assert!(text.contains("# TYPE invitations_events_relayed_total counter"));
+        } else {
+            // Each try measures the lag before it asks JetStream, which answers nothing
+            // for 10 s (async-nats' request timeout); the next try finds the events older
+            // than a second.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let text = scrape(ops).await;
+                let lag = value(&text, "invitations_outbox_lag_seconds");
+                if lag.is_some_and(|lag| lag > 1.0) {
+                    assert_eq!(value(&text, "invitations_events_relayed_total"), None);
+                    break;
+                }
+                assert!(Instant::now() < deadline, "lag {lag:?} in\n{text}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 }
