@@ -713,6 +713,16 @@ pub struct Config {
     )]
     pub rate_limit_redis_url_file: Option<std::path::PathBuf>,
 
+    /// PEM CA certificates that a `rediss://` Redis's certificate must chain to, instead of
+    /// the system's trusted roots (a Redis whose certificate a private CA issued).
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "INVITATIONS_RATE_LIMIT_REDIS_CA_PATH",
+        global = true
+    )]
+    pub rate_limit_redis_ca_path: Option<std::path::PathBuf>,
+
     /// Milliseconds a call waits for Redis's decision before its replica decides alone.
     #[arg(
         help_heading = "Limits",
@@ -772,6 +782,8 @@ pub struct Settings {
 #[derive(Debug, Clone)]
 pub struct SharedRateLimitSettings {
     pub url: Secret,
+    /// PEM CA certificates for a `rediss://` URL, instead of the system's roots.
+    pub ca: Option<Vec<u8>>,
     /// How long a call waits for Redis's decision.
     pub timeout: Duration,
 }
@@ -1035,6 +1047,41 @@ impl Config {
         Ok(())
     }
 
+    /// The CA file of INVITATIONS_RATE_LIMIT_REDIS_CA_PATH, read and checked at start: it
+    /// holds certificates, and the URL asks for TLS.
+    fn redis_ca(&self, url: &Secret) -> Result<Option<Vec<u8>>, ConfigError> {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        let Some(path) = &self.rate_limit_redis_ca_path else {
+            return Ok(None);
+        };
+        if !url.expose().starts_with(b"rediss://") {
+            return Err(ConfigError(
+                "INVITATIONS_RATE_LIMIT_REDIS_CA_PATH needs a rediss:// (TLS) Redis URL".into(),
+            ));
+        }
+        let pem = std::fs::read(path).map_err(|error| {
+            ConfigError(format!(
+                "INVITATIONS_RATE_LIMIT_REDIS_CA_PATH {}: {error}",
+                path.display()
+            ))
+        })?;
+        let certificates = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| {
+                ConfigError(format!(
+                    "INVITATIONS_RATE_LIMIT_REDIS_CA_PATH {}: not PEM certificates ({error})",
+                    path.display()
+                ))
+            })?;
+        if certificates.is_empty() {
+            return Err(ConfigError(format!(
+                "INVITATIONS_RATE_LIMIT_REDIS_CA_PATH {}: no certificate in the file",
+                path.display()
+            )));
+        }
+        Ok(Some(pem))
+    }
+
     pub fn jwt_settings(&self) -> Result<JwtSettings, ConfigError> {
         let secret = self.jwt_hs256_secret.clone().ok_or_else(|| {
             ConfigError("INVITATIONS_JWT_HS256_SECRET (or --jwt-hs256-secret) is required".into())
@@ -1244,6 +1291,7 @@ impl Config {
                 None => None,
                 Some(url) => Some(SharedRateLimitSettings {
                     url: url.clone(),
+                    ca: self.redis_ca(url)?,
                     timeout: positive(
                         self.rate_limit_redis_timeout_ms,
                         "INVITATIONS_RATE_LIMIT_REDIS_TIMEOUT_MS",

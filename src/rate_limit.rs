@@ -58,15 +58,26 @@ impl RateLimiter {
 
     /// The same limit, shared by every replica through the Redis server at `url` (connected
     /// on first use: a Redis that is down at start is a fallback, not a failed start). Each
-    /// decision waits at most `timeout` for Redis.
+    /// decision waits at most `timeout` for Redis. A `rediss://` URL speaks TLS (rustls),
+    /// verified against `ca` (PEM) when given, else the system's trusted roots.
     pub fn shared(
         per_second: u32,
         burst: u32,
         url: &str,
+        ca: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<Self, redis::RedisError> {
         let local = LocalLimit::new(per_second, burst);
-        let client = redis::Client::open(url)?;
+        let client = match ca {
+            Some(ca) => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.to_vec()),
+                },
+            )?,
+            None => redis::Client::open(url)?,
+        };
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout.max(Duration::from_millis(250))))
             .set_response_timeout(Some(timeout))

@@ -243,6 +243,7 @@ impl Application {
                 limits.rate_limit_per_second,
                 limits.rate_limit_burst,
                 &String::from_utf8_lossy(shared.url.expose()),
+                shared.ca.as_deref(),
                 shared.timeout,
             )
             // The error names what is wrong with the URL, never the URL (its password).

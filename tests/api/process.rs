@@ -432,6 +432,50 @@ fn bad_configuration_fails_at_start_with_one_line() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("INVITATIONS_JWT_HS256_SECRET"));
 }
 
+/// The CA of a TLS Redis is checked at start: it needs a `rediss://` URL, and a file of
+/// certificates.
+#[test]
+fn a_redis_ca_that_cannot_work_fails_at_start_with_one_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let not_pem = dir.path().join("not-pem.crt");
+    std::fs::write(&not_pem, "not a certificate\n").expect("write");
+    let ca = crate::pki::Pki::new();
+    ca.ca("ca");
+    let ca = ca.path("ca.crt");
+    let not_pem = not_pem.display().to_string();
+    for (url, path, reason) in [
+        (
+            "redis://127.0.0.1:6379",
+            ca.as_str(),
+            "needs a rediss:// (TLS) Redis URL",
+        ),
+        (
+            "rediss://localhost:6380",
+            "/no/such/ca.crt",
+            "/no/such/ca.crt: No such file",
+        ),
+        (
+            "rediss://localhost:6380",
+            not_pem.as_str(),
+            "no certificate in the file",
+        ),
+    ] {
+        let output = command(&dir)
+            .env("INVITATIONS_RATE_LIMIT_REDIS_URL", url)
+            .env("INVITATIONS_RATE_LIMIT_REDIS_CA_PATH", path)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{url} {path}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(
+            stderr.contains("INVITATIONS_RATE_LIMIT_REDIS_CA_PATH"),
+            "{stderr}"
+        );
+        assert!(stderr.contains(reason), "{reason} in {stderr}");
+    }
+}
+
 #[test]
 fn migrate_applies_the_schema_and_exits() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -2,7 +2,9 @@
 //! (`TEST_REDIS_URL`): three replicas admit one caller at the configured rate between them,
 //! not three times it; a Redis that stops answering makes each replica limit on its own
 //! (calls never fail for it), says so in the log and in `invitations_rate_limit_shared`,
-//! and the shared limit comes back with Redis.
+//! and the shared limit comes back with Redis. Over TLS (`rediss://`) with a Redis the test
+//! starts, the limit is shared the same way, and a certificate the replica cannot verify
+//! is a fallback, never a failed call.
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,26 +63,129 @@ async fn list(mut client: InvitationServiceClient<Channel>, token: &str) -> bool
 async fn three_replicas_admit_one_caller_at_the_configured_rate() {
     let Some(url) = redis_url() else { return };
     // One token a round trip.
-    one_caller_over_three_replicas(&url, 40, 5).await;
+    one_caller_over_three_replicas(&url, &[], 40, 5).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn at_a_high_rate_leases_keep_the_rate_shared() {
     let Some(url) = redis_url() else { return };
     // 5 tokens a round trip (10 ms of the rate).
-    one_caller_over_three_replicas(&url, 500, 25).await;
+    one_caller_over_three_replicas(&url, &[], 500, 25).await;
 }
 
-/// One caller, spread over three replicas sharing `per_second` and `burst` through Redis,
-/// calling as fast as it can (two calls in flight on each) for three seconds: admitted
-/// within 10 % of what the limit allows.
-async fn one_caller_over_three_replicas(url: &str, per_second: u32, burst: u32) {
+/// A Redis speaking TLS only, on a port of its own, with a certificate for `localhost` from
+/// a CA the test makes (`ca.crt`); stopped when dropped.
+struct TlsRedis {
+    pki: crate::pki::Pki,
+    port: u16,
+    child: std::process::Child,
+}
+
+impl TlsRedis {
+    fn start() -> Self {
+        let pki = crate::pki::Pki::new();
+        let ca = pki.ca("ca");
+        pki.leaf(&ca, "server", &["localhost"], "localhost", false);
+        let port = free_addr().port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args(["--tls-cert-file", &pki.path("server.crt")])
+            .args(["--tls-key-file", &pki.path("server.key")])
+            .args(["--tls-ca-cert-file", &pki.path("ca.crt")])
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server (Debian's redis-server package)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server listens on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { pki, port, child }
+    }
+
+    fn url(&self) -> String {
+        format!("rediss://localhost:{}", self.port)
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_tls_the_limit_is_shared_and_an_unverified_redis_is_a_fallback() {
+    // Skipped with the other Redis tests: redis-server is there when Redis is.
+    if redis_url().is_none() {
+        return;
+    }
+    let redis = TlsRedis::start();
+    let ca = redis.pki.path("ca.crt");
+    one_caller_over_three_replicas(
+        &redis.url(),
+        &[("INVITATIONS_RATE_LIMIT_REDIS_CA_PATH", &ca)],
+        40,
+        5,
+    )
+    .await;
+
+    // Without the CA the system's roots cannot verify Redis's certificate: the replica
+    // limits alone, says so, and answers every call.
+    let ops = free_addr();
+    let url = redis.url();
+    let served = Served::start_ready(
+        &[
+            ("INVITATIONS_RATE_LIMIT_PER_SECOND", "100"),
+            ("INVITATIONS_RATE_LIMIT_REDIS_URL", &url),
+            ("INVITATIONS_OPS_LISTEN_ADDR", &ops.to_string()),
+        ],
+        Duration::from_secs(20),
+    )
+    .await;
+    let (token, _) = admin_token();
+    let client = client(&served).await;
+    for _ in 0..5 {
+        assert!(
+            list(client.clone(), &token).await,
+            "answered by the replica alone"
+        );
+    }
+    scrape_until(ops, &["invitations_rate_limit_shared 0".to_owned()]).await;
+}
+
+/// One caller, spread over three replicas sharing `per_second` and `burst` through Redis
+/// (with `extra_env`), calling as fast as it can (two calls in flight on each) for three
+/// seconds: admitted within 10 % of what the limit allows.
+async fn one_caller_over_three_replicas(
+    url: &str,
+    extra_env: &[(&str, &str)],
+    per_second: u32,
+    burst: u32,
+) {
     let (rate, size) = (per_second.to_string(), burst.to_string());
-    let env = [
+    let mut env = vec![
         ("INVITATIONS_RATE_LIMIT_PER_SECOND", rate.as_str()),
         ("INVITATIONS_RATE_LIMIT_BURST", size.as_str()),
         ("INVITATIONS_RATE_LIMIT_REDIS_URL", url),
     ];
+    env.extend_from_slice(extra_env);
     let mut replicas = Vec::new();
     for _ in 0..3 {
         replicas.push(Served::start_ready(&env, Duration::from_secs(20)).await);
