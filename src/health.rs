@@ -31,6 +31,7 @@ pub async fn migrate_with_retries(
     let mut logged: Option<tokio::time::Instant> = None;
     loop {
         let Err(error) = store.migrate().await else {
+            warn_of_missing_session_settings(store).await;
             return Ok(());
         };
         attempts += 1;
@@ -49,6 +50,21 @@ pub async fn migrate_with_retries(
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(RETRY_CAP);
+    }
+}
+
+/// Behind a transaction pooler, says once which role settings are missing (the service
+/// works without them, but plans every page anew and leaves an abandoned statement running
+/// until it ends).
+async fn warn_of_missing_session_settings(store: &Store) {
+    match store.session_settings_missing().await {
+        Ok(missing) if !missing.is_empty() => tracing::warn!(
+            run_once = %missing.join("; "),
+            "INVITATIONS_DB_TRANSACTION_POOLING: the database role lacks the session settings \
+             a pooler cannot carry"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::debug!(%error, "session settings not checked"),
     }
 }
 

@@ -170,6 +170,8 @@ pub struct Store {
     postgres: Option<Arc<(PgConnectOptions, String)>>,
     /// On PostgreSQL, where the connection that LISTENs for other processes' events goes.
     listen: Listen,
+    /// Connections go through a transaction pooler: the session settings are the role's.
+    transaction_pooling: bool,
     /// How long a request waits for a connection (and for the first migration run).
     acquire_timeout: Duration,
 }
@@ -596,6 +598,7 @@ impl Store {
             state: Arc::default(),
             postgres,
             listen,
+            transaction_pooling: settings.transaction_pooling,
             acquire_timeout: settings.acquire_timeout,
         })
     }
@@ -685,6 +688,34 @@ impl Store {
         run.commit().await?;
         self.state.migrated.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Behind a transaction pooler the session settings cannot be sent at connect, so the
+    /// role must carry them: the statements that would still give them to it (none when
+    /// it has them, or without a pooler).
+    pub async fn session_settings_missing(&self) -> Result<Vec<String>, DbErr> {
+        if !self.transaction_pooling || self.backend() != DbBackend::Postgres {
+            return Ok(Vec::new());
+        }
+        let row = self.db.query_one_raw(queries::session_settings()).await?;
+        let (plan_cache_mode, check_interval) = match row {
+            Some(row) => (
+                row.try_get_by_index::<String>(0)?,
+                row.try_get_by_index::<String>(1)?,
+            ),
+            None => return Ok(Vec::new()),
+        };
+        let mut missing = Vec::new();
+        if plan_cache_mode != "force_generic_plan" {
+            missing.push("ALTER ROLE CURRENT_USER SET plan_cache_mode = force_generic_plan".into());
+        }
+        if check_interval == "0" {
+            missing.push(format!(
+                "ALTER ROLE CURRENT_USER SET client_connection_check_interval = \
+                 '{CLIENT_CONNECTION_CHECK_INTERVAL_MS}ms'"
+            ));
+        }
+        Ok(missing)
     }
 
     /// Applies every pending migration, and tells the calls waiting for the first run.

@@ -535,6 +535,16 @@ pub fn writers_still_running(writers: String) -> Statement {
     )
 }
 
+/// PostgreSQL: this connection's `plan_cache_mode` and `client_connection_check_interval`,
+/// the session settings the store relies on (`Store::connect_with` says why).
+pub fn session_settings() -> Statement {
+    Statement::from_string(
+        DbBackend::Postgres,
+        "SELECT current_setting('plan_cache_mode'), \
+         current_setting('client_connection_check_interval')",
+    )
+}
+
 /// SQLite: the highest position written.
 pub fn last_position() -> Select<outbox::Entity> {
     outbox::Entity::find()

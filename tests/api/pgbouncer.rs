@@ -191,3 +191,71 @@ fn without_the_setting_start_up_stops_at_once_naming_it() {
     );
     runtime.block_on(crate::common::drop_database(&admin_url, &name));
 }
+
+/// The session settings come from the role (or the database) behind a pooler: a replica
+/// that finds them missing says which statements give them, once ready; given, it says
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_session_settings_are_named_with_the_statements_that_give_them() {
+    let Some(Backend::PgBouncer {
+        admin_url,
+        pooled_url,
+    }) = Backend::pgbouncer()
+    else {
+        return;
+    };
+    let (name, direct) = crate::common::create_database(&admin_url).await;
+    let url = with_database(&pooled_url, &name);
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("INVITATIONS_DB_TRANSACTION_POOLING", "true"),
+    ];
+    let warned = |logs: &[String]| {
+        logs.iter()
+            .find(|line| line.contains("lacks the session settings"))
+            .cloned()
+    };
+    let served = crate::process::Served::start_ready(&env, Duration::from_secs(20)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        if let Some(line) = warned(&served.logs()) {
+            break line;
+        }
+        assert!(std::time::Instant::now() < deadline, "{:?}", served.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        line.contains("ALTER ROLE CURRENT_USER SET plan_cache_mode = force_generic_plan")
+            && line.contains("ALTER ROLE CURRENT_USER SET client_connection_check_interval"),
+        "{line}"
+    );
+    drop(served);
+
+    // The database's defaults reach every server connection the pooler opens after them.
+    let admin = sea_orm::Database::connect(&direct).await.expect("connect");
+    for setting in [
+        "plan_cache_mode = force_generic_plan",
+        "client_connection_check_interval = '250ms'",
+    ] {
+        sea_orm::ConnectionTrait::execute_unprepared(
+            &admin,
+            &format!("ALTER DATABASE \"{name}\" SET {setting}"),
+        )
+        .await
+        .expect("ALTER DATABASE");
+    }
+    admin.close().await.expect("close");
+    // The pooler's server connections opened before carry the old defaults.
+    let mut console = sqlx::PgConnection::connect(&with_database(&pooled_url, "pgbouncer"))
+        .await
+        .expect("the admin console");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("RECONNECT \"{name}\"")))
+        .execute(&mut console)
+        .await
+        .expect("RECONNECT");
+    let served = crate::process::Served::start_ready(&env, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(warned(&served.logs()), None);
+    drop(served);
+    crate::common::drop_database(&admin_url, &name).await;
+}
