@@ -962,6 +962,12 @@ impl Config {
                             .into(),
                     ));
                 }
+                // As for DATABASE_URL: the parser's reason never quotes the password.
+                if let Err(error) = url::Url::parse(listen) {
+                    return Err(ConfigError(format!(
+                        "INVITATIONS_DB_LISTEN_URL is not a valid URL ({error}): percent-encode / # @ % : ? in the password"
+                    )));
+                }
                 Some(listen.into())
             }
             None => None,

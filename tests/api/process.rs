@@ -392,6 +392,11 @@ fn bad_configuration_fails_at_start_with_one_line() {
             "INVITATIONS_MAX_CONCURRENT_REQUESTS must be at least 1",
         ),
         (
+            "INVITATIONS_DB_LISTEN_URL",
+            "postgres://invitations@localhost/invitations",
+            "INVITATIONS_DB_LISTEN_URL is for PostgreSQL; DATABASE_URL is SQLite",
+        ),
+        (
             "INVITATIONS_PAGE_TOKEN_SECRET",
             "short",
             "INVITATIONS_PAGE_TOKEN_SECRET must be at least 32 bytes",
