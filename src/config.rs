@@ -129,7 +129,8 @@ pub struct Config {
     )]
     pub database_url_file: Option<std::path::PathBuf>,
 
-    /// A file holding the database password, put into DATABASE_URL (which then has none).
+    /// A file holding the database password, put into DATABASE_URL (which then has none) and
+    /// into INVITATIONS_DB_LISTEN_URL when that names a user without a password.
     #[arg(
         help_heading = "Database",
         long,
@@ -1049,6 +1050,17 @@ impl Config {
             }
             url.set_password(Some(&password)).map_err(|()| shape())?;
             self.database_url = url.to_string().into();
+            // The listener is the same role reaching past the pooler: one mounted password
+            // serves both, so rotating it touches one file. A listen URL that carries its
+            // own password keeps it.
+            if let Some(listen) = &self.db_listen_url
+                && let Ok(mut listen_url) = url::Url::parse(listen.expose().trim())
+                && listen_url.password().is_none()
+                && !listen_url.username().is_empty()
+                && listen_url.set_password(Some(&password)).is_ok()
+            {
+                self.db_listen_url = Some(listen_url.to_string().into());
+            }
         }
         Ok(())
     }
@@ -1332,4 +1344,52 @@ fn parse_retention(raw: &str) -> Result<Duration, String> {
         return Err("must be at least 1min".into());
     }
     Ok(retention)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn configured(password: &str, listen_url: Option<&str>) -> Config {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("password");
+        std::fs::write(&file, format!("{password}\n")).expect("write");
+        let mut args = vec![
+            "invitations".to_string(),
+            "--database-url=postgres://app@pooler:6432/invitations".to_string(),
+            format!("--database-password-file={}", file.display()),
+        ];
+        if let Some(listen) = listen_url {
+            args.push(format!("--db-listen-url={listen}"));
+        }
+        let mut config = Cli::try_parse_from(args).expect("parsed").config;
+        config.read_secret_files().expect("secrets read");
+        config
+    }
+
+    #[test]
+    fn the_password_file_reaches_the_listen_url_that_has_none() {
+        let config = configured("s3/cr#t", Some("postgres://app@postgres:5432/invitations"));
+        assert_eq!(
+            config.database_url.expose(),
+            "postgres://app:s3%2Fcr%23t@pooler:6432/invitations"
+        );
+        assert_eq!(
+            config.db_listen_url.as_ref().map(DatabaseUrl::expose),
+            Some("postgres://app:s3%2Fcr%23t@postgres:5432/invitations")
+        );
+    }
+
+    #[test]
+    fn a_listen_url_with_its_own_password_keeps_it() {
+        let config = configured(
+            "rotated",
+            Some("postgres://app:own@postgres:5432/invitations"),
+        );
+        assert_eq!(
+            config.db_listen_url.as_ref().map(DatabaseUrl::expose),
+            Some("postgres://app:own@postgres:5432/invitations")
+        );
+        assert!(configured("rotated", None).db_listen_url.is_none());
+    }
 }
