@@ -57,7 +57,8 @@ impl RateLimiter {
     }
 
     /// The same limit, shared by every replica through the Redis server at `url` (connected
-    /// on first use: a Redis that is down at start is a fallback, not a failed start). Each
+    /// by [`Self::warm_up`] or on first use: a Redis that is down at start is a fallback,
+    /// not a failed start). Each
     /// decision waits at most `timeout` for Redis. A `rediss://` URL speaks TLS (rustls),
     /// verified against `ca` (PEM) when given, else the system's trusted roots.
     pub fn shared(
@@ -122,6 +123,24 @@ impl RateLimiter {
             }
         }
         self.local.check(enterprise, subject)
+    }
+
+    /// Connects to Redis and loads the script before the first call needs them, waiting
+    /// at most [`PROBE_EVERY`]: otherwise a replica's first calls would pay the connection
+    /// (and a TLS handshake) within a decision's timeout, fall back, and admit on their own
+    /// for a probe's interval. A Redis that does not answer here is a fallback, as it would
+    /// be for a call; start-up goes on either way.
+    pub async fn warm_up(&self) {
+        if let Some(shared) = &self.shared {
+            match tokio::time::timeout(PROBE_EVERY, shared.probe_once()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => shared.fall_back(&error.to_string()),
+                Err(_) => shared.fall_back(&format!(
+                    "no answer within {} ms of start",
+                    PROBE_EVERY.as_millis()
+                )),
+            }
+        }
     }
 }
 
@@ -325,6 +344,15 @@ impl SharedLimit {
         }
     }
 
+    /// Runs the script once for a caller of its own (connecting first if need be).
+    async fn probe_once(&self) -> Result<(), redis::RedisError> {
+        let mut redis = self.redis.clone();
+        let mut invocation = self.script.key("invitations:rate:probe");
+        invocation.arg(self.interval_micros).arg(self.burst).arg(1);
+        invocation.invoke_async::<(u64, u64)>(&mut redis).await?;
+        Ok(())
+    }
+
     /// Runs the script every [`PROBE_EVERY`], for a caller of its own, until Redis answers
     /// it (not just a PING: a Redis that answers but cannot run the script, a read-only
     /// replica after a failover say, must not bring the shared limit back), then shares the
@@ -332,11 +360,8 @@ impl SharedLimit {
     async fn probe(self: Arc<Self>) {
         loop {
             tokio::time::sleep(PROBE_EVERY).await;
-            let mut redis = self.redis.clone();
-            let mut invocation = self.script.key("invitations:rate:probe");
-            invocation.arg(self.interval_micros).arg(self.burst).arg(1);
-            let answer = invocation.invoke_async::<(u64, u64)>(&mut redis);
-            if let Ok(Ok(_)) = tokio::time::timeout(self.timeout.max(PROBE_EVERY / 2), answer).await
+            if let Ok(Ok(())) =
+                tokio::time::timeout(self.timeout.max(PROBE_EVERY / 2), self.probe_once()).await
             {
                 break;
             }

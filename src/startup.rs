@@ -249,6 +249,7 @@ impl Application {
             // The error names what is wrong with the URL, never the URL (its password).
             .map_err(|error| StartupError::RateLimit(format!("{:?}", error.kind())))?,
         });
+        limiter.warm_up().await;
         // Authenticated first, then limited per caller, then read.
         let invitations = InterceptedService::new(
             RateLimitLayer::new(limiter).layer(

@@ -212,7 +212,7 @@ fn free_ops_addr() -> SocketAddr {
 }
 
 /// The value of a series without labels.
-fn value(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn value(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(&format!("{series} ")))
         .and_then(|value| value.parse().ok())
