@@ -58,9 +58,9 @@ impl RateLimiter {
 
     /// The same limit, shared by every replica through the Redis server at `url` (connected
     /// by [`Self::warm_up`] or on first use: a Redis that is down at start is a fallback,
-    /// not a failed start). Each
-    /// decision waits at most `timeout` for Redis. A `rediss://` URL speaks TLS (rustls),
-    /// verified against `ca` (PEM) when given, else the system's trusted roots.
+    /// not a failed start). Each decision waits at most `timeout` for Redis. A `rediss://`
+    /// URL speaks TLS (rustls), verified against `ca` (PEM) when given, else the system's
+    /// trusted roots.
     pub fn shared(
         per_second: u32,
         burst: u32,

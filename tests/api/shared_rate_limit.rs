@@ -194,11 +194,12 @@ async fn one_caller_over_three_replicas(
     let mut replicas = Vec::new();
     let mut operations = Vec::new();
     for _ in 0..3 {
-        let ops = free_addr().to_string();
+        let ops = free_addr();
+        let ops_setting = ops.to_string();
         let mut env = env.clone();
-        env.push(("INVITATIONS_OPS_LISTEN_ADDR", &ops));
+        env.push(("INVITATIONS_OPS_LISTEN_ADDR", &ops_setting));
         replicas.push(Served::start_ready(&env, Duration::from_secs(20)).await);
-        operations.push(ops.parse::<SocketAddr>().expect("address"));
+        operations.push(ops);
     }
     let mut clients = Vec::new();
     for replica in &replicas {
