@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Instructions per request of the service, counted by callgrind (BENCHMARKS.md, round 4).
+# Instructions per request of the service, counted by callgrind (first used in round 4 of BENCHMARKS.md, in its git history).
 # Time per request moves by ±10 % between rounds on this machine; instruction counts do not,
 # so this is how a change to the service's own work is compared.
 #
