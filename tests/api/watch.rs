@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::common::{
     Backend, Fixture, Row, TestApp, assert_invalid, assert_row, authorized, cancel_request,
-    create_request, issue_request,
+    create_request, issue_request, list_request,
 };
 use crate::{on_both_stores, on_each_backend};
 
@@ -633,6 +633,80 @@ async fn concurrent_writers_on_two_replicas_reach_every_watch_once(backend: Back
     app.finish().await;
 }
 
+/// A watch is a call when it opens: it spends a token of the caller's rate limit, the same
+/// bucket as the caller's unary calls, and over the limit it is refused like one. Once open
+/// it holds no call slot: a caller with more open watches than its concurrent-call limits
+/// still has every unary call answered, and every watch still gets every change.
+async fn watches_count_against_the_rate_limit_and_do_not_starve_unary_calls(backend: Backend) {
+    let app = TestApp::spawn_configured(backend.clone(), |config| {
+        config.rate_limit_per_second = 1;
+        config.rate_limit_burst = 3;
+    })
+    .await;
+    let mut client = app.client();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(
+            open_with(&mut client, &app.token, watch_request())
+                .await
+                .expect("within the burst"),
+        );
+    }
+    let refused = open_with(&mut client, &app.token, watch_request())
+        .await
+        .expect_err("a watch over the burst");
+    assert_row(&refused, Row::RateLimited);
+    let unary = app
+        .list(list_request(&[]))
+        .await
+        .expect_err("the watches spent the caller's burst");
+    assert_row(&unary, Row::RateLimited);
+    let colleague = app.colleague();
+    app.caller(&colleague)
+        .list(list_request(&[]))
+        .await
+        .expect("another caller is not limited by these watches");
+    drop(held);
+    app.finish().await;
+
+    const WATCHES: usize = 8;
+    const CHANGES: usize = 10;
+    let app = TestApp::spawn_configured(backend, |config| {
+        config.max_concurrent_requests = 4;
+        config.max_concurrent_requests_per_caller = 2;
+    })
+    .await;
+    let mut client = app.client();
+    let mut watches = Vec::new();
+    for _ in 0..WATCHES {
+        watches.push(
+            open_with(&mut client, &app.token, watch_request())
+                .await
+                .expect("an open watch holds no call slot"),
+        );
+    }
+    for n in 0..CHANGES {
+        app.create(create_request(format!("beside-watches-{n}@acme.example")))
+            .await
+            .expect("a unary call beside more open watches than call slots");
+    }
+    app.list(list_request(&[])).await.expect("and a list");
+    for watch in &mut watches {
+        let (events, _) = next_events(watch, CHANGES).await;
+        assert!(
+            events
+                .iter()
+                .all(|event| event_type(event) == wire::InvitationEventType::Created),
+            "{events:?}"
+        );
+    }
+    app.finish().await;
+}
+
+on_each_backend!(
+    watches_count_against_the_rate_limit_and_do_not_starve_unary_calls:
+        watch_limits_on_sqlite, watch_limits_on_postgres
+);
 on_each_backend!(
     checkpoints_move_past_what_a_watch_skips:
         checkpoints_on_sqlite, checkpoints_on_postgres
