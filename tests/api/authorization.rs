@@ -1,11 +1,13 @@
-//! The authorization matrix: every RPC x {no capability, admin of A, admin of B} x
+//! The authorization matrix: every RPC (WatchInvitations as it opens) x {no capability, admin of A, admin of B} x
 //! {invitation of A, of B, nonexistent}, each cell with its exact code; a cross-enterprise
 //! id answers exactly like a nonexistent one.
 use std::collections::HashMap;
 use std::time::Duration;
 
 use invitations::domain::{EnterpriseId, Invitation, UserRef};
-use invitations::proto::invitations::v1::{CreateInvitationRequest, ListInvitationsRequest};
+use invitations::proto::invitations::v1::{
+    CreateInvitationRequest, ListInvitationsRequest, WatchInvitationsRequest,
+};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 use uuid::Uuid;
@@ -77,6 +79,14 @@ async fn call(
             };
             answer(caller.list(request).await, &id)
         }
+        "Watch" => {
+            let request = WatchInvitationsRequest {
+                scope,
+                ..Default::default()
+            };
+            let opened = crate::watch::open_with(&mut app.client(), token, request).await;
+            answer(opened, &id)
+        }
         "Get" => answer(caller.get(&id).await, &id),
         "Create" => {
             let request = CreateInvitationRequest {
@@ -102,7 +112,15 @@ async fn every_rpc_caller_and_target_has_its_exact_code(app: &TestApp) {
         Duration::from_secs(600),
     );
     let mut cells = 0;
-    for rpc in ["List", "Get", "Create", "Cancel", "IssueToken", "Accept"] {
+    for rpc in [
+        "List",
+        "Watch",
+        "Get",
+        "Create",
+        "Cancel",
+        "IssueToken",
+        "Accept",
+    ] {
         for who in [Who::NoCapability, Who::AdminOfA, Who::AdminOfB] {
             let (token, own) = match who {
                 Who::NoCapability => (no_capability.as_str(), enterprise_a),
@@ -137,8 +155,8 @@ async fn every_rpc_caller_and_target_has_its_exact_code(app: &TestApp) {
                 let expected = match (rpc, who) {
                     ("Accept", _) => Code::PermissionDenied, // no verified e-mail in any of these tokens
                     (_, Who::NoCapability) => Code::PermissionDenied,
-                    ("List" | "Create", _) if scope_of == own => Code::Ok,
-                    ("List" | "Create", _) => Code::PermissionDenied, // a scope outside the caller's
+                    ("List" | "Watch" | "Create", _) if scope_of == own => Code::Ok,
+                    ("List" | "Watch" | "Create", _) => Code::PermissionDenied, // a scope outside the caller's
                     (_, _) if owned => Code::Ok,
                     (_, _) => Code::NotFound,
                 };
@@ -172,7 +190,7 @@ async fn every_rpc_caller_and_target_has_its_exact_code(app: &TestApp) {
             assert!(nonexistent_answer.is_some());
         }
     }
-    assert_eq!(cells, 6 * 3 * 3);
+    assert_eq!(cells, 7 * 3 * 3);
 }
 
 on_both_stores!(every_rpc_caller_and_target_has_its_exact_code);
