@@ -592,14 +592,7 @@ async fn stalled_watchers_keep_memory_flat_and_each_ends_with_a_cursor() {
     // Each watcher on its own connection with a small window, and never read.
     let mut stalled = Vec::new();
     for _ in 0..STALLED {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", served.addr))
-            .expect("endpoint")
-            .initial_stream_window_size(Some(65_535))
-            .initial_connection_window_size(Some(65_535))
-            .connect()
-            .await
-            .expect("connects");
-        let mut client = InvitationServiceClient::new(channel);
+        let mut client = crate::watch::small_window_client(served.addr).await;
         stalled.push(
             crate::watch::open_with(&mut client, &token, Default::default())
                 .await

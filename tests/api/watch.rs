@@ -452,19 +452,26 @@ async fn checkpoints_move_past_what_a_watch_skips(backend: Backend) {
     app.finish().await;
 }
 
-/// A client that stops reading: its watch ends WATCH_TOO_SLOW with a cursor, after which a
-/// resumed watch delivers the rest, and nothing twice.
-async fn a_stalled_watch_ends_too_slow_and_resumes_exactly(backend: Backend) {
-    let app = TestApp::spawn_configured(backend, |config| config.watch_buffer = 8).await;
-    // A small HTTP/2 window, so a client that does not read stops the server's sending soon.
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", app.addr))
+/// A client on its own connection with HTTP/2's smallest windows, so that when it stops
+/// reading the server's sending stops soon.
+pub(crate) async fn small_window_client(
+    addr: std::net::SocketAddr,
+) -> InvitationServiceClient<Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("endpoint")
         .initial_stream_window_size(Some(65_535))
         .initial_connection_window_size(Some(65_535))
         .connect()
         .await
         .expect("connects");
-    let mut client = InvitationServiceClient::new(channel);
+    InvitationServiceClient::new(channel)
+}
+
+/// A client that stops reading: its watch ends WATCH_TOO_SLOW with a cursor, after which a
+/// resumed watch delivers the rest, and nothing twice.
+async fn a_stalled_watch_ends_too_slow_and_resumes_exactly(backend: Backend) {
+    let app = TestApp::spawn_configured(backend, |config| config.watch_buffer = 8).await;
+    let mut client = small_window_client(app.addr).await;
     let mut stalled = open_with(&mut client, &app.token, watch_request())
         .await
         .expect("opens");
